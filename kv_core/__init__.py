@@ -1,0 +1,14 @@
+"""Host-independent PyTorch implementation of Kandinsky Video 1.1.
+
+Nothing in this package imports ComfyUI: the ComfyUI glue lives in ``nodes/``.
+Each stage has one obvious module:
+
+- ``text``                text conditioning (T5 tokenizer, Flan-UL2 encoder, KV projections)
+- ``unet``                keyframe U-Net3D (video mode) and its Kandinsky 3.0 image mode
+- ``unet_interpolation``  interpolation U-Net
+- ``movq``                image MoVQ and the temporal (video) MoVQ decoder
+- ``checkpoints``         safe loading of the official files and of our safetensors form
+- ``schedulers``          DDPM (reference), DDIM and DPM-Solver++(2M)
+- ``sampling``            the three sampling loops
+- ``pipeline``            the stages assembled into text/image-to-video
+"""

@@ -1,0 +1,33 @@
+"""The golden runner: every case of the manifest in $KV_GOLDEN_DIR (default ../shared/golden).
+
+Each case is built from its own files, config and inputs by the runner registered for its
+kind (tests/golden_kinds/), run in float32 and compared at the manifest's tolerances.
+A kind without a runner is skipped with its kind named, never passed.
+"""
+import pytest
+import torch
+
+import golden_kinds  # noqa: F401  (registers the runners)
+from golden_support import RUNNERS, NotReproduced, compare_case, golden_dir, load_cases
+
+_ROOT = golden_dir()
+_CASES = load_cases(_ROOT) if (_ROOT / "manifest.json").exists() else []
+
+
+def test_golden_folder_present():
+    assert _CASES, f"no golden manifest at {_ROOT} (set KV_GOLDEN_DIR)"
+
+
+@pytest.mark.parametrize("case", _CASES, ids=[c.name for c in _CASES])
+def test_golden_case(case):
+    runner = RUNNERS.get(case.kind)
+    if runner is None:
+        pytest.skip(f"golden kind {case.kind!r} has no runner yet")
+    torch.manual_seed(0)  # runners must not depend on the global RNG; this makes a slip visible
+    with torch.inference_mode():
+        try:
+            outputs = runner(case)
+        except NotReproduced as why:
+            pytest.skip(f"{case.kind}: {why}")
+    problems = compare_case(case, outputs)
+    assert not problems, f"{case.name} ({case.kind}):\n  " + "\n  ".join(problems)
