@@ -1,0 +1,133 @@
+"""Sources of the random numbers a sampling loop draws.
+
+Every random tensor of generation comes from a ``NoiseSource`` the caller passes in, in
+a fixed order (initial latent, key-frame augmentation noise, per-step sampler noise):
+
+- ``SeededNoise(seed)``: draws on the CPU from a ``torch.Generator`` seeded with
+  ``seed`` and moves the result to the requested device, so a seed gives the same
+  video on any device and in any process.
+- ``ReplayNoise(tensors)``: hands out recorded tensors in order (the golden vectors, or
+  draws captured by ``RecordingNoise``), checking each shape.
+
+``stage_seed(seed, stage)`` derives the seed of each pipeline stage from one user seed,
+so the stages of a pipeline draw independent streams and a stage run alone with the same
+seed reproduces the same stage of a full run.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol, Sequence
+
+import torch
+
+STAGES = ("first_frame", "keyframes", "interpolation_1", "interpolation_2")
+MAX_SEED = 2 ** 64 - 1
+
+
+class NoiseSource(Protocol):
+    def randn(self, shape: Sequence[int], *, device=None, dtype=torch.float32) -> torch.Tensor:
+        """Standard normal draw."""
+
+    def rand(self, shape: Sequence[int], *, device=None, dtype=torch.float32) -> torch.Tensor:
+        """Uniform [0, 1) draw."""
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
+    return seed
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """The seed of one pipeline stage (one of ``STAGES``), derived from the user seed with
+    a hash so that neighbouring seeds and different stages never share a stream."""
+    check_seed(seed)
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    digest = hashlib.blake2b(f"kandinsky-video:{stage}:{seed}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # torch.Generator takes < 2**63 safely
+
+
+class SeededNoise:
+    """Draws from a CPU ``torch.Generator`` (float32), then moves to ``device``/``dtype``."""
+
+    def __init__(self, seed: int):
+        self.seed = check_seed(seed)
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    @classmethod
+    def for_stage(cls, seed: int, stage: str) -> "SeededNoise":
+        return cls(stage_seed(seed, stage))
+
+    def randn(self, shape, *, device=None, dtype=torch.float32):
+        x = torch.randn(tuple(shape), generator=self.generator, dtype=torch.float32)
+        return x.to(device=device, dtype=dtype)
+
+    def rand(self, shape, *, device=None, dtype=torch.float32):
+        x = torch.rand(tuple(shape), generator=self.generator, dtype=torch.float32)
+        return x.to(device=device, dtype=dtype)
+
+
+class NoiseExhausted(RuntimeError):
+    pass
+
+
+class ReplayNoise:
+    """Returns the given tensors in order, whatever the kind of draw asked for."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor]):
+        self._tensors = list(tensors)
+        self._next = 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self._tensors) - self._next
+
+    def _take(self, shape, device, dtype):
+        if self._next >= len(self._tensors):
+            raise NoiseExhausted(f"replay has only {len(self._tensors)} recorded draws")
+        x = self._tensors[self._next]
+        if tuple(x.shape) != tuple(shape):
+            raise ValueError(f"recorded draw {self._next} has shape {tuple(x.shape)}, "
+                             f"the sampler asked for {tuple(shape)}")
+        self._next += 1
+        return x.to(device=device, dtype=dtype)
+
+    def randn(self, shape, *, device=None, dtype=torch.float32):
+        return self._take(shape, device, dtype)
+
+    def rand(self, shape, *, device=None, dtype=torch.float32):
+        return self._take(shape, device, dtype)
+
+    def assert_consumed(self) -> None:
+        if self.remaining:
+            raise AssertionError(f"{self.remaining} recorded draws were not used")
+
+
+class RecordingNoise:
+    """Wraps a source and keeps a CPU copy of every draw (``.draws``) for later replay."""
+
+    def __init__(self, source: NoiseSource):
+        self.source = source
+        self.draws: list[torch.Tensor] = []
+
+    def randn(self, shape, *, device=None, dtype=torch.float32):
+        x = self.source.randn(shape, device=device, dtype=dtype)
+        self.draws.append(x.detach().cpu().clone())
+        return x
+
+    def rand(self, shape, *, device=None, dtype=torch.float32):
+        x = self.source.rand(shape, device=device, dtype=dtype)
+        self.draws.append(x.detach().cpu().clone())
+        return x
+
+
+def as_noise_source(noise, stage: str) -> NoiseSource:
+    """``None``/int seed → ``SeededNoise.for_stage``; a source is returned as is."""
+    if noise is None:
+        noise = 0
+    if isinstance(noise, int) and not isinstance(noise, bool):
+        return SeededNoise.for_stage(noise, stage)
+    if hasattr(noise, "randn") and hasattr(noise, "rand"):
+        return noise
+    raise TypeError(f"noise must be a seed (int) or a noise source with randn/rand, got {type(noise).__name__}")
