@@ -1,0 +1,312 @@
+"""The keyframe U-Net of Kandinsky Video 1.1 (``t2v.pt``).
+
+A Kandinsky 3.0 text-to-image U-Net with temporal layers added. One network serves two
+modes, chosen explicitly by the caller (the official code infers it from the batch size):
+
+* ``mode="image"`` — the first frame (Kandinsky 3.0 image generation): input convolution
+  ``image_in_layer``, no temporal layer, no frame/motion/noise-augmentation embedding.
+  ``x [B, 9, h, w]``, every row an independent image.
+* ``mode="video"`` — the keyframes: input convolution ``in_layer``; temporal ResNet blocks
+  (1D convolutions over frames) around every ResNet block and a temporal attention block
+  beside every self-attention block. ``x [b * T, 9, h, w]``: ``b`` independent videos of
+  ``T = num_frames`` frames each, frames inner.
+
+Input channels (official use): noisy latent (4), condition latent (4), condition mask (1).
+Output: the predicted noise ``[N, 4, h, w]``.
+
+Embeddings: the diffusion time (sinusoidal + MLP) plus a text summary (attention pooling
+over the context) conditions every block. In video mode the frame index, the motion score
+and the noise-augmentation level each get their own sinusoidal + MLP embedding; their sum
+is added to the time embedding for the temporal layers only (quirks U2, U3).
+
+Block order of a level (quirk U7): down path: self-attention -> temporal attention -> per
+ResNet pair [ResNet, temporal ResNet, cross-attention, ResNet, temporal ResNet]; up path:
+per pair [temporal ResNet, ResNet, cross-attention, temporal ResNet, ResNet] -> temporal
+attention -> self-attention.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+from torch import nn
+
+from .layers import (
+    Attention,
+    AttentionBlock,
+    AttentionPooling,
+    ConditionalGroupNorm,
+    LayerFactory,
+    LevelSpec,
+    ResNetBlock,
+    TimestepEmbedding,
+    attention_over_frames,
+    conv_over_frames,
+    down_level_channels,
+    feed_forward,
+    plan_levels,
+    up_level_channels,
+)
+
+__all__ = ["KeyframeUNet", "OFFICIAL_CONFIG"]
+
+#: ``configs.json["t2v"]["configs"]`` of the release (4,149,077,956 parameters).
+OFFICIAL_CONFIG = {
+    "model_channels": 384,
+    "init_channels": 192,
+    "num_channels": 9,
+    "out_channels": 4,
+    "time_embed_dim": 1536,
+    "context_dim": 4096,
+    "groups": 32,
+    "head_dim": 64,
+    "expansion_ratio": 4,
+    "compression_ratio": 2,
+    "dim_mult": (1, 2, 4, 8),
+    "num_blocks": (3, 3, 3, 3),
+    "add_cross_attention": (False, True, True, True),
+    "add_self_attention": (False, True, True, True),
+    "noise_augmentation": True,
+    "motion_score": True,
+}
+
+
+class TemporalResNetBlock(nn.Module):
+    """Residual stack of [ConditionalGroupNorm -> SiLU -> Conv3d (k, 1, 1) over frames] with
+    kernels 1, 3, 3, 1 and hidden width ``channels // compression_ratio`` (quirk U9).
+    ``x [(b t), C, H, W]`` -> same shape."""
+
+    def __init__(self, channels: int, embed_dim: int, groups: int = 32, compression_ratio: int = 2, *,
+                 factory: LayerFactory):
+        super().__init__()
+        hidden = channels // compression_ratio
+        widths = [(channels, hidden), (hidden, hidden), (hidden, hidden), (hidden, channels)]
+        self.temporal_resnet_blocks = nn.ModuleList([
+            nn.ModuleList([
+                ConditionalGroupNorm(groups, cin, embed_dim, factory=factory),
+                nn.SiLU(),
+                factory.conv3d(cin, cout, (k, 1, 1), padding=(k // 2, 0, 0)),
+            ])
+            for (cin, cout), k in zip(widths, [1, 3, 3, 1])
+        ])
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, num_frames: int) -> torch.Tensor:
+        out = x
+        for norm, activation, conv in self.temporal_resnet_blocks:
+            out = conv_over_frames(conv, activation(norm(out, emb)), num_frames)
+        return x + out
+
+
+class TemporalAttentionBlock(nn.Module):
+    """Self-attention over the T frames at every spatial position (no mask), then a
+    feed-forward; both pre-normed and residual. ``x [(b t), C, H, W]``."""
+
+    def __init__(self, channels: int, embed_dim: int, groups: int = 32, head_dim: int = 64,
+                 expansion_ratio: int = 4, *, factory: LayerFactory):
+        super().__init__()
+        self.temporal_norm = ConditionalGroupNorm(groups, channels, embed_dim, factory=factory)
+        self.temporal_attention = Attention(channels, channels, channels, head_dim, factory=factory)
+        self.ff_norm = ConditionalGroupNorm(groups, channels, embed_dim, factory=factory)
+        self.feed_forward = feed_forward(channels, expansion_ratio, factory=factory)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, num_frames: int) -> torch.Tensor:
+        x = x + attention_over_frames(self.temporal_attention, self.temporal_norm(x, emb), num_frames)
+        return x + self.feed_forward(self.ff_norm(x, emb))
+
+
+def _attention_block(channels: int, config: dict, factory: LayerFactory, context_dim=None) -> AttentionBlock:
+    return AttentionBlock(channels, config["time_embed_dim"], context_dim, config["groups"], config["head_dim"],
+                          config["expansion_ratio"], factory=factory)
+
+
+def _temporal_attention_block(channels: int, config: dict, factory: LayerFactory) -> TemporalAttentionBlock:
+    return TemporalAttentionBlock(channels, config["time_embed_dim"], config["groups"], config["head_dim"],
+                                  config["expansion_ratio"], factory=factory)
+
+
+class DownSampleBlock(nn.Module):
+    """One level of the down path; ``resnet_attn_blocks[i]`` holds
+    ``[ResNet, cross-attention | None, ResNet, temporal ResNet, temporal ResNet]``."""
+
+    def __init__(self, spec: LevelSpec, config: dict, *, factory: LayerFactory):
+        super().__init__()
+        emb, groups, ratio = config["time_embed_dim"], config["groups"], config["compression_ratio"]
+        self.self_attention_block = (_attention_block(spec.in_channels, config, factory)
+                                     if spec.self_attention else None)
+        self.temporal_attention_block = (_temporal_attention_block(spec.in_channels, config, factory)
+                                         if spec.self_attention else None)
+        pairs = down_level_channels(spec)
+        self.resnet_attn_blocks = nn.ModuleList()
+        for i, (cin, cout) in enumerate(pairs):
+            resample = "down" if spec.resample and i == len(pairs) - 1 else None
+            self.resnet_attn_blocks.append(nn.ModuleList([
+                ResNetBlock(cin, cout, emb, groups, ratio, factory=factory),
+                (_attention_block(cout, config, factory, spec.context_dim)
+                 if spec.context_dim is not None else None),
+                ResNetBlock(cout, cout, emb, groups, ratio, resample, factory=factory),
+                TemporalResNetBlock(cout, emb, groups, ratio, factory=factory),
+                TemporalResNetBlock(cout, emb, groups, ratio, factory=factory),
+            ]))
+
+    def forward(self, x, emb, context, context_mask, temporal_emb=None, num_frames=None):
+        video = temporal_emb is not None
+        if self.self_attention_block is not None:
+            x = self.self_attention_block(x, emb)
+            if video:
+                x = self.temporal_attention_block(x, temporal_emb, num_frames)
+        for resnet_in, cross_attention, resnet_out, temporal_in, temporal_out in self.resnet_attn_blocks:
+            x = resnet_in(x, emb)
+            if video:
+                x = temporal_in(x, temporal_emb, num_frames)
+            if cross_attention is not None:
+                x = cross_attention(x, emb, context, context_mask)
+            x = resnet_out(x, emb)
+            if video:
+                x = temporal_out(x, temporal_emb, num_frames)
+        return x
+
+
+class UpSampleBlock(nn.Module):
+    """One level of the up path (input: previous level concatenated with the skip); the
+    temporal ResNet blocks act on the input width of their ResNet pair (quirk U7)."""
+
+    def __init__(self, spec: LevelSpec, config: dict, *, factory: LayerFactory):
+        super().__init__()
+        emb, groups, ratio = config["time_embed_dim"], config["groups"], config["compression_ratio"]
+        self.resnet_attn_blocks = nn.ModuleList()
+        for i, (cin, cout) in enumerate(up_level_channels(spec)):
+            resample = "up" if spec.resample and i == 0 else None
+            self.resnet_attn_blocks.append(nn.ModuleList([
+                ResNetBlock(cin, cin, emb, groups, ratio, resample, factory=factory),
+                (_attention_block(cin, config, factory, spec.context_dim)
+                 if spec.context_dim is not None else None),
+                ResNetBlock(cin, cout, emb, groups, ratio, factory=factory),
+                TemporalResNetBlock(cin, emb, groups, ratio, factory=factory),
+                TemporalResNetBlock(cin, emb, groups, ratio, factory=factory),
+            ]))
+        self.temporal_attention_block = (_temporal_attention_block(spec.in_channels, config, factory)
+                                         if spec.self_attention else None)
+        self.self_attention_block = (_attention_block(spec.in_channels, config, factory)
+                                     if spec.self_attention else None)
+
+    def forward(self, x, emb, context, context_mask, temporal_emb=None, num_frames=None):
+        video = temporal_emb is not None
+        for resnet_in, cross_attention, resnet_out, temporal_in, temporal_out in self.resnet_attn_blocks:
+            if video:
+                x = temporal_in(x, temporal_emb, num_frames)
+            x = resnet_in(x, emb)
+            if cross_attention is not None:
+                x = cross_attention(x, emb, context, context_mask)
+            if video:
+                x = temporal_out(x, temporal_emb, num_frames)
+            x = resnet_out(x, emb)
+        if self.self_attention_block is not None:
+            if video:
+                x = self.temporal_attention_block(x, temporal_emb, num_frames)
+            x = self.self_attention_block(x, emb)
+        return x
+
+
+class KeyframeUNet(nn.Module):
+    """Keyframe / first-frame U-Net of Kandinsky Video 1.1 (see the module docstring).
+
+    Constructor keywords are those of ``configs.json["t2v"]["configs"]``
+    (:data:`OFFICIAL_CONFIG`), plus ``operations`` (namespace of layer classes, default
+    ``torch.nn``), ``device`` and ``dtype``. State-dict keys are the official ones.
+    """
+
+    def __init__(self, model_channels: int, init_channels: Optional[int] = None, num_channels: int = 3,
+                 out_channels: Optional[int] = None, time_embed_dim: Optional[int] = None,
+                 context_dim: Optional[int] = None, groups: int = 32, head_dim: int = 64,
+                 expansion_ratio: int = 4, compression_ratio: int = 2, dim_mult=(1, 2, 4, 8),
+                 num_blocks=(3, 3, 3, 3), add_cross_attention=(False, True, True, True),
+                 add_self_attention=(False, True, True, True), noise_augmentation: bool = False,
+                 motion_score: bool = False, *, operations=None, device=None, dtype=None):
+        super().__init__()
+        if time_embed_dim is None or context_dim is None:
+            raise ValueError("time_embed_dim and context_dim are required")
+        factory = LayerFactory(operations, device, dtype)
+        init_channels = init_channels or model_channels
+        out_channels = out_channels or num_channels
+        config = {"time_embed_dim": time_embed_dim, "groups": groups, "head_dim": head_dim,
+                  "expansion_ratio": expansion_ratio, "compression_ratio": compression_ratio}
+
+        self.to_time_embed = TimestepEmbedding(init_channels, time_embed_dim, factory=factory)
+        self.feature_pooling = AttentionPooling(time_embed_dim, context_dim, head_dim, factory=factory)
+        self.to_temporal_embed = TimestepEmbedding(init_channels, time_embed_dim, factory=factory)
+        self.temporal_noise_aug_time_encoding = (
+            TimestepEmbedding(init_channels, time_embed_dim, factory=factory) if noise_augmentation else None)
+        self.temporal_motion_score_encoding = (
+            TimestepEmbedding(init_channels, time_embed_dim, factory=factory) if motion_score else None)
+
+        self.in_layer = factory.conv2d(num_channels, init_channels, 3, padding=1)
+        self.image_in_layer = factory.conv2d(num_channels, init_channels, 3, padding=1)
+
+        levels = plan_levels(model_channels, init_channels, dim_mult, num_blocks, add_cross_attention,
+                             add_self_attention, context_dim)
+        self.down_samples = nn.ModuleList([DownSampleBlock(s, config, factory=factory) for s in levels])
+        self.up_samples = nn.ModuleList([UpSampleBlock(s, config, factory=factory) for s in reversed(levels)])
+        self.out_layer = nn.Sequential(
+            factory.group_norm(groups, init_channels),
+            nn.SiLU(),
+            factory.conv2d(init_channels, out_channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor, time: torch.Tensor, context: torch.Tensor,
+                context_mask: Optional[torch.Tensor], *, mode: Literal["image", "video"],
+                num_frames: Optional[int] = None, temporal_embed: Optional[torch.Tensor] = None,
+                noise_aug_time: Optional[torch.Tensor] = None,
+                motion_score: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Predict the noise.
+
+        Args:
+            x: ``[N, num_channels, h, w]`` in the compute dtype (also the output dtype). In
+                video mode ``N = b * num_frames``, frames inner.
+            time: ``[N]`` diffusion timesteps (any real/integer dtype).
+            context: ``[N, L, context_dim]`` text context; ``context_mask``: ``[N, L]`` bool or
+                0/1 (True = real token) or None (all visible).
+            mode: ``"image"`` or ``"video"`` (never inferred).
+            num_frames: frames per video (video mode, required).
+            temporal_embed: ``[N]`` frame index of each row (video mode; default
+                ``arange(num_frames)`` for every video).
+            noise_aug_time, motion_score: ``[N]`` (video mode, optional): added to the temporal
+                embedding when given and the config has the embedding, ignored otherwise (as
+                in the official code).
+
+        Returns:
+            ``[N, out_channels, h, w]``.
+        """
+        if mode not in ("image", "video"):
+            raise ValueError(f"mode must be 'image' or 'video', not {mode!r}")
+        dtype = x.dtype
+        context = context.to(dtype)
+        emb = self.feature_pooling(self.to_time_embed(time, dtype), context, context_mask)
+
+        temporal_emb = None
+        if mode == "image":
+            if any(v is not None for v in (num_frames, temporal_embed, noise_aug_time, motion_score)):
+                raise ValueError("image mode takes no num_frames/temporal_embed/noise_aug_time/motion_score")
+            h = self.image_in_layer(x)
+        else:
+            if num_frames is None or num_frames < 1 or x.shape[0] % num_frames:
+                raise ValueError(f"video mode needs num_frames dividing the batch {x.shape[0]}, got {num_frames}")
+            if temporal_embed is None:
+                temporal_embed = torch.arange(num_frames, device=x.device).repeat(x.shape[0] // num_frames)
+            frame_emb = self.to_temporal_embed(temporal_embed, dtype)
+            if self.temporal_noise_aug_time_encoding is not None and noise_aug_time is not None:
+                frame_emb = frame_emb + self.temporal_noise_aug_time_encoding(noise_aug_time, dtype)
+            if self.temporal_motion_score_encoding is not None and motion_score is not None:
+                frame_emb = frame_emb + self.temporal_motion_score_encoding(motion_score, dtype)
+            temporal_emb = emb + frame_emb
+            h = self.in_layer(x)
+
+        skips = []
+        for level, block in enumerate(self.down_samples):
+            h = block(h, emb, context, context_mask, temporal_emb, num_frames)
+            if level < len(self.down_samples) - 1:
+                skips.append(h)
+        for level, block in enumerate(self.up_samples):
+            if level > 0:
+                h = torch.cat([h, skips.pop()], dim=1)
+            h = block(h, emb, context, context_mask, temporal_emb, num_frames)
+        return self.out_layer(h)
