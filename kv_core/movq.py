@@ -103,8 +103,9 @@ class SpatialNorm(nn.Module):
         B, C, H, W = h.shape
         zh, zw = zq.shape[-2:]
         if self.add_conv or H % zh or W % zw:
-            zq = self.conv(F.interpolate(zq, size=(H, W), mode="nearest")) if self.add_conv \
-                else F.interpolate(zq, size=(H, W), mode="nearest")
+            zq = F.interpolate(zq, size=(H, W), mode="nearest")
+            if self.add_conv:
+                zq = self.conv(zq)
             return torch.addcmul(self.conv_b(zq), h, self.conv_y(zq))
         # A 1x1 conv commutes with nearest up-sampling by an integer factor: apply the convs
         # at the latent's size and broadcast each latent pixel over its (sH, sW) block
