@@ -1,0 +1,194 @@
+"""Text conditioning of Kandinsky Video 1.1.
+
+A prompt becomes a U-Net context in four steps:
+
+1. the T5 tokenizer turns it into ``tokens_length`` (128) ids: the prompt's pieces and the
+   end-of-sequence id, cut to ``tokens_length``, then padded with the pad id; the attention
+   mask is 1 on the prompt's tokens and 0 on the padding;
+2. the Flan-UL2 encoder (a transformers ``T5EncoderModel``, gated-silu feed-forward) maps
+   the ids to ``last_hidden_state`` ``[B, tokens_length, d_model]``;
+3. one of the two learned projections of ``t5_projections.pt``
+   (``Linear(d_model, context_dim, bias=False)`` then ``LayerNorm(context_dim)``) maps it to
+   the context dimension of the U-Nets (:func:`project_context`), the padded positions are
+   set to zero, and the sequence is cut to ``max(mask.sum(-1)) + 1`` positions, i.e. one
+   padded position after the longest prompt is kept;
+4. the unconditional ("null text") context of a U-Net has the same length: zeros, the
+   U-Net's learned ``null_embedding`` at position 0 and mask ``[1, 0, 0, ...]``
+   (:func:`unconditional_context`).
+
+Masks are int64 as in the release (the U-Nets take them as bool). The release pipeline uses
+``projection_base`` for the first frame, the keyframes *and* the interpolation;
+``projection_interpolation`` is loaded but never used by it.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+PROJECTION_BASE = "projection_base"
+PROJECTION_INTERPOLATION = "projection_interpolation"
+PROJECTION_LABELS = (PROJECTION_BASE, PROJECTION_INTERPOLATION)
+
+DEFAULT_TOKENS_LENGTH = 128
+DEFAULT_CONTEXT_DIM = 4096
+
+
+class TextProjection(nn.Sequential):
+    """``Linear(d_model, context_dim, bias=False)`` followed by ``LayerNorm(context_dim)``.
+
+    State-dict keys ``0.weight`` ``[context_dim, d_model]``, ``1.weight`` and ``1.bias``
+    ``[context_dim]``, as in each entry of ``t5_projections.pt``.
+    """
+
+    def __init__(self, d_model: int, context_dim: int, *, operations=None, device=None, dtype=None):
+        ops = operations or nn
+        super().__init__(
+            ops.Linear(d_model, context_dim, bias=False, device=device, dtype=dtype),
+            ops.LayerNorm(context_dim, device=device, dtype=dtype),
+        )
+
+    @property
+    def d_model(self) -> int:
+        return self[0].in_features
+
+    @property
+    def context_dim(self) -> int:
+        return self[0].out_features
+
+
+def project_context(
+    hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, projection: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project encoder states to a U-Net context.
+
+    Args:
+        hidden_states: ``[B, N, d_model]``, the encoder's ``last_hidden_state``.
+        attention_mask: ``[B, N]`` (1 = token, 0 = padding), or None for "all tokens".
+        projection: a :class:`TextProjection` (or any module ``[.., d_model] -> [.., D]``).
+
+    Returns:
+        ``context [B, L, D]`` with padded positions zeroed and ``mask [B, L]`` int64, where
+        ``L = min(N, max(mask.sum(-1)) + 1)``. Without a mask nothing is cut and the mask is
+        all ones.
+    """
+    weight = next(projection.parameters(), None)
+    if weight is not None and hidden_states.dtype != weight.dtype and weight.is_floating_point() \
+            and weight.element_size() >= 2:
+        hidden_states = hidden_states.to(weight.dtype)
+    context = projection(hidden_states)
+    if attention_mask is None:
+        mask = torch.ones(context.shape[:-1], dtype=torch.int64, device=context.device)
+        return context, mask
+    mask = attention_mask.to(device=context.device, dtype=torch.int64)
+    context = context.masked_fill((mask == 0).unsqueeze(-1), 0.0)
+    length = int(mask.sum(-1).max()) + 1
+    return context[:, :length], mask[:, :length]
+
+
+def unconditional_context(
+    context: torch.Tensor, mask: torch.Tensor, null_embedding: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The "null text" context matching ``context`` ``[B, L, D]`` / ``mask`` ``[B, L]``.
+
+    Returns zeros ``[B, L, D]`` with ``null_embedding`` ``[D]`` at position 0 of every row,
+    and a mask of the same dtype as ``mask`` that is 1 at position 0 and 0 elsewhere.
+    """
+    uncond = torch.zeros_like(context)
+    uncond[:, 0] = null_embedding.to(device=context.device, dtype=context.dtype)
+    uncond_mask = torch.zeros_like(mask)
+    uncond_mask[:, 0] = 1
+    return uncond, uncond_mask
+
+
+def tokenize(tokenizer, prompts: str | Sequence[str], tokens_length: int = DEFAULT_TOKENS_LENGTH
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask ``[B, tokens_length]`` (int64) for a prompt or a list.
+
+    Each prompt is tokenized alone with truncation to ``tokens_length`` (the end-of-sequence
+    id included) and padded on the right with the pad id, as the release does.
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    ids, masks = [], []
+    for prompt in prompts:
+        encoded = tokenizer(prompt, max_length=tokens_length, truncation=True)
+        n = len(encoded["input_ids"])
+        pad = tokens_length - n
+        ids.append(list(encoded["input_ids"]) + [tokenizer.pad_token_id] * pad)
+        masks.append(list(encoded["attention_mask"]) + [0] * pad)
+    return torch.tensor(ids, dtype=torch.int64), torch.tensor(masks, dtype=torch.int64)
+
+
+class TextEncoder(nn.Module):
+    """Tokenizer + Flan-UL2 encoder + the two KV projections.
+
+    Build it with :meth:`from_files` (a Hugging Face T5 folder or our encoder-only
+    safetensors, plus ``t5_projections.pt`` / its safetensors form), or directly from the
+    parts. :meth:`encode` returns, for each projection label, ``(context, mask)`` exactly as
+    the release's condition encoder returns them.
+    """
+
+    def __init__(self, encoder: nn.Module, projections: Mapping[str, nn.Module], tokenizer=None,
+                 tokens_length: int = DEFAULT_TOKENS_LENGTH):
+        super().__init__()
+        self.encoder = encoder
+        self.projections = nn.ModuleDict(dict(projections))
+        self.tokenizer = tokenizer
+        self.tokens_length = tokens_length
+
+    @classmethod
+    def from_files(cls, encoder_path, projections_path, *, tokenizer_path=None,
+                   tokens_length: int = DEFAULT_TOKENS_LENGTH, device=None,
+                   dtype: torch.dtype = torch.float32, projection_dtype: torch.dtype | None = None,
+                   operations=None) -> "TextEncoder":
+        """Load every part.
+
+        ``encoder_path``: a transformers T5 folder (``config.json`` + weights; only the
+        encoder is loaded) or an encoder-only safetensors written by ``kv_core.convert``.
+        ``tokenizer_path``: a folder with the tokenizer files; by default the encoder folder,
+        or the tokenizer embedded in the encoder-only safetensors. ``dtype`` is the encoder's
+        dtype (the release runs it in float32; T5 overflows in float16, bfloat16 is fine);
+        the projections use ``projection_dtype`` (default float32, as the release).
+        """
+        from .checkpoints import load_t5_encoder, load_t5_tokenizer, load_text_projections
+
+        encoder = load_t5_encoder(encoder_path, device=device, dtype=dtype)
+        tokenizer = load_t5_tokenizer(tokenizer_path if tokenizer_path is not None else encoder_path)
+        projections = load_text_projections(projections_path, device=device,
+                                            dtype=projection_dtype or torch.float32,
+                                            operations=operations)
+        return cls(encoder, projections, tokenizer, tokens_length)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    def tokenize(self, prompts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.tokenizer is None:
+            raise RuntimeError("this TextEncoder has no tokenizer")
+        return tokenize(self.tokenizer, prompts, self.tokens_length)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``last_hidden_state`` ``[B, N, d_model]`` of the T5 encoder."""
+        device = self.device
+        out = self.encoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
+        return out.last_hidden_state
+
+    def project(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
+                labels: Sequence[str] = PROJECTION_LABELS) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        out = {}
+        for label in labels:
+            if label not in self.projections:
+                raise KeyError(f"unknown projection {label!r}; known: {sorted(self.projections)}")
+            out[label] = project_context(hidden_states, attention_mask, self.projections[label])
+        return out
+
+    @torch.no_grad()
+    def encode(self, prompts: str | Sequence[str], labels: Sequence[str] = PROJECTION_LABELS
+               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{label: (context [B, L, D], mask [B, L] int64)}`` for one prompt or a list."""
+        input_ids, attention_mask = self.tokenize(prompts)
+        hidden = self.hidden_states(input_ids, attention_mask)
+        return self.project(hidden, attention_mask, labels)
