@@ -478,14 +478,15 @@ def detect_config(network: str, shapes: Mapping[str, tuple], base: Mapping | Non
     raise ValueError(f"no config detection for {network!r}")
 
 
-def resolve_config(network: str, configs, tensors: NetworkTensors) -> dict:
+def resolve_config(network: str, configs, tensors: NetworkTensors) -> tuple[dict, str]:
+    """``(config, origin)`` with origin 'configs', 'file' or 'detected'."""
     explicit = config_from(configs, network)
     if explicit is not None:
-        return explicit
+        return explicit, "configs"
     stored = tensors.file.config
     if stored is not None:
-        return stored
-    return detect_config(network, tensors.shapes)
+        return stored, "file"
+    return detect_config(network, tensors.shapes), "detected"
 
 
 # --- building --------------------------------------------------------------------------------
@@ -516,8 +517,13 @@ def _constructor_kwargs(cls, cfg: dict, path, network: str) -> dict:
     return {k: v for k, v in cfg.items() if k in params}
 
 
+_DETECTION_HINT = ("; the config was detected from the checkpoint, and what a state dict cannot "
+                   "show (U-Net groups and head_dim, MoVQ resolution) is the official value: pass "
+                   "the release's configs.json")
+
+
 def build_network(network: str, config: dict, *, operations=None, dtype=None, device="meta",
-                  path=None) -> nn.Module:
+                  path=None, hint: str = "") -> nn.Module:
     """Instantiate ``network`` with ``config`` (on the meta device by default)."""
     cls = network_class(network)
     kwargs = _constructor_kwargs(cls, config, path, network)
@@ -525,7 +531,7 @@ def build_network(network: str, config: dict, *, operations=None, dtype=None, de
         return cls(**kwargs, operations=operations, device=device, dtype=dtype)
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"{path}: could not build the {_DESCRIPTIONS[network]} from its "
-                              f"config {json.dumps(config)}: {type(err).__name__}: {err}") from err
+                              f"config {json.dumps(config)}: {type(err).__name__}: {err}{hint}") from err
 
 
 def check_state_dict(expected: Mapping[str, tuple], found: Mapping[str, tuple], *, path, network: str):
@@ -567,13 +573,20 @@ def assign_state_dict(module: nn.Module, tensors: Mapping[str, tuple] | None, ge
 
 def _load_network(network: str, path, configs, *, device, dtype, operations, keep_fp8):
     tensors = network_tensors(path, network)
-    config = resolve_config(network, configs, tensors)
+    config, origin = resolve_config(network, configs, tensors)
     dtype = parse_dtype(dtype)
     if keep_fp8 is None:
         keep_fp8 = supports_fp8_weights(operations)
-    module = build_network(network, config, operations=operations, dtype=dtype, path=tensors.file.path)
-    assign_state_dict(module, tensors.shapes, tensors.get, path=tensors.file.path, network=network,
-                      device=device, dtype=dtype, keep_fp8=keep_fp8)
+    hint = _DETECTION_HINT if origin == "detected" else ""
+    module = build_network(network, config, operations=operations, dtype=dtype, path=tensors.file.path,
+                           hint=hint)
+    try:
+        assign_state_dict(module, tensors.shapes, tensors.get, path=tensors.file.path, network=network,
+                          device=device, dtype=dtype, keep_fp8=keep_fp8)
+    except CheckpointError as err:
+        if origin == "configs":
+            raise CheckpointError(f"{err} (config from the configs given)") from None
+        raise
     module.kv_config = config  # the kwargs it was built with (used by the converter)
     return module, tensors
 
