@@ -1,0 +1,82 @@
+"""pytest fixtures around the ComfyUI harness (tests/comfy_host.py).
+
+Registered from tests/conftest.py with ``pytest_plugins``.
+
+* ``comfy_host`` (session): one real ComfyUI for the whole test session, with this pack
+  in ``custom_nodes/`` and an empty ``models/`` (tests add files with ``add_model``).
+  Set ``KV_SKIP_COMFY=1`` to skip the tests that need it (never in CI).
+* ``comfy`` (function): the same host, checked alive after the test; the server log of
+  the test is attached to its report when it fails.
+* ``comfy_browser`` (session): a :class:`ComfyFrontend` — the real web frontend of that
+  host in headless Chromium. Skipped with the reason when no Chromium is installed,
+  except under CI (``CI`` set), where that is a failure.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from comfy_host import Browser, BrowserError, ComfyFrontend, ComfyHost, HostError, find_chromium
+
+_MARK_KEY = pytest.StashKey[int]()
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+@pytest.fixture(scope="session")
+def comfy_host():
+    if os.environ.get("KV_SKIP_COMFY") and not _in_ci():
+        pytest.skip("KV_SKIP_COMFY is set: the tests that need a real ComfyUI are skipped")
+    host = ComfyHost()
+    try:
+        host.start()
+    except HostError as e:
+        pytest.fail(f"ComfyUI did not start: {e}", pytrace=False)
+    try:
+        yield host
+    finally:
+        host.stop()
+
+
+@pytest.fixture
+def comfy(comfy_host, request):
+    if not comfy_host.alive:
+        pytest.fail("the session's ComfyUI is no longer running:\n" + comfy_host.log_tail(), pytrace=False)
+    request.node.stash[_MARK_KEY] = comfy_host.log_mark()
+    yield comfy_host
+    if not comfy_host.alive:
+        pytest.fail("ComfyUI died during this test:\n" + comfy_host.log_tail(), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def comfy_browser(comfy_host):
+    if not find_chromium():
+        reason = "no Chromium (apt-get install chromium) for the frontend tests"
+        if _in_ci():
+            pytest.fail(reason + " — CI must run them", pytrace=False)
+        pytest.skip(reason)
+    browser = Browser()
+    try:
+        browser.start()
+        frontend = ComfyFrontend(comfy_host, browser).open()
+    except BrowserError as e:
+        browser.close()
+        pytest.fail(f"the ComfyUI frontend did not open: {e}", pytrace=False)
+    try:
+        yield frontend
+    finally:
+        browser.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the server log written during a failed test that used ``comfy``."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed and _MARK_KEY in item.stash:
+        host = getattr(item, "funcargs", {}).get("comfy")
+        if host is not None:
+            report.sections.append(("ComfyUI log of this test", host.log_since(item.stash[_MARK_KEY])[-20000:]))
