@@ -584,8 +584,12 @@ def _load_network(network: str, path, configs, *, device, dtype, operations, kee
         assign_state_dict(module, tensors.shapes, tensors.get, path=tensors.file.path, network=network,
                           device=device, dtype=dtype, keep_fp8=keep_fp8)
     except CheckpointError as err:
-        if origin == "configs":
-            raise CheckpointError(f"{err} (config from the configs given)") from None
+        if origin != "detected":
+            detected = detect_config(network, tensors.shapes, config)
+            says = ", ".join(f"{k}={json.dumps(v)}" for k, v in detected.items() if config.get(k) != v)
+            where = "the configs given" if origin == "configs" else "the file's metadata"
+            raise CheckpointError(f"{err} (config from {where}"
+                                  + (f"; the checkpoint's keys say {says})" if says else ")")) from None
         raise
     module.kv_config = config  # the kwargs it was built with (used by the converter)
     return module, tensors
