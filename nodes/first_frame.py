@@ -1,0 +1,156 @@
+"""The first frame: Kandinsky 3.0 text-to-image through the keyframe U-Net (image mode),
+and the encoding of any picture into the first-frame condition of the keyframes."""
+from __future__ import annotations
+
+import torch
+
+import comfy.model_management as mm
+from comfy_api.latest import io
+
+from ..kv_core.image import RESIZE_MODES, prepare_first_frame
+from ..kv_core.movq import to_uint8_frames
+from ..kv_core.noise import MAX_SEED, SeededNoise
+from ..kv_core.sampling import sample_first_frame
+from ..kv_core.schedulers import SAMPLERS, stage_sampler
+from . import common
+from .common import CATEGORY
+
+SIZE_TOOLTIP = ("{} of the video in pixels, a multiple of 64 (the release is trained at 512x512). "
+                "{}")
+SAMPLER_TOOLTIP = ("ddpm: the release's sampler (50 steps for the first frame and the keyframes, 10 for "
+                   "interpolation). ddim and dpmpp_2m give usable results in fewer steps.")
+SEED_TOOLTIP = ("Seed of this stage's noise. Using one seed on every Kandinsky Video node reproduces "
+                "the kv_core pipeline run with that seed.")
+
+
+def size_inputs(extra: str) -> list:
+    return [
+        io.Int.Input("width", default=512, min=64, max=common.MAX_SIZE, step=64,
+                     tooltip=SIZE_TOOLTIP.format("Width", extra)),
+        io.Int.Input("height", default=512, min=64, max=common.MAX_SIZE, step=64,
+                     tooltip=SIZE_TOOLTIP.format("Height", extra)),
+    ]
+
+
+def sampler_inputs(steps: int) -> list:
+    return [
+        io.Int.Input("steps", default=steps, min=1, max=1000,
+                     tooltip=f"Denoising steps ({steps} in the release)."),
+        io.Combo.Input("sampler", options=list(SAMPLERS), default="ddpm", tooltip=SAMPLER_TOOLTIP),
+        io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True, tooltip=SEED_TOOLTIP),
+    ]
+
+
+def check_sampling(steps=None, sampler=None, seed=None):
+    return common.first_error(
+        common.check_range("steps", steps, 1, 1000),
+        True if sampler is None or sampler in SAMPLERS else f"sampler must be one of {SAMPLERS}, got {sampler!r}",
+        common.check_range("seed", seed, 0, MAX_SEED),
+    )
+
+
+def image_output(frames: torch.Tensor) -> torch.Tensor:
+    """kv_core float frames ``[N, 3, H, W]`` in [0, 1] -> ComfyUI IMAGE ``[N, H, W, 3]``."""
+    return frames.float().clamp(0, 1).movedim(1, -1).contiguous().to(mm.intermediate_device())
+
+
+class KandinskyVideoFirstFrame(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="KandinskyVideoFirstFrame",
+            display_name="Kandinsky Video First Frame",
+            category=f"{CATEGORY}/sampling",
+            description=("Text-to-image with the keyframe U-Net in its Kandinsky 3.0 image mode, at twice "
+                         "the video size, decoded by the image MoVQ. The picture is an ordinary IMAGE: "
+                         "look at it, keep it, or replace it with any image before encoding."),
+            inputs=[
+                common.KeyframeUNet.Input("keyframe_unet", tooltip="From Load Kandinsky Video Keyframe U-Net."),
+                common.MoVQ.Input("movq", tooltip="From Load Kandinsky Video Image MoVQ (decodes the picture)."),
+                common.Conditioning.Input("conditioning", tooltip="From Kandinsky Video Text Encode."),
+                *size_inputs("The picture is made at twice this size."),
+                io.Float.Input("guidance_scale", default=5.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance (w+1)*cond - w*uncond "
+                                       "(key_frame_guidance_scale, 5 in the release)."),
+                *sampler_inputs(50),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="The first frame, at twice the video size.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, width=None, height=None, guidance_scale=None, steps=None, sampler=None, seed=None):
+        return common.first_error(common.check_size(width, height),
+                                  common.check_range("guidance_scale", guidance_scale, 0.0, 30.0),
+                                  check_sampling(steps, sampler, seed))
+
+    @classmethod
+    def execute(cls, keyframe_unet, movq, conditioning, width, height, guidance_scale, steps, sampler,
+                seed) -> io.NodeOutput:
+        size_ok = common.check_size(width, height)
+        if size_ok is not True:
+            raise ValueError(size_ok)
+        common.check_context_dim(conditioning, keyframe_unet)
+        loop = stage_sampler("first_frame", sampler, steps)
+        progress = common.StepProgress(loop.num_steps, lambda x: x)
+        h, w = height // 4, width // 4
+        with torch.inference_mode():
+            memory = common.activation_memory(2, h, w, keyframe_unet.compute_dtype, 15)
+            with common.stage(keyframe_unet, memory_required=memory) as device:
+                latent = sample_first_frame(
+                    common.ComputeDtype(keyframe_unet), conditioning.text_condition(), keyframe_unet.null_embedding,
+                    latent_size=(h, w), guidance_scale=float(guidance_scale), sampler=loop,
+                    noise=SeededNoise.for_stage(seed, "first_frame"), device=device, progress=progress,
+                    cancel=progress.cancel)
+            memory = common.activation_memory(1, h, w, movq.compute_dtype, 300)
+            with common.stage(movq, memory_required=memory) as device:
+                decoded = movq.module.decode(latent.to(device=device, dtype=movq.compute_dtype)).float()
+            # uint8 as the release (truncated), so encoding this picture matches its re-encoding
+            pixels = to_uint8_frames(((decoded + 1.0) / 2.0).clamp(0, 1)).float() / 255.0
+        return io.NodeOutput(pixels.to(mm.intermediate_device()))
+
+
+class KandinskyVideoEncodeFirstFrame(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="KandinskyVideoEncodeFirstFrame",
+            display_name="Kandinsky Video Encode First Frame",
+            category=f"{CATEGORY}/conditioning",
+            description=("Fits a picture to the video size and encodes it with the image MoVQ: the first "
+                         "frame the keyframes start from (image-to-video, or the generated first frame)."),
+            inputs=[
+                common.MoVQ.Input("movq", tooltip="From Load Kandinsky Video Image MoVQ."),
+                io.Image.Input("image", tooltip="The first frame (the first image of a batch is used)."),
+                *size_inputs("This sets the size of the whole video."),
+                io.Combo.Input("resize_mode", options=list(RESIZE_MODES), default="reference",
+                               tooltip="reference: as the release (scale down to fit the shorter side, "
+                                       "centre crop; a smaller picture is padded black, never enlarged). "
+                                       "cover: scale up or down to cover the frame, centre crop."),
+            ],
+            outputs=[common.FirstFrame.Output(display_name="first_frame")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, width=None, height=None, resize_mode=None):
+        return common.first_error(
+            common.check_size(width, height),
+            True if resize_mode is None or resize_mode in RESIZE_MODES
+            else f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+
+    @classmethod
+    def execute(cls, movq, image, width, height, resize_mode) -> io.NodeOutput:
+        size_ok = common.check_size(width, height)
+        if size_ok is not True:
+            raise ValueError(size_ok)
+        if image.ndim != 4 or image.shape[0] < 1:
+            raise ValueError(f"expected an IMAGE batch [B, H, W, C], got shape {list(image.shape)}")
+        with torch.inference_mode():
+            pixels = prepare_first_frame(image[:1, :, :, :3], width, height, resize_mode)
+            memory = common.activation_memory(1, height // 8, width // 8, movq.compute_dtype, 300)
+            with common.stage(movq, memory_required=memory) as device:
+                latent = movq.module.encode(pixels[None].to(device=device, dtype=movq.compute_dtype))[0]
+            latent = latent.float().to(mm.intermediate_device())
+        return io.NodeOutput(common.FirstFrameCondition(latent, width, height))
+
+
+NODES = [KandinskyVideoFirstFrame, KandinskyVideoEncodeFirstFrame]

@@ -1,0 +1,88 @@
+"""Keyframes: the keyframe U-Net in video mode, from the first-frame condition."""
+from __future__ import annotations
+
+import torch
+
+from comfy_api.latest import io
+
+from ..kv_core.noise import SeededNoise
+from ..kv_core.pipeline import MOTION_PRESETS, REFERENCE_KEYFRAMES
+from ..kv_core.sampling import sample_keyframes
+from ..kv_core.schedulers import NUM_TRAIN_TIMESTEPS, stage_sampler
+from . import common
+from .common import CATEGORY
+from .first_frame import check_sampling, sampler_inputs
+
+MAX_KEYFRAMES = 64
+
+
+class KandinskyVideoKeyframes(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="KandinskyVideoKeyframes",
+            display_name="Kandinsky Video Keyframes",
+            category=f"{CATEGORY}/sampling",
+            description=("Generates the keyframes (12 in the release, 2 fps, 5.5 s) from the first frame "
+                         "with three guidance passes per step. The output is a core LATENT "
+                         "[1, 4, frames, h, w]: Save Latent / Load Latent can keep it."),
+            inputs=[
+                common.KeyframeUNet.Input("keyframe_unet", tooltip="From Load Kandinsky Video Keyframe U-Net."),
+                common.Conditioning.Input("conditioning", tooltip="From Kandinsky Video Text Encode."),
+                common.FirstFrame.Input("first_frame", tooltip="From Kandinsky Video Encode First Frame; "
+                                                               "it also sets the video size."),
+                io.Combo.Input("motion", options=list(MOTION_PRESETS), default="medium",
+                               tooltip="Amount of motion: low 1, medium 10, high 50, extreme 100 (the motion "
+                                       "score the U-Net was trained with)."),
+                io.Int.Input("noise_augmentation", default=20, min=0, max=NUM_TRAIN_TIMESTEPS - 1,
+                             tooltip="Diffusion timestep the first frame is noised to before conditioning "
+                                     "(20 in the release); higher lets the video drift from the picture."),
+                io.Float.Input("guidance_weight_prompt", default=5.0, min=-30.0, max=30.0, step=0.1,
+                               tooltip="Prompt guidance weight wp in (1-wi)*uncond + (wi-wp)*image + wp*full "
+                                       "(5 in the release)."),
+                io.Float.Input("guidance_weight_image", default=2.0, min=-30.0, max=30.0, step=0.1,
+                               tooltip="Image guidance weight wi (2 in the release, 3 in its README examples)."),
+                *sampler_inputs(50),
+                io.Int.Input("num_keyframes", default=REFERENCE_KEYFRAMES, min=2, max=MAX_KEYFRAMES,
+                             tooltip="Keyframes to generate (12 in the release, 0.5 s apart)."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent",
+                                      tooltip="Keyframe latents [1, 4, frames, h, w].")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, motion=None, noise_augmentation=None, guidance_weight_prompt=None,
+                        guidance_weight_image=None, steps=None, sampler=None, seed=None, num_keyframes=None):
+        return common.first_error(
+            True if motion is None or motion in MOTION_PRESETS
+            else f"motion must be one of {tuple(MOTION_PRESETS)}, got {motion!r}",
+            common.check_range("noise_augmentation", noise_augmentation, 0, NUM_TRAIN_TIMESTEPS - 1),
+            common.check_range("guidance_weight_prompt", guidance_weight_prompt, -30.0, 30.0),
+            common.check_range("guidance_weight_image", guidance_weight_image, -30.0, 30.0),
+            check_sampling(steps, sampler, seed),
+            common.check_range("num_keyframes", num_keyframes, 2, MAX_KEYFRAMES),
+        )
+
+    @classmethod
+    def execute(cls, keyframe_unet, conditioning, first_frame, motion, noise_augmentation,
+                guidance_weight_prompt, guidance_weight_image, steps, sampler, seed,
+                num_keyframes) -> io.NodeOutput:
+        common.check_context_dim(conditioning, keyframe_unet)
+        loop = stage_sampler("keyframes", sampler, steps)
+        progress = common.StepProgress(loop.num_steps, lambda x: x)
+        h, w = first_frame.latent.shape[-2:]
+        with torch.inference_mode():
+            memory = common.activation_memory(3 * num_keyframes, h, w, keyframe_unet.compute_dtype, 15)
+            with common.stage(keyframe_unet, memory_required=memory) as device:
+                frames = sample_keyframes(
+                    common.ComputeDtype(keyframe_unet), conditioning.text_condition(),
+                    keyframe_unet.null_embedding, first_frame.latent, num_frames=num_keyframes,
+                    guidance_weight_prompt=float(guidance_weight_prompt),
+                    guidance_weight_image=float(guidance_weight_image), motion_score=MOTION_PRESETS[motion],
+                    noise_augmentation=int(noise_augmentation), sampler=loop,
+                    noise=SeededNoise.for_stage(seed, "keyframes"), device=device,
+                    progress=progress, cancel=progress.cancel)
+        return io.NodeOutput(common.video_latent(frames, num_keyframes))
+
+
+NODES = [KandinskyVideoKeyframes]

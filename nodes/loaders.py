@@ -1,0 +1,283 @@
+"""Loader nodes: one per network of the release, each with a weight-dtype choice.
+
+Files are listed from ``models/kandinsky_video/`` (text encoders also from
+``models/text_encoders/``). A ``configs.json`` beside a checkpoint (as in the official
+release folder) gives its configuration; without one the configuration stored in our
+safetensors, or the official one adapted to the checkpoint's shapes, is used.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+import comfy.model_management as mm
+import comfy.ops
+from comfy_api.latest import io
+
+from ..kv_core import checkpoints as ckpt
+from ..kv_core.text import DEFAULT_TOKENS_LENGTH, TextEncoder as KVTextEncoder
+from . import common
+from .common import (CATEGORY, FP8, WEIGHT_DTYPE_TOOLTIP, WEIGHT_DTYPES, check_model_name, file_params,
+                     operations_for, release_configs, resolve_model_file, resolve_text_encoder, store_fp8,
+                     weight_and_compute_dtype, wrap)
+
+LOADERS = f"{CATEGORY}/loaders"
+
+
+def _dtype_input() -> io.Combo.Input:
+    return io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
+                          tooltip=WEIGHT_DTYPE_TOOLTIP)
+
+
+def _load_error(network: str, name: str, path: str, err: Exception) -> ValueError:
+    return ValueError(f"Could not load '{name}' as the Kandinsky Video {common.NETWORK_NAMES[network]} "
+                      f"(expected {common.EXPECTED_FILES[network]}): {err}")
+
+
+def load_network(network: str, name: str, weight_dtype: str) -> common.Network:
+    """Load a U-Net or MoVQ checkpoint into a ModelPatcher-wrapped :class:`common.Network`."""
+    path = resolve_model_file(name, network)
+    unet = network in (ckpt.KEYFRAME_UNET, ckpt.INTERPOLATION_UNET)
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device() if unet else mm.vae_offload_device()
+    weight, compute = weight_and_compute_dtype(weight_dtype, "unet" if unet else "movq", load_device,
+                                               file_params(path))
+    fp8 = weight if weight in FP8 else None
+    ops = operations_for(weight, compute, load_device)
+    configs = release_configs(path)
+    kwargs = dict(device=offload_device, dtype=compute if fp8 else weight, operations=ops)
+    null = None
+    try:
+        if network == ckpt.KEYFRAME_UNET:
+            module, null = ckpt.load_keyframe_unet(path, configs, **kwargs)
+        elif network == ckpt.INTERPOLATION_UNET:
+            module, null = ckpt.load_interpolation_unet(path, configs, **kwargs)
+        else:
+            module = ckpt.load_movq(path, configs, video=network == ckpt.VIDEO_MOVQ, **kwargs)
+    except ckpt.CheckpointError as err:
+        raise _load_error(network, name, path, err) from None
+    if fp8 is not None:
+        store_fp8(module, fp8)
+    return wrap(module, network, name, compute, load_device=load_device, offload_device=offload_device,
+                null_embedding=None if null is None else null.float().cpu(), configs=configs)
+
+
+class _NetworkLoader(io.ComfyNode):
+    NETWORK: str = ""
+    NODE_ID: str = ""
+    TITLE: str = ""
+    INPUT: str = ""
+    OUTPUT = None
+    DESCRIPTION: str = ""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=cls.NODE_ID,
+            display_name=cls.TITLE,
+            category=LOADERS,
+            description=cls.DESCRIPTION,
+            inputs=[
+                io.Combo.Input(cls.INPUT, options=common.model_files(),
+                               tooltip=f"The {common.NETWORK_NAMES[cls.NETWORK]}: "
+                                       f"{common.EXPECTED_FILES[cls.NETWORK]} in models/kandinsky_video/."),
+                _dtype_input(),
+            ],
+            outputs=[cls.OUTPUT.Output(display_name=cls.NETWORK)],
+        )
+
+    @classmethod
+    def execute(cls, **kwargs) -> io.NodeOutput:
+        return io.NodeOutput(load_network(cls.NETWORK, kwargs[cls.INPUT], kwargs["weight_dtype"]))
+
+
+class KandinskyVideoKeyframeUNetLoader(_NetworkLoader):
+    NETWORK = ckpt.KEYFRAME_UNET
+    NODE_ID = "KandinskyVideoKeyframeUNetLoader"
+    TITLE = "Load Kandinsky Video Keyframe U-Net"
+    INPUT = "unet_name"
+    OUTPUT = common.KeyframeUNet
+    DESCRIPTION = ("Loads the keyframe U-Net (t2v.pt, 4.1B parameters). It makes the first frame "
+                   "(Kandinsky 3.0 image mode) and the keyframes.")
+
+    @classmethod
+    def validate_inputs(cls, unet_name=None):
+        return check_model_name(unet_name, cls.NETWORK)
+
+
+class KandinskyVideoInterpolationUNetLoader(_NetworkLoader):
+    NETWORK = ckpt.INTERPOLATION_UNET
+    NODE_ID = "KandinskyVideoInterpolationUNetLoader"
+    TITLE = "Load Kandinsky Video Interpolation U-Net"
+    INPUT = "unet_name"
+    OUTPUT = common.InterpolationUNet
+    DESCRIPTION = "Loads the interpolation U-Net (interpolation.pt, 4.0B parameters) for the 8 and 32 fps passes."
+
+    @classmethod
+    def validate_inputs(cls, unet_name=None):
+        return check_model_name(unet_name, cls.NETWORK)
+
+
+class KandinskyVideoMoVQLoader(_NetworkLoader):
+    NETWORK = ckpt.MOVQ
+    NODE_ID = "KandinskyVideoMoVQLoader"
+    TITLE = "Load Kandinsky Video Image MoVQ"
+    INPUT = "movq_name"
+    OUTPUT = common.MoVQ
+    DESCRIPTION = "Loads the image MoVQ (movq.pt): decodes the first frame and encodes the conditioning image."
+
+    @classmethod
+    def validate_inputs(cls, movq_name=None):
+        return check_model_name(movq_name, cls.NETWORK)
+
+
+class KandinskyVideoVideoMoVQLoader(_NetworkLoader):
+    NETWORK = ckpt.VIDEO_MOVQ
+    NODE_ID = "KandinskyVideoVideoMoVQLoader"
+    TITLE = "Load Kandinsky Video Video MoVQ"
+    INPUT = "movq_name"
+    OUTPUT = common.VideoMoVQ
+    DESCRIPTION = "Loads the video MoVQ (video_movq.pt), whose temporal decoder turns video latents into frames."
+
+    @classmethod
+    def validate_inputs(cls, movq_name=None):
+        return check_model_name(movq_name, cls.NETWORK)
+
+
+# --------------------------------------------------------------------------- text encoder
+
+class _TextStack(torch.nn.Module):
+    """Holds the kv_core TextEncoder for the ModelPatcher (which sets ``.device`` on the
+    module it manages; the TextEncoder's ``device`` is a read-only property)."""
+
+    def __init__(self, text_encoder: KVTextEncoder):
+        super().__init__()
+        self.text_encoder = text_encoder
+
+
+def adopt_operations(module: torch.nn.Module, operations, *, fp8=None, compute=None,
+                     fp32_names=(), keep_names=()) -> None:
+    """Replace the ``torch.nn.Linear``/``Embedding`` layers of a transformers model by the
+    ``comfy.ops`` classes (same parameters), so ComfyUI can load it partially and store
+    its matrices in fp8. Layers named in ``keep_names`` keep the compute dtype when the
+    rest goes fp8, those in ``fp32_names`` are stored in fp32 (T5's ``wo`` in fp16, as
+    transformers does)."""
+    replaced: dict[int, torch.nn.Module] = {}  # shared layers (T5's token embedding) stay shared
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if id(child) in replaced:
+                setattr(parent, name, replaced[id(child)])
+                continue
+            if type(child) is torch.nn.Linear:
+                new = operations.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                        device="meta")
+            elif type(child) is torch.nn.Embedding:
+                new = operations.Embedding(child.num_embeddings, child.embedding_dim,
+                                           padding_idx=child.padding_idx, device="meta")
+            else:
+                continue
+            w = child.weight.detach()
+            if name in fp32_names:
+                w = w.float()
+            elif fp8 is not None and isinstance(child, torch.nn.Linear) and name not in keep_names:
+                w = w.to(fp8)
+            new.weight = torch.nn.Parameter(w, requires_grad=False)
+            if getattr(child, "bias", None) is not None:
+                new.bias = torch.nn.Parameter(child.bias.detach(), requires_grad=False)
+            elif isinstance(new, torch.nn.Linear):
+                new.bias = None
+            if w.dtype != compute:
+                new.comfy_cast_weights = True
+            replaced[id(child)] = new
+            setattr(parent, name, new)
+
+
+def _tokens_length(projections_path: str) -> int:
+    """``text_encoder.tokens_length`` of the release's configs.json (128 if absent)."""
+    configs = release_configs(projections_path)
+    if configs:
+        try:
+            with open(configs) as fh:
+                return int(json.load(fh).get("text_encoder", {}).get("tokens_length", DEFAULT_TOKENS_LENGTH))
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass
+    return DEFAULT_TOKENS_LENGTH
+
+
+def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtype: str) -> common.Network:
+    encoder_path = resolve_text_encoder(text_encoder_name)
+    projections_path = resolve_model_file(projections_name, ckpt.TEXT_PROJECTIONS)
+    load_device = mm.text_encoder_device()
+    offload_device = mm.text_encoder_offload_device()
+    weight, compute = weight_and_compute_dtype(weight_dtype, "text", load_device, file_params(encoder_path))
+    fp8 = weight if weight in FP8 else None
+    try:
+        encoder = ckpt.load_t5_encoder(encoder_path, device=offload_device, dtype=compute if fp8 else weight)
+        tokenizer = ckpt.load_t5_tokenizer(encoder_path)
+    except ckpt.CheckpointError as err:
+        raise _load_error(ckpt.T5_ENCODER, text_encoder_name, encoder_path, err) from None
+    except (OSError, ValueError) as err:
+        raise _load_error(ckpt.T5_ENCODER, text_encoder_name, encoder_path,
+                          f"no usable T5 tokenizer: {err}") from None
+    try:  # fp32 as the release: 2 x d_model x 4096, small
+        projections = ckpt.load_text_projections(projections_path, device=offload_device, dtype=torch.float32,
+                                                 operations=comfy.ops.disable_weight_init)
+    except ckpt.CheckpointError as err:
+        raise _load_error(ckpt.TEXT_PROJECTIONS, projections_name, projections_path, err) from None
+    d_model = encoder.config.d_model
+    proj_in = next(iter(projections.values())).d_model
+    if proj_in != d_model:
+        raise ValueError(f"The text projections '{projections_name}' take {proj_in}-wide encoder states but "
+                         f"the text encoder '{text_encoder_name}' makes {d_model}-wide ones: they are not "
+                         "from the same release (Kandinsky Video needs google/flan-ul2, d_model 4096).")
+    adopt_operations(encoder, operations_for(weight, compute, load_device), fp8=fp8, compute=compute,
+                     fp32_names=("wo",) if weight == torch.float16 else (), keep_names=("wo",))
+    text = KVTextEncoder(encoder, projections, tokenizer, _tokens_length(projections_path))
+    return wrap(_TextStack(text), ckpt.T5_ENCODER, text_encoder_name, compute, load_device=load_device,
+                offload_device=offload_device)
+
+
+class KandinskyVideoTextEncoderLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="KandinskyVideoTextEncoderLoader",
+            display_name="Load Kandinsky Video Text Encoder",
+            category=LOADERS,
+            description=("Loads the Flan-UL2 text encoder (only its encoder half is read) and the two "
+                         "Kandinsky Video text projections (t5_projections.pt)."),
+            inputs=[
+                io.Combo.Input("text_encoder_name", options=common.text_encoder_choices(),
+                               tooltip="A google/flan-ul2 folder (config.json, weights, tokenizer) or our "
+                                       "encoder-only .safetensors, in models/kandinsky_video/ or "
+                                       "models/text_encoders/."),
+                io.Combo.Input("projections_name", options=common.model_files(),
+                               tooltip="t5_projections.pt of the release, in models/kandinsky_video/."),
+                _dtype_input(),
+            ],
+            outputs=[common.TextEncoder.Output(display_name="text_encoder")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, text_encoder_name=None, projections_name=None):
+        if text_encoder_name is not None:
+            try:
+                resolve_text_encoder(text_encoder_name)
+            except common.ModelFileError as err:
+                return str(err)
+        return check_model_name(projections_name, ckpt.TEXT_PROJECTIONS)
+
+    @classmethod
+    def execute(cls, text_encoder_name, projections_name, weight_dtype) -> io.NodeOutput:
+        return io.NodeOutput(load_text_encoder(text_encoder_name, projections_name, weight_dtype))
+
+
+NODES = [
+    KandinskyVideoKeyframeUNetLoader,
+    KandinskyVideoInterpolationUNetLoader,
+    KandinskyVideoMoVQLoader,
+    KandinskyVideoVideoMoVQLoader,
+    KandinskyVideoTextEncoderLoader,
+]
