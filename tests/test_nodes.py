@@ -1,0 +1,283 @@
+"""The Kandinsky Video nodes inside a real ComfyUI (tests/comfy_host.py), with a tiny
+random-weight release (kv_core.tiny) in models/kandinsky_video/.
+
+Interface (ids, input names, tooltips, categories), model lists, node errors before and
+during a run, Save/Load Latent, interrupt latency and memory over many prompts. The
+shipped workflows are run by tests/test_workflows.py, which reuses the fixtures here.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import statistics
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+import websocket
+
+from kv_core.pipeline import frame_rate
+from kv_core.tiny import write_tiny_release
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / "workflows"
+RELEASE_FILES = ("configs.json", "t2v.pt", "interpolation.pt", "movq.pt", "video_movq.pt", "t5_projections.pt",
+                 "flan-ul2")
+SIZE = 64  # smallest video size the networks take (tests keep the tiny runs fast)
+
+# Node ids, input names (in order) and output types are an interface: saved workflows
+# refer to them. Changing this table means breaking users' workflows.
+INTERFACE = {
+    "KandinskyVideoKeyframeUNetLoader": (["unet_name", "weight_dtype"], ["KV_KEYFRAME_UNET"]),
+    "KandinskyVideoInterpolationUNetLoader": (["unet_name", "weight_dtype"], ["KV_INTERPOLATION_UNET"]),
+    "KandinskyVideoMoVQLoader": (["movq_name", "weight_dtype"], ["KV_MOVQ"]),
+    "KandinskyVideoVideoMoVQLoader": (["movq_name", "weight_dtype"], ["KV_VIDEO_MOVQ"]),
+    "KandinskyVideoTextEncoderLoader": (["text_encoder_name", "projections_name", "weight_dtype"],
+                                        ["KV_TEXT_ENCODER"]),
+    "KandinskyVideoTextEncode": (["text_encoder", "prompt", "negative_prompt"], ["KV_CONDITIONING"]),
+    "KandinskyVideoFirstFrame": (["keyframe_unet", "movq", "conditioning", "width", "height", "guidance_scale",
+                                  "steps", "sampler", "seed"], ["IMAGE"]),
+    "KandinskyVideoEncodeFirstFrame": (["movq", "image", "width", "height", "resize_mode"], ["KV_FIRST_FRAME"]),
+    "KandinskyVideoKeyframes": (["keyframe_unet", "conditioning", "first_frame", "motion", "noise_augmentation",
+                                 "guidance_weight_prompt", "guidance_weight_image", "steps", "sampler", "seed",
+                                 "num_keyframes"], ["LATENT"]),
+    "KandinskyVideoInterpolate": (["interpolation_unet", "conditioning", "latent", "skip_frames", "guidance_scale",
+                                   "steps", "sampler", "seed"], ["LATENT"]),
+    "KandinskyVideoDecode": (["video_movq", "latent", "chunk_size"], ["IMAGE", "FLOAT"]),
+}
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="session")
+def kv_release(comfy_host, tmp_path_factory):
+    """The tiny release under its official file names in models/kandinsky_video/, and
+    ComfyUI's example.png in input/ (for the image-to-video workflow)."""
+    folder = tmp_path_factory.mktemp("kv_tiny_release")
+    write_tiny_release(folder)
+    for name in RELEASE_FILES:
+        comfy_host.add_model("kandinsky_video", folder / name)
+    example = comfy_host.comfyui / "input" / "example.png"
+    shutil.copy(example, comfy_host.input_dir / "example.png")
+    return folder
+
+
+@pytest.fixture
+def kv(comfy, kv_release):
+    """The session's ComfyUI with the tiny release in place."""
+    return comfy
+
+
+def shipped_workflow(name: str) -> dict:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+
+
+def fast(prompt: dict, *, steps: int = 2, size: int = SIZE, seed: int | None = None) -> dict:
+    """A copy of an API prompt with few steps and a small size (the tests' only changes
+    to the shipped defaults)."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"].startswith("KandinskyVideo"):
+            if "steps" in inputs:
+                inputs["steps"] = steps
+            for key in ("width", "height"):
+                if key in inputs:
+                    inputs[key] = size
+            if seed is not None and "seed" in inputs:
+                inputs["seed"] = seed
+    return prompt
+
+
+def i2v_prompt(host, **kw) -> dict:
+    """The shipped image-to-video workflow as a fast API prompt ending in PreviewImage
+    (no video file) — the cheapest full run of the pack."""
+    prompt = fast(host.to_api(shipped_workflow("kandinsky_video_image_to_video")), **kw)
+    for key in [k for k, v in prompt.items() if v["class_type"] in ("CreateVideo", "SaveVideo")]:
+        del prompt[key]
+    decode = next(k for k, v in prompt.items() if v["class_type"] == "KandinskyVideoDecode")
+    prompt["900"] = {"class_type": "PreviewImage", "inputs": {"images": [decode, 0]}}
+    return prompt
+
+
+def node_of(prompt: dict, class_type: str) -> str:
+    return next(k for k, v in prompt.items() if v["class_type"] == class_type)
+
+
+def error_text(result) -> str:
+    return json.dumps(result.node_errors) + json.dumps(result.error or {})
+
+
+# --------------------------------------------------------------------------- interface
+
+def test_node_ids_inputs_and_outputs_are_stable(kv):
+    nodes = kv.pack_node_types()
+    for node_id, (inputs, outputs) in INTERFACE.items():
+        assert node_id in nodes, f"{node_id} is missing: saved workflows would show a missing node"
+        info = nodes[node_id]
+        order = info["input_order"]
+        assert order.get("required", []) + order.get("optional", []) == inputs, node_id
+        assert info["output"] == outputs, node_id
+
+
+def test_every_input_has_a_tooltip_and_one_category_tree(kv):
+    for node_id in INTERFACE:
+        info = kv.object_info(node_id)
+        assert info["category"].startswith("Kandinsky Video/"), node_id
+        assert info["description"], node_id
+        for section in ("required", "optional"):
+            for name, spec in info["input"].get(section, {}).items():
+                opts = spec[1] if len(spec) > 1 else {}
+                assert opts.get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+def test_model_lists_show_the_release_files(kv):
+    unet = kv.object_info("KandinskyVideoKeyframeUNetLoader")["input"]["required"]["unet_name"]
+    files = unet[1]["options"] if unet[0] == "COMBO" else unet[0]
+    assert {"t2v.pt", "interpolation.pt", "movq.pt", "video_movq.pt", "t5_projections.pt"} <= set(files)
+    assert "configs.json" not in files
+    text = kv.object_info("KandinskyVideoTextEncoderLoader")["input"]["required"]["text_encoder_name"]
+    choices = text[1]["options"] if text[0] == "COMBO" else text[0]
+    assert "flan-ul2" in choices  # the Hugging Face folder, not the shards inside it
+    assert not any(c.startswith("flan-ul2/") for c in choices)
+    dtypes = kv.object_info("KandinskyVideoMoVQLoader")["input"]["required"]["weight_dtype"]
+    assert (dtypes[1]["options"] if dtypes[0] == "COMBO" else dtypes[0]) == ["default", "bf16", "fp16", "fp8_e4m3fn"]
+
+
+def test_shipped_workflows_are_listed_as_templates(kv):
+    listed = kv.get("/workflow_templates").json()
+    ours = next((v for k, v in listed.items() if "kandinsky" in k.lower()), [])
+    assert sorted(ours) == sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+
+
+# --------------------------------------------------------------------------- errors
+
+def test_invalid_size_is_rejected_before_the_run_then_a_valid_prompt_runs(kv):
+    prompt = i2v_prompt(kv)
+    bad = copy.deepcopy(prompt)
+    encode = node_of(bad, "KandinskyVideoEncodeFirstFrame")
+    bad[encode]["inputs"]["width"] = 100
+    result = kv.run(bad, timeout=120)
+    assert result.status == "rejected"
+    assert encode in result.node_errors
+    assert "multiple of 64" in error_text(result) and "width 100" in error_text(result)
+    assert kv.run(prompt, timeout=600).ok
+
+
+def test_missing_model_file_names_file_network_and_folders(kv):
+    prompt = i2v_prompt(kv)
+    bad = copy.deepcopy(prompt)
+    loader = node_of(bad, "KandinskyVideoKeyframeUNetLoader")
+    bad[loader]["inputs"]["unet_name"] = "kandinsky_t2v_missing.pt"
+    result = kv.run(bad, timeout=120)
+    assert result.status == "rejected"
+    assert loader in result.node_errors
+    text = error_text(result)
+    assert "kandinsky_t2v_missing.pt" in text and "keyframe U-Net" in text
+    assert str(kv.models_dir / "kandinsky_video") in text  # the folder searched
+    assert kv.run(prompt, timeout=600).ok
+
+
+def test_file_of_the_wrong_network_is_a_clear_node_error(kv):
+    prompt = i2v_prompt(kv, seed=7)
+    bad = copy.deepcopy(prompt)
+    loader = node_of(bad, "KandinskyVideoKeyframeUNetLoader")
+    bad[loader]["inputs"]["unet_name"] = "movq.pt"
+    result = kv.run(bad, timeout=300)
+    assert result.status == "error"
+    assert result.error["node_id"] == loader
+    message = result.error["exception_message"]
+    assert "movq.pt" in message and "keyframe U-Net" in message and "image MoVQ" in message
+    assert kv.run(prompt, timeout=600).ok
+
+
+def test_video_latent_survives_save_latent_and_load_latent(kv):
+    prompt = i2v_prompt(kv, seed=3)
+    keyframes = node_of(prompt, "KandinskyVideoKeyframes")
+    prefix = f"latents/kv_{uuid.uuid4().hex[:8]}"
+    prompt["901"] = {"class_type": "SaveLatent", "inputs": {"samples": [keyframes, 0], "filename_prefix": prefix}}
+    result = kv.run(prompt, timeout=600, check=True)
+    saved = [p for p in kv.output_files(result) if p.suffix == ".latent"]
+    assert len(saved) == 1
+    shutil.copy(saved[0], kv.input_dir / saved[0].name)
+    decode = {
+        "1": {"class_type": "LoadLatent", "inputs": {"latent": saved[0].name}},
+        "2": {"class_type": "KandinskyVideoVideoMoVQLoader", "inputs": {"movq_name": "video_movq.pt",
+                                                                       "weight_dtype": "default"}},
+        "3": {"class_type": "KandinskyVideoDecode", "inputs": {"video_movq": ["2", 0], "latent": ["1", 0],
+                                                              "chunk_size": 0}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 1]}},
+        "5": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+    }
+    result = kv.run(decode, timeout=600, check=True)
+    assert float(result.outputs["4"]["text"][0]) == pytest.approx(frame_rate(12, 12))
+    assert len(result.outputs["5"]["images"]) == 12
+
+
+# --------------------------------------------------------------------------- interrupt, memory
+
+def _submit(host, prompt) -> str:
+    r = requests.post(host.url + "/prompt", json={"prompt": prompt, "client_id": host.client_id}, timeout=60)
+    r.raise_for_status()
+    return r.json()["prompt_id"]
+
+
+def test_interrupt_stops_keyframe_sampling_within_one_step(kv, record_property):
+    prompt = i2v_prompt(kv, steps=400, seed=11)
+    keyframes = node_of(prompt, "KandinskyVideoKeyframes")
+    ws = websocket.create_connection(f"ws://127.0.0.1:{kv.port}/ws?clientId={kv.client_id}", timeout=120,
+                                     suppress_origin=True)
+    try:
+        prompt_id = _submit(kv, prompt)
+        step_times, last_step, sent_at, sent_step, end = [], 0, None, None, None
+        while end is None:
+            raw = ws.recv()
+            if not isinstance(raw, str):
+                continue
+            msg = json.loads(raw)
+            data = msg.get("data") or {}
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue
+            if msg["type"] == "progress" and data.get("node") == keyframes:
+                last_step = data["value"]
+                step_times.append(time.monotonic())
+                if sent_at is None and last_step >= 5:
+                    sent_at, sent_step = time.monotonic(), last_step
+                    kv.interrupt()
+            elif msg["type"] in ("execution_interrupted", "execution_error", "execution_success"):
+                end = (msg["type"], time.monotonic())
+    finally:
+        ws.close()
+    assert end[0] == "execution_interrupted"
+    assert sent_at is not None, "keyframe sampling reported no progress"
+    step = statistics.median(b - a for a, b in zip(step_times, step_times[1:]) if b <= sent_at)
+    latency = end[1] - sent_at
+    steps_after = last_step - sent_step
+    record_property("interrupt_latency_s", round(latency, 3))
+    record_property("step_time_s", round(step, 3))
+    record_property("steps_after_interrupt", steps_after)
+    print(f"interrupt: {latency:.3f} s after the request, {steps_after} step(s) reported after it, "
+          f"median step {step:.3f} s")
+    assert steps_after <= 1
+    assert latency < 2 * step + 1.0
+    # the server keeps serving: the next prompt runs to the end
+    assert kv.run(i2v_prompt(kv, seed=12), timeout=600).ok
+
+
+def test_memory_stays_bounded_over_twenty_prompts(kv, record_property):
+    psutil = pytest.importorskip("psutil")
+    proc = psutil.Process(kv.proc.pid)
+    rss = []
+    for i in range(20):
+        result = kv.run(i2v_prompt(kv, seed=1000 + i), timeout=600)
+        assert result.ok, result.describe()
+        assert node_of(result.history["prompt"][2], "KandinskyVideoKeyframes") in result.executed
+        rss.append(proc.memory_info().rss / 2**20)
+    growth = max(rss[10:]) - rss[4]
+    record_property("rss_mib", [round(r) for r in rss])
+    record_property("rss_growth_mib_prompts_5_to_20", round(growth, 1))
+    print("RSS MiB after each prompt:", [round(r) for r in rss], f"growth after warm-up {growth:.1f} MiB")
+    assert growth < 64, f"server memory grew by {growth:.0f} MiB from prompt 5 to 20: {rss}"
