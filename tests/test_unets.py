@@ -105,6 +105,18 @@ def test_interpolation_time_downsample_is_refused():
 # ---------------------------------------------------------------------- building
 
 
+@torch.no_grad()
+def test_one_block_level_keeps_its_input_width():
+    """Quirk U8: with num_blocks 1 the up level's channel list is cut to its first entry."""
+    config = {**TINY_KEYFRAME, "num_blocks": (1, 2)}  # level 0: 8 -> 8 channels, so this is valid
+    net = randomize(KeyframeUNet(**config))
+    (pair,) = net.up_samples[-1].resnet_attn_blocks
+    assert pair[0].resnet_blocks[0].projection.in_channels == 16  # 8 + 8 skip channels
+    assert pair[2].resnet_blocks[-1].projection.out_channels == 8
+    x, t, ctx, mask = keyframe_inputs(4)
+    assert net(x, t, ctx, mask, mode="video", num_frames=2).shape == (4, 4, 8, 8)
+
+
 @pytest.mark.parametrize("cls, config", [(KeyframeUNet, TINY_KEYFRAME), (InterpolationUNet, TINY_INTERP)])
 def test_meta_build_and_assign_load_equals_normal_build(cls, config):
     torch.manual_seed(0)
@@ -145,7 +157,8 @@ def counting_operations() -> SimpleNamespace:
 @pytest.mark.parametrize("cls, config", [(KeyframeUNet, TINY_KEYFRAME), (InterpolationUNet, TINY_INTERP)])
 def test_injected_operations_build_every_weighted_layer(cls, config):
     ops = counting_operations()
-    _Counting.built.clear(), _Counting.called.clear()
+    _Counting.built.clear()
+    _Counting.called.clear()
     net = randomize(cls(**config, operations=ops))
     injected = tuple(vars(ops).values())
     weighted = [m for m in net.modules() if list(m.parameters(recurse=False))]
