@@ -6,8 +6,9 @@ Both networks are Kandinsky 3.0 U-Nets. Conventions used throughout:
 * feature maps are ``[N, C, H, W]``; for video ``N = b * t`` with the frame (or, in the
   interpolation U-Net, the group) axis ``t`` *inner*;
 * per-row embeddings are ``[N, D]``;
-* the compute dtype is the dtype of the feature maps: embeddings, contexts and learned
-  scalars are cast to it, so a bf16/fp16 network runs on bf16/fp16 inputs.
+* the compute dtype (:func:`compute_dtype`) is the weights' dtype, or the input's dtype when
+  the layers cast their weights at run time (manual-cast operations, fp8 storage); inputs,
+  embeddings, contexts and learned scalars are cast to it.
 
 Every layer with weights is created through :class:`LayerFactory`, i.e. from an
 ``operations`` namespace (``torch.nn`` by default, ``comfy.ops.*`` under ComfyUI) on the
@@ -26,6 +27,7 @@ from torch import nn
 
 __all__ = [
     "LayerFactory",
+    "compute_dtype",
     "FrameAxis",
     "sinusoidal_embedding",
     "SinusoidalEmbedding",
@@ -36,6 +38,7 @@ __all__ = [
     "AttentionBlock",
     "feed_forward",
     "attention_over_frames",
+    "conv_over_frames",
     "TemporalConv3D",
     "Block",
     "ResNetBlock",
@@ -93,6 +96,22 @@ class LayerFactory:
     def scalar(self) -> nn.Parameter:
         """A learned merge scalar (shape ``[1]``), zero as in the official initialisation."""
         return nn.Parameter(torch.zeros(1, device=self.device, dtype=self.dtype))
+
+
+_COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def compute_dtype(layer: nn.Module, x: torch.Tensor) -> torch.dtype:
+    """The dtype a network runs in, judged from one of its weighted layers.
+
+    The weights' dtype, unless the layer casts its weights at run time (manual-cast
+    operations such as ComfyUI's, which set ``comfy_cast_weights``) or stores them in a
+    non-compute dtype (fp8): then the caller chose the compute dtype, and it is ``x``'s.
+    """
+    weight_dtype = layer.weight.dtype
+    if getattr(layer, "comfy_cast_weights", False) or weight_dtype not in _COMPUTE_DTYPES:
+        return x.dtype
+    return weight_dtype
 
 
 @dataclass(frozen=True)

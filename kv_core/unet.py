@@ -41,6 +41,7 @@ from .layers import (
     ResNetBlock,
     TimestepEmbedding,
     attention_over_frames,
+    compute_dtype,
     conv_over_frames,
     down_level_channels,
     feed_forward,
@@ -260,7 +261,9 @@ class KeyframeUNet(nn.Module):
         """Predict the noise.
 
         Args:
-            x: ``[N, num_channels, h, w]`` in the compute dtype (also the output dtype). In
+            x: ``[N, num_channels, h, w]``, cast to the compute dtype (the weights' dtype, or
+                x's own under manual-cast operations; see :func:`~.layers.compute_dtype`),
+                which is also the output dtype. In
                 video mode ``N = b * num_frames``, frames inner.
             time: ``[N]`` diffusion timesteps (any real/integer dtype).
             context: ``[N, L, context_dim]`` text context; ``context_mask``: ``[N, L]`` bool or
@@ -278,8 +281,8 @@ class KeyframeUNet(nn.Module):
         """
         if mode not in ("image", "video"):
             raise ValueError(f"mode must be 'image' or 'video', not {mode!r}")
-        dtype = x.dtype
-        context = context.to(dtype)
+        dtype = compute_dtype(self.in_layer, x)
+        x, context = x.to(dtype), context.to(dtype)
         emb = self.feature_pooling(self.to_time_embed(time, dtype), context, context_mask)
 
         temporal_emb = None

@@ -44,6 +44,7 @@ from .layers import (
     TemporalConv3D,
     TimestepEmbedding,
     attention_over_frames,
+    compute_dtype,
     down_level_channels,
     feed_forward,
     plan_levels,
@@ -283,8 +284,9 @@ class InterpolationUNet(nn.Module):
         """Predict the in-between frames of every group.
 
         Args:
-            x: ``[b * num_groups, num_channels, h, w]`` in the compute dtype (also the output
-                dtype); groups inner.
+            x: ``[b * num_groups, num_channels, h, w]``, groups inner; cast to the compute
+                dtype (the weights' dtype, or x's own under manual-cast operations; see
+                :func:`~.layers.compute_dtype`), which is also the output dtype.
             time: ``[N]`` diffusion timesteps (the official sampler passes int64).
             context: ``[N, L, context_dim]``; ``context_mask``: ``[N, L]`` bool or 0/1, or None.
             num_groups: ``G``, the length of the temporal (group) axis.
@@ -299,7 +301,8 @@ class InterpolationUNet(nn.Module):
         n = x.shape[0]
         if num_groups < 1 or n % num_groups:
             raise ValueError(f"num_groups ({num_groups}) must divide the batch ({n})")
-        dtype, device = x.dtype, x.device
+        dtype, device = compute_dtype(self.in_layer, x), x.device
+        x = x.to(dtype)
         if perturbation_time is None:
             perturbation_time = torch.full((n,), DEFAULT_PERTURBATION_TIME, device=device)
         if skip_frames is None:

@@ -6,7 +6,6 @@ and the attention semantics on tiny random networks.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from types import SimpleNamespace
 
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 
 from golden_support import golden_dir, load_cases
-from kv_core.layers import Attention, LayerFactory, TemporalConv3D
+from kv_core.layers import Attention, LayerFactory
 from kv_core.unet import OFFICIAL_CONFIG as KEYFRAME_CONFIG
 from kv_core.unet import KeyframeUNet
 from kv_core.unet_interpolation import OFFICIAL_CONFIG as INTERP_CONFIG
@@ -180,6 +179,52 @@ def test_injected_operations_build_every_weighted_layer(cls, config):
             run_interp(net, interp_inputs(2), 2)
             assert _Counting.built["Embedding"] == 1 and _Counting.called["Embedding"] == 1
     assert _Counting.called["Conv3d"] > 0 and _Counting.called["Linear"] > 0
+
+
+class _ManualCast:
+    """Mixin imitating ComfyUI's manual-cast operations: weights are stored in one dtype and
+    cast to the input's dtype at every call."""
+
+    comfy_cast_weights = True
+
+    def forward(self, x, *args, **kwargs):
+        stored = dict(self._parameters)
+        try:
+            for name, p in stored.items():
+                if p is not None:
+                    self._parameters[name] = p.to(x.dtype)
+            return super().forward(x, *args, **kwargs)
+        finally:
+            self._parameters.update(stored)
+
+
+def manual_cast_operations() -> SimpleNamespace:
+    names = ["Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose2d", "GroupNorm", "LayerNorm"]
+    ops = {n: type(n, (_ManualCast, getattr(nn, n)), {}) for n in names}
+    return SimpleNamespace(Embedding=nn.Embedding, **ops)
+
+
+@pytest.mark.parametrize("cls, config", [(KeyframeUNet, TINY_KEYFRAME), (InterpolationUNet, TINY_INTERP)])
+@torch.no_grad()
+def test_manual_cast_operations_compute_in_the_input_dtype(cls, config):
+    """fp16-stored weights under manual-cast operations run in the caller's dtype (bf16 here);
+    with plain layers the network runs in its weights' dtype whatever the input dtype."""
+    plain = randomize(cls(**config))
+    cast = cls(**config, operations=manual_cast_operations(), dtype=torch.float16).eval()
+    cast.load_state_dict(plain.state_dict())
+    plain.load_state_dict(cast.state_dict())  # the same fp16-rounded values, stored in float32
+    if cls is KeyframeUNet:
+        x, t, ctx, mask = keyframe_inputs(4)
+        call = lambda net, x: net(x, t, ctx, mask, mode="video", num_frames=2)  # noqa: E731
+    else:
+        inputs = interp_inputs(2)
+        x = inputs["x"]
+        call = lambda net, x: run_interp(net, {**inputs, "x": x}, 2)  # noqa: E731
+    # float32 input: computed in float32 from the stored fp16 values, exactly like `plain`
+    assert torch.allclose(call(cast, x), call(plain, x), rtol=1e-5, atol=1e-6)
+    got = call(cast, x.to(torch.bfloat16))
+    assert got.dtype == torch.bfloat16 and torch.isfinite(got).all()
+    assert call(plain.to(torch.float16), x.to(torch.bfloat16)).dtype == torch.float16
 
 
 # ----------------------------------------------------------------------- attention
@@ -407,7 +452,7 @@ def test_half_precision_forward_is_close_to_fp32(kind):
     for dtype, bound in ((torch.bfloat16, 0.15), (torch.float16, 0.05)):
         half = net.to(dtype)
         x, t, ctx, mask = args
-        got = half(x.to(dtype), t, ctx, mask, **kw)
+        got = half(x, t, ctx, mask, **kw)  # float32 latents: the network casts them to its dtype
         assert got.dtype == dtype and torch.isfinite(got).all()
         err = relative_error(got, want)
         print(f"{kind} {dtype}: relative L2 error {err:.2e}")
