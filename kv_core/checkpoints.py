@@ -4,15 +4,12 @@ Official files (``ai-forever/KandinskyVideo_1_1``), read exactly as released and
 ``torch.load(weights_only=True)`` (a file carrying any pickled Python object other than
 tensors is refused and nothing in it runs):
 
-==================== ===============================================================
-``t2v.pt``           ``{'unet': state_dict, 'null_embedding': [context_dim]}``
-``interpolation.pt`` ``{'unet': state_dict, 'null_embedding': [context_dim]}``
-``movq.pt``          image MoVQ state dict
-``video_movq.pt``    video MoVQ state dict (temporal decoder)
-``t5_projections.pt````{'projection_base': sd, 'projection_interpolation': sd}``
-``configs.json``     ``{"t2v": {"configs": kwargs}, "interpolation": {...},
-                     "image_movq": {...}, "video_movq": {...}, "text_encoder": {...}}``
-==================== ===============================================================
+- ``t2v.pt``, ``interpolation.pt``: ``{'unet': state_dict, 'null_embedding': [context_dim]}``
+- ``movq.pt``, ``video_movq.pt``: MoVQ state dicts (the second with the temporal decoder)
+- ``t5_projections.pt``: ``{'projection_base': sd, 'projection_interpolation': sd}``
+- ``configs.json``: ``{"t2v": {"configs": kwargs}, "interpolation": {...}, "image_movq": {...},
+  "video_movq": {...}, "text_encoder": {...}}``
+- ``google/flan-ul2``: a Hugging Face T5 folder, of which only the encoder is read.
 
 Our single-file form (written by :mod:`kv_core.convert`) is a safetensors file holding the
 network's tensors under their official state-dict names (plus ``null_embedding`` for the
@@ -45,7 +42,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -498,9 +495,48 @@ def supports_fp8_weights(operations) -> bool:
     return bool(getattr(linear, "comfy_cast_weights", False))
 
 
-def _target_dtype(t: torch.Tensor, dtype: torch.dtype | None, keep_fp8: bool) -> torch.dtype:
+#: a matrix is kept in bfloat16 if its fp8 cast loses more than this fraction of its norm
+FP8_MAX_RELATIVE_ERROR = 0.25
+
+# tensors never stored as fp8: the first and last layers and the embedding tables
+_FP8_EXCLUDED = re.compile(
+    r"^(in_layer|image_in_layer|out_layer|temporal_conv_in|temporal_conv_out|skip_embeddings"
+    r"|quant_conv|post_quant_conv|encoder\.conv_in|encoder\.conv_out|decoder\.conv_in|decoder\.conv_out"
+    r"|shared|encoder\.embed_tokens)\."
+    r"|relative_attention_bias\.weight$")
+
+
+def storage_dtype(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a tensor named ``key`` gets when a network is stored (or loaded) as ``dtype``.
+
+    Non-floating tensors keep theirs and ``null_embedding`` stays float32. For an fp8
+    ``dtype`` only the matrices and kernels of inner layers become fp8; biases, norms, merge
+    scalars, embedding tables, the first and last layers and any matrix whose fp8 cast would
+    lose more than :data:`FP8_MAX_RELATIVE_ERROR` of its norm use :data:`FP8_COMPANION_DTYPE`.
+    """
+    if not tensor.is_floating_point():
+        return tensor.dtype
+    if key == NULL_EMBEDDING_KEY:
+        return torch.float32
+    if dtype not in FP8_DTYPES:
+        return dtype
+    if tensor.ndim < 2 or tensor.numel() == 1 or _FP8_EXCLUDED.search(key):
+        return FP8_COMPANION_DTYPE
+    x = tensor.float()
+    norm = x.norm()
+    if norm == 0 or (x.to(dtype).float() - x).norm() > FP8_MAX_RELATIVE_ERROR * norm:
+        return FP8_COMPANION_DTYPE
+    return dtype
+
+
+def _target_dtype(key: str, t: torch.Tensor, dtype: torch.dtype | None, keep_fp8: bool) -> torch.dtype:
+    """dtype of a checkpoint tensor once loaded (see :func:`assign_state_dict`)."""
     if not t.is_floating_point():
         return t.dtype
+    if dtype in FP8_DTYPES:  # fp8 weights requested at load time
+        if t.dtype in FP8_DTYPES:
+            return t.dtype
+        return storage_dtype(key, t, dtype)
     if t.dtype in FP8_DTYPES:
         return t.dtype if keep_fp8 else (dtype or FP8_COMPANION_DTYPE)
     return dtype or t.dtype
@@ -561,7 +597,7 @@ def assign_state_dict(module: nn.Module, tensors: Mapping[str, tuple] | None, ge
     state = {}
     for key in expected:
         t = get(key)
-        state[key] = t.to(device=device or "cpu", dtype=_target_dtype(t, dtype, keep_fp8))
+        state[key] = t.to(device=device or "cpu", dtype=_target_dtype(key, t, dtype, keep_fp8))
     module.load_state_dict(state, strict=True, assign=True)
     leftover = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if leftover:
@@ -577,6 +613,9 @@ def _load_network(network: str, path, configs, *, device, dtype, operations, kee
     dtype = parse_dtype(dtype)
     if keep_fp8 is None:
         keep_fp8 = supports_fp8_weights(operations)
+    if dtype in FP8_DTYPES and not keep_fp8:
+        raise CheckpointError(f"{tensors.file.path}: fp8 weights ({dtype_name(dtype)}) need an operations "
+                              "namespace that casts weights at run time (e.g. comfy.ops.manual_cast)")
     hint = _DETECTION_HINT if origin == "detected" else ""
     module = build_network(network, config, operations=operations, dtype=dtype, path=tensors.file.path,
                            hint=hint)
@@ -603,6 +642,8 @@ def load_keyframe_unet(path, configs=None, *, device=None, dtype=None, operation
     ``dtype``: cast every floating tensor to it (default: keep the stored dtype). fp8 weights
     of our fp8 files stay fp8 when ``keep_fp8`` (default: when ``operations`` casts weights at
     run time, as ComfyUI's ops do), otherwise they are cast to ``dtype`` (or bfloat16).
+    ``dtype=torch.float8_e4m3fn`` (with such ``operations``) stores the weights of any file
+    as fp8 at load time, with the converter's policy (:func:`storage_dtype`).
     """
     net, tensors = _load_network(KEYFRAME_UNET, path, configs, device=device, dtype=dtype,
                                  operations=operations, keep_fp8=keep_fp8)
@@ -755,7 +796,7 @@ def _assign_t5(model, shapes: Mapping[str, tuple], get, *, path, device, dtype):
         src = aliases.get(key, key)
         if src not in cache:
             t = get(src)
-            cache[src] = t.to(device=device or "cpu", dtype=_target_dtype(t, dtype, False))
+            cache[src] = t.to(device=device or "cpu", dtype=_target_dtype(src, t, dtype, False))
         state[key] = cache[src]
     model.load_state_dict(state, strict=True, assign=True)
     model.requires_grad_(False)
@@ -772,7 +813,9 @@ def load_t5_encoder(path, *, device=None, dtype=torch.float32):
         if not config_file.is_file():
             raise CheckpointError(f"{path}: a T5 folder needs config.json")
         model = _t5_encoder_model(json.loads(config_file.read_text()), path=path)
-        tensors = dict(iter_t5_encoder_tensors(path))
+        # cast while reading: the source dtype (float32 for google/flan-ul2) never piles up
+        tensors = {k: t.to(device=device or "cpu", dtype=_target_dtype(k, t, dtype, False))
+                   for k, t in iter_t5_encoder_tensors(path)}
         return _assign_t5(model, {k: tuple(t.shape) for k, t in tensors.items()}, tensors.__getitem__,
                           path=path, device=device, dtype=dtype)
     tf = open_tensor_file(path)

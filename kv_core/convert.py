@@ -19,7 +19,7 @@ biases, norm parameters, learned merge scalars, embedding tables (``skip_embeddi
 T5 token embedding and relative-attention biases), the input and output layers of each
 network (``in_layer``, ``image_in_layer``, ``out_layer``, MoVQ ``conv_in``/``conv_out``,
 ``quant_conv``/``post_quant_conv``) and any matrix whose plain fp8 cast would lose more than
-:data:`FP8_MAX_RELATIVE_ERROR` of its norm (tiny-magnitude tensors that would flush to
+:data:`~kv_core.checkpoints.FP8_MAX_RELATIVE_ERROR` (25 %) of its norm (tiny-magnitude tensors that would flush to
 zero). The fp8 tensors are plain casts (no scale), the form ComfyUI's fp8 weight storage
 uses: with ComfyUI's ops they stay fp8 in memory and are cast per layer at run time;
 elsewhere the loader casts them to the compute dtype.
@@ -42,30 +42,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 import torch
 
-from .checkpoints import (
-    CONFIG_SECTIONS, FORMAT_VERSION, FP8_COMPANION_DTYPE, FP8_DTYPES, INTERPOLATION_UNET,
-    KEYFRAME_UNET, META_CONFIG, META_DTYPE, META_FORMAT, META_NETWORK, META_SOURCE, META_TOKENIZER,
+from .checkpoints import (  # noqa: F401  (FP8_MAX_RELATIVE_ERROR: re-exported for the docs)
+    CONFIG_SECTIONS, FORMAT_VERSION, FP8_DTYPES, FP8_MAX_RELATIVE_ERROR, INTERPOLATION_UNET, KEYFRAME_UNET, META_CONFIG, META_DTYPE, META_FORMAT, META_NETWORK, META_SOURCE, META_TOKENIZER,
     MOVQ, NULL_EMBEDDING_KEY, T5_ENCODER, TEXT_PROJECTIONS, VIDEO_MOVQ, CheckpointError,
     build_network, check_state_dict, dtype_name, identify, iter_t5_encoder_tensors,
     load_t5_tokenizer, network_tensors, open_tensor_file, parse_dtype, resolve_config,
-    tokenizer_files,
+    storage_dtype, tokenizer_files,
 )
-
-#: a matrix is kept in bfloat16 if its fp8 cast loses more than this fraction of its norm
-FP8_MAX_RELATIVE_ERROR = 0.25
-
-# tensors never stored as fp8: the first and last layers and the embedding tables
-_FP8_EXCLUDED = re.compile(
-    r"^(in_layer|image_in_layer|out_layer|temporal_conv_in|temporal_conv_out|skip_embeddings"
-    r"|quant_conv|post_quant_conv|encoder\.conv_in|encoder\.conv_out|decoder\.conv_in|decoder\.conv_out"
-    r"|shared|encoder\.embed_tokens)\."
-    r"|relative_attention_bias\.weight$")
 
 # official file names of a release, and the names the converter gives our files
 OFFICIAL_FILES = {KEYFRAME_UNET: "t2v.pt", INTERPOLATION_UNET: "interpolation.pt", MOVQ: "movq.pt",
@@ -78,23 +66,6 @@ _SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 def _short(dtype: torch.dtype) -> str:
     return _SHORT.get(dtype, "fp8" if dtype in FP8_DTYPES else dtype_name(dtype))
-
-
-def storage_dtype(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
-    """The dtype ``tensor`` (named ``key``) is stored in when converting to ``dtype``."""
-    if not tensor.is_floating_point():
-        return tensor.dtype
-    if key == NULL_EMBEDDING_KEY:
-        return torch.float32
-    if dtype not in FP8_DTYPES:
-        return dtype
-    if tensor.ndim < 2 or tensor.numel() == 1 or _FP8_EXCLUDED.search(key):
-        return FP8_COMPANION_DTYPE
-    x = tensor.float()
-    norm = x.norm()
-    if norm == 0 or (x.to(dtype).float() - x).norm() > FP8_MAX_RELATIVE_ERROR * norm:
-        return FP8_COMPANION_DTYPE
-    return dtype
 
 
 def save_safetensors(path, tensors: dict[str, torch.Tensor], *, network: str, config: dict | None,

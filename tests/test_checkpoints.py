@@ -1,7 +1,6 @@
 """Loading the official files: formats, configs vs detection, strictness and every error path."""
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -398,3 +397,39 @@ def test_fp8_weights_kept_with_casting_operations(tmp_path, release):
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(kept.encode(x), upcast.encode(x), atol=1e-5, rtol=1e-5)
+
+
+def test_fp8_at_load_time_from_an_official_file(release):
+    net, _ = ck.load_keyframe_unet(release.t2v, release.configs, dtype="fp8", operations=CastOps)
+    sd = net.state_dict()
+    assert sd["down_samples.1.resnet_attn_blocks.0.1.attention.to_query.weight"].dtype == torch.float8_e4m3fn
+    assert sd["in_layer.weight"].dtype == torch.bfloat16 and sd["in_layer.bias"].dtype == torch.bfloat16
+    with pytest.raises(ck.CheckpointError, match="fp8 weights .* need an operations namespace"):
+        ck.load_keyframe_unet(release.t2v, release.configs, dtype="fp8")
+
+
+def test_networks_are_built_on_meta_and_assigned(monkeypatch, release):
+    seen = {}
+    real = ck.network_class
+
+    def spy(network):
+        cls = real(network)
+
+        class Spied(cls):
+            def __init__(self, *args, **kwargs):
+                seen["device"] = kwargs.get("device")
+                super().__init__(*args, **kwargs)
+                seen["param_devices"] = {p.device.type for p in self.parameters()}
+
+            def load_state_dict(self, state_dict, strict=True, assign=False):
+                seen["assign"], seen["strict"] = assign, strict
+                return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+        return Spied
+
+    monkeypatch.setattr(ck, "network_class", spy)
+    net = ck.load_movq(release.video_movq, release.configs)
+    assert seen == {"device": "meta", "param_devices": {"meta"}, "assign": True, "strict": True}
+    # the values are the file's
+    raw = torch.load(release.video_movq, weights_only=True, mmap=True)
+    assert torch.equal(net.state_dict()["decoder.conv_out.weight"], raw["decoder.conv_out.weight"])
