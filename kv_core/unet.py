@@ -261,10 +261,10 @@ class KeyframeUNet(nn.Module):
         """Predict the noise.
 
         Args:
-            x: ``[N, num_channels, h, w]``, cast to the compute dtype (the weights' dtype, or
-                x's own under manual-cast operations; see :func:`~.layers.compute_dtype`),
-                which is also the output dtype. In
-                video mode ``N = b * num_frames``, frames inner.
+            x: ``[N, num_channels, h, w]``; in video mode ``N = b * num_frames``, frames
+                inner. Cast to the compute dtype (the weights' dtype, or x's own under
+                manual-cast operations; see :func:`~.layers.compute_dtype`), which is also
+                the output dtype.
             time: ``[N]`` diffusion timesteps (any real/integer dtype).
             context: ``[N, L, context_dim]`` text context; ``context_mask``: ``[N, L]`` bool or
                 0/1 (True = real token) or None (all visible).
@@ -283,6 +283,8 @@ class KeyframeUNet(nn.Module):
             raise ValueError(f"mode must be 'image' or 'video', not {mode!r}")
         dtype = compute_dtype(self.in_layer, x)
         x, context = x.to(dtype), context.to(dtype)
+        if context_mask is not None:
+            context_mask = context_mask.to(torch.bool)
         emb = self.feature_pooling(self.to_time_embed(time, dtype), context, context_mask)
 
         temporal_emb = None

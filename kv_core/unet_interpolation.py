@@ -311,6 +311,8 @@ class InterpolationUNet(nn.Module):
         frames = FrameAxis(num_groups, mask)
 
         context = context.to(dtype)
+        if context_mask is not None:
+            context_mask = context_mask.to(torch.bool)
         if self.merge_with_context:
             features = sinusoidal_embedding(perturbation_time, self.context_dim).to(dtype)
             context = context + self.time_embed_context_merge.to(dtype) * features[:, None]

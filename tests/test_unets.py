@@ -400,6 +400,25 @@ def test_interpolation_shortcut_quirk_and_fix(interp_net):
     assert not torch.allclose(run_interp(fixed_poked, inputs, groups), run_interp(fixed, inputs, groups), atol=1e-6)
 
 
+@pytest.mark.parametrize("options, keys", [
+    (dict(merge_perturbation_time_with_diffusion_time=False, merge_perturbation_time_with_context=True),
+     {"time_embed_context_merge"}),
+    (dict(use_perturbation_time_embed=False, pass_skip_frames=False), set()),
+])
+@torch.no_grad()
+def test_interpolation_time_embedding_options(options, keys):
+    net = randomize(InterpolationUNet(**TINY_INTERP, **options))
+    state = set(net.state_dict())
+    optional = {"time_embed_merge", "time_embed_context_merge", "skip_merge", "skip_embeddings.weight"}
+    assert {k for k in state if k in optional} | {k for k in state if k.startswith("perturbation_to_time_embed")} \
+        == keys | ({"skip_merge", "skip_embeddings.weight"} if options.get("pass_skip_frames", True) else set())
+    inputs = interp_inputs(2)
+    base = run_interp(net, inputs, 2)
+    later = run_interp(net, inputs, 2, perturbation_time=inputs["perturbation_time"] + 100)
+    # the perturbation time reaches the network only through the context merge, if at all
+    assert torch.equal(later, base) == (not keys)
+
+
 def test_interpolation_keys_follow_add_new_temporal_params():
     with_new = set(InterpolationUNet(**TINY_INTERP, device="meta").state_dict())
     without = set(InterpolationUNet(**{**TINY_INTERP, "add_new_temporal_params": False}, device="meta").state_dict())
