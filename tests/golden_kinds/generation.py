@@ -36,3 +36,118 @@ def run_ddpm_scheduler(case: GoldenCase) -> dict:
     out["add_noise_out"] = samplers["base"].add_noise(
         inputs["add_noise_key_frame"], inputs["add_noise_noise"], case.args["add_noise_timestep"])
     return out
+
+
+# --- networks of a case -------------------------------------------------------------
+
+def _load_unet(case: GoldenCase, config_key: str, filename: str):
+    if config_key == "t2v":
+        from kv_core.unet import KeyframeUNet as cls
+    else:
+        from kv_core.unet_interpolation import InterpolationUNet as cls
+    unet = cls(**case.configs[config_key]["configs"], device="meta")
+    checkpoint = torch.load(case.path(filename), map_location="cpu", weights_only=True)
+    unet.load_state_dict(checkpoint["unet"], strict=True, assign=True)
+    return unet.eval(), checkpoint["null_embedding"]
+
+
+def _load_movq(case: GoldenCase, config_key: str, filename: str):
+    from kv_core.movq import MoVQ
+
+    movq = MoVQ(**case.configs[config_key]["configs"], device="meta")
+    movq.load_state_dict(torch.load(case.path(filename), map_location="cpu", weights_only=True),
+                         strict=True, assign=True)
+    return movq.eval()
+
+
+def _trace_outputs(trace: dict) -> dict:
+    return {"debug_eps_steps": torch.stack(trace["eps"]), "debug_x_steps": torch.stack(trace["x"])}
+
+
+# --- loops ---------------------------------------------------------------------------
+
+@golden_kind("loop_first_frame")
+def run_loop_first_frame(case: GoldenCase) -> dict:
+    from kv_core.sampling import TextCondition, sample_first_frame
+
+    unet, null = _load_unet(case, "t2v", "t2v.pt")
+    inputs, noise, trace = case.inputs, ReplayNoise(case.noises), {}
+    cond = TextCondition(inputs["context"], inputs["context_mask"])
+    out = sample_first_frame(unet, cond, null, latent_size=tuple(case.args["shape"][-2:]),
+                             guidance_scale=case.args["guidance_weight"], noise=noise, trace=trace)
+    noise.assert_consumed()
+    return {"out": out, **_trace_outputs(trace)}
+
+
+@golden_kind("loop_keyframes")
+def run_loop_keyframes(case: GoldenCase) -> dict:
+    from kv_core.sampling import TextCondition, sample_keyframes
+
+    unet, null = _load_unet(case, "t2v", "t2v.pt")
+    inputs, args, noise, trace = case.inputs, case.args, ReplayNoise(case.noises), {}
+    cond = TextCondition(inputs["context"], inputs["context_mask"])
+    out = sample_keyframes(unet, cond, null, inputs["key_frame"], num_frames=args["num_frames"],
+                           guidance_weight_prompt=args["guidance_weight"],
+                           guidance_weight_image=args["guidance_weight_image"],
+                           motion_score=args["motion_score"], noise_augmentation=args["noise_augmentation"],
+                           noise=noise, trace=trace)
+    noise.assert_consumed()
+    return {"out": out, **_trace_outputs(trace)}
+
+
+@golden_kind("loop_interpolation")
+def run_loop_interpolation(case: GoldenCase) -> dict:
+    from kv_core.sampling import TextCondition, assemble_interpolated, sample_interpolation
+
+    unet, null = _load_unet(case, "interpolation", "interpolation.pt")
+    inputs, args, noise, trace = case.inputs, case.args, ReplayNoise(case.noises), {}
+    cond = TextCondition(inputs["context"], inputs["context_mask"])
+    base = inputs["base_frames"]
+    groups = sample_interpolation(unet, cond, null, base, skip_frames=args["skip_frames"],
+                                  guidance_scale=args["guidance_scale"],
+                                  perturbation_time=args["perturbation_time"],
+                                  use_temporal_mask=args["use_temporal_mask"], noise=noise, trace=trace)
+    noise.assert_consumed()
+    return {"interpolated": groups, "video": assemble_interpolated(base, groups), **_trace_outputs(trace)}
+
+
+# --- pipeline ------------------------------------------------------------------------
+
+@golden_kind("pipeline")
+def run_pipeline(case: GoldenCase) -> dict:
+    """The reference ``__call__`` with the text encoder replaced by the case's context:
+    precomputed conditioning, recorded draws replayed across all stages in order."""
+    import warnings
+
+    from PIL import Image
+
+    from kv_core.pipeline import KandinskyVideoPipeline, reference_motion_score
+    from kv_core.sampling import TextCondition
+
+    args, inputs = case.args, case.inputs
+    unet, null = _load_unet(case, "t2v", "t2v.pt")
+    interp, interp_null = _load_unet(case, "interpolation", "interpolation.pt")
+    pipe = KandinskyVideoPipeline(unet=unet, null_embedding=null, interpolation_unet=interp,
+                                  interpolation_null_embedding=interp_null,
+                                  movq=_load_movq(case, "image_movq", "movq.pt"),
+                                  video_movq=_load_movq(case, "video_movq", "video_movq.pt"))
+    image = None
+    if args.get("image"):
+        with Image.open(case.path(args["image"])) as im:
+            image = im.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        motion = reference_motion_score(args["motion"])
+    noise = ReplayNoise(case.noises)
+    result = pipe(conditioning=TextCondition(inputs["context"], inputs["context_mask"]), image=image,
+                  noise=noise, return_intermediates=True, width=args["width"], height=args["height"],
+                  num_keyframes=args["num_frames"], fps=args["fps"], motion=motion,
+                  noise_augmentation=args["noise_augmentation"],
+                  key_frame_guidance_scale=args["key_frame_guidance_scale"],
+                  guidance_weight_prompt=args["guidance_weight_prompt"],
+                  guidance_weight_image=args["guidance_weight_image"],
+                  interpolation_guidance_scale=args["interpolation_guidance_scale"])
+    noise.assert_consumed()
+    out = {"frames": result.frames}
+    out.update({f"debug_{k}": v for k, v in result.intermediates.items() if k != "first_frame_latent"})
+    return out
