@@ -80,3 +80,14 @@ def pytest_runtest_makereport(item, call):
         host = getattr(item, "funcargs", {}).get("comfy")
         if host is not None:
             report.sections.append(("ComfyUI log of this test", host.log_since(item.stash[_MARK_KEY])[-20000:]))
+
+
+_HOST_FIXTURES = {"comfy_host", "comfy", "comfy_browser"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n N --dist loadgroup`` keep every test that uses the host on one
+    worker, so the session starts one ComfyUI, not one per worker."""
+    for item in items:
+        if _HOST_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("comfyui"))
