@@ -187,7 +187,7 @@ def open_tensor_file(path) -> TensorFile:
             for key in handle.keys():
                 sl = handle.get_slice(key)
                 shapes[key] = tuple(sl.get_shape())
-                dtypes[key] = _SAFETENSORS_DTYPES.get(sl.get_dtype(), torch.float32)
+                dtypes[key] = SAFETENSORS_DTYPES.get(sl.get_dtype(), torch.float32)
         except Exception as err:  # noqa: BLE001
             raise CheckpointError(f"could not read {path} (truncated, damaged or not a "
                                   f"safetensors file): {type(err).__name__}: {err}") from err
@@ -206,12 +206,12 @@ def open_tensor_file(path) -> TensorFile:
                       {k: v.dtype for k, v in flat.items()}, {}, flat.__getitem__)
 
 
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
                        "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
                        "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 for _name, _st in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
     if hasattr(torch, _name):
-        _SAFETENSORS_DTYPES[_st] = getattr(torch, _name)
+        SAFETENSORS_DTYPES[_st] = getattr(torch, _name)
 
 
 # --- what a file holds -----------------------------------------------------------------------
@@ -506,6 +506,13 @@ _FP8_EXCLUDED = re.compile(
     r"|relative_attention_bias\.weight$")
 
 
+def fp8_candidate(key: str, tensor: torch.Tensor) -> bool:
+    """Whether the fp8 policy considers storing this tensor as fp8 (shape and name only:
+    ``tensor`` may be on the meta device); :func:`storage_dtype` then checks its values."""
+    return (tensor.is_floating_point() and key != NULL_EMBEDDING_KEY and tensor.ndim >= 2
+            and tensor.numel() > 1 and not _FP8_EXCLUDED.search(key))
+
+
 def storage_dtype(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
     """The dtype a tensor named ``key`` gets when a network is stored (or loaded) as ``dtype``.
 
@@ -520,7 +527,7 @@ def storage_dtype(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.d
         return torch.float32
     if dtype not in FP8_DTYPES:
         return dtype
-    if tensor.ndim < 2 or tensor.numel() == 1 or _FP8_EXCLUDED.search(key):
+    if not fp8_candidate(key, tensor):
         return FP8_COMPANION_DTYPE
     x = tensor.float()
     norm = x.norm()
@@ -737,36 +744,58 @@ def _t5_weight_files(folder: Path) -> tuple[list[tuple[Path, list[str] | None]],
                           "pytorch_model.bin[.index.json])")
 
 
-def iter_t5_encoder_tensors(folder) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(key, tensor)`` for the encoder tensors of a Hugging Face T5 folder.
+def t5_encoder_file(folder) -> TensorFile:
+    """The encoder tensors of a Hugging Face T5 folder, as a lazily read :class:`TensorFile`.
 
-    Only the encoder is read: with an index, shards holding no encoder tensor are never
+    Only the encoder is ever read: with an index, shards holding no encoder tensor are never
     opened; safetensors are read key by key; ``.bin`` shards are memory-mapped
-    (``weights_only``) so the decoder tensors beside the encoder's are never read into memory.
+    (``weights_only``), so the decoder tensors beside the encoder's are never read into memory.
     """
     from safetensors import safe_open
 
     folder = Path(folder)
     files, fmt = _t5_weight_files(folder)
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    getters: dict[str, Callable[[], torch.Tensor]] = {}
     for file, keys in files:
-        if fmt == "safetensors":
-            try:
-                with safe_open(str(file), framework="pt", device="cpu") as handle:
-                    for key in keys if keys is not None else t5_encoder_keys(handle.keys()):
-                        yield key, handle.get_tensor(key)
-            except CheckpointError:
-                raise
-            except Exception as err:  # noqa: BLE001
-                raise CheckpointError(f"could not read {file}: {type(err).__name__}: {err}") from err
-        else:
-            state = _torch_load(file)
-            if not isinstance(state, Mapping):
-                raise CheckpointError(f"{file}: not a state dict")
-            for key in keys if keys is not None else t5_encoder_keys(state.keys()):
-                if key not in state:
-                    raise CheckpointError(f"{file}: index names {key!r} but the shard lacks it")
-                yield key, state[key]
-            del state
+        try:
+            if fmt == "safetensors":
+                handle = safe_open(str(file), framework="pt", device="cpu")
+                for key in keys if keys is not None else t5_encoder_keys(handle.keys()):
+                    sl = handle.get_slice(key)
+                    shapes[key] = tuple(sl.get_shape())
+                    dtypes[key] = SAFETENSORS_DTYPES.get(sl.get_dtype(), torch.float32)
+                    getters[key] = lambda handle=handle, key=key: handle.get_tensor(key)
+            else:
+                state = _torch_load(file)
+                if not isinstance(state, Mapping):
+                    raise CheckpointError(f"{file}: not a state dict")
+                for key in keys if keys is not None else t5_encoder_keys(state.keys()):
+                    if key not in state:
+                        raise CheckpointError(f"{file}: the index names {key!r} but the shard lacks it")
+                    shapes[key], dtypes[key] = tuple(state[key].shape), state[key].dtype
+                    getters[key] = lambda t=state[key]: t
+        except CheckpointError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointError(f"could not read {file}: {type(err).__name__}: {err}") from err
+
+    def get(key: str) -> torch.Tensor:
+        try:
+            return getters[key]()
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointError(f"{folder}: could not read tensor {key!r}: {err}") from err
+
+    return TensorFile(folder, shapes, dtypes, {}, get)
+
+
+def iter_t5_encoder_tensors(folder) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(key, tensor)`` for the encoder tensors of a Hugging Face T5 folder (see
+    :func:`t5_encoder_file`)."""
+    tf = t5_encoder_file(folder)
+    for key in tf.keys():
+        yield key, tf.get(key)
 
 
 def _t5_encoder_model(config_dict: dict, *, path):
@@ -813,11 +842,8 @@ def load_t5_encoder(path, *, device=None, dtype=torch.float32):
         if not config_file.is_file():
             raise CheckpointError(f"{path}: a T5 folder needs config.json")
         model = _t5_encoder_model(json.loads(config_file.read_text()), path=path)
-        # cast while reading: the source dtype (float32 for google/flan-ul2) never piles up
-        tensors = {k: t.to(device=device or "cpu", dtype=_target_dtype(k, t, dtype, False))
-                   for k, t in iter_t5_encoder_tensors(path)}
-        return _assign_t5(model, {k: tuple(t.shape) for k, t in tensors.items()}, tensors.__getitem__,
-                          path=path, device=device, dtype=dtype)
+        tf = t5_encoder_file(path)
+        return _assign_t5(model, tf.shapes, tf.get, path=path, device=device, dtype=dtype)
     tf = open_tensor_file(path)
     found = tf.network or identify(tf.keys())
     if found != T5_ENCODER:

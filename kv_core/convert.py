@@ -42,17 +42,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import struct
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Mapping
 
 import torch
 
 from .checkpoints import (  # noqa: F401  (FP8_MAX_RELATIVE_ERROR: re-exported for the docs)
-    CONFIG_SECTIONS, FORMAT_VERSION, FP8_DTYPES, FP8_MAX_RELATIVE_ERROR, INTERPOLATION_UNET, KEYFRAME_UNET, META_CONFIG, META_DTYPE, META_FORMAT, META_NETWORK, META_SOURCE, META_TOKENIZER,
-    MOVQ, NULL_EMBEDDING_KEY, T5_ENCODER, TEXT_PROJECTIONS, VIDEO_MOVQ, CheckpointError,
-    build_network, check_state_dict, dtype_name, identify, iter_t5_encoder_tensors,
+    CONFIG_SECTIONS, FORMAT_VERSION, FP8_DTYPES, FP8_MAX_RELATIVE_ERROR, INTERPOLATION_UNET,
+    KEYFRAME_UNET, META_CONFIG, META_DTYPE, META_FORMAT, META_NETWORK, META_SOURCE, META_TOKENIZER,
+    MOVQ, NULL_EMBEDDING_KEY, SAFETENSORS_DTYPES, T5_ENCODER, TEXT_PROJECTIONS, VIDEO_MOVQ,
+    CheckpointError, build_network, check_state_dict, dtype_name, fp8_candidate, identify,
     load_t5_tokenizer, network_tensors, open_tensor_file, parse_dtype, resolve_config,
-    storage_dtype, tokenizer_files,
+    storage_dtype, t5_encoder_file, tokenizer_files,
 )
 
 # official file names of a release, and the names the converter gives our files
@@ -68,26 +73,82 @@ def _short(dtype: torch.dtype) -> str:
     return _SHORT.get(dtype, "fp8" if dtype in FP8_DTYPES else dtype_name(dtype))
 
 
-def save_safetensors(path, tensors: dict[str, torch.Tensor], *, network: str, config: dict | None,
-                     dtype: torch.dtype, source: str = "", extra: dict[str, str] | None = None) -> Path:
-    """Write tensors + our metadata (see the module docstring)."""
-    from safetensors.torch import save_file
+@dataclass
+class Entry:
+    """One tensor to write: its name, shape, stored dtype and how to read its values."""
 
+    key: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    read: Callable[[], torch.Tensor]
+
+
+def _safetensors_dtype(dtype: torch.dtype) -> str:
+    for name, known in SAFETENSORS_DTYPES.items():
+        if known == dtype:
+            return name
+    raise CheckpointError(f"safetensors cannot store {dtype}")
+
+
+def write_safetensors(path, entries: list[Entry], metadata: dict[str, str]) -> Path:
+    """Write a safetensors file one tensor at a time (at most one tensor in memory).
+
+    The file is written under a temporary name and renamed when complete.
+    """
+    header: dict = {}
+    offset = 0
+    for e in entries:
+        size = math.prod(e.shape) * torch.empty((), dtype=e.dtype).element_size()
+        header[e.key] = {"dtype": _safetensors_dtype(e.dtype), "shape": list(e.shape),
+                         "data_offsets": [offset, offset + size]}
+        offset += size
+    header["__metadata__"] = metadata
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(struct.pack("<Q", len(raw)))
+            fh.write(raw)
+            for e in entries:
+                t = e.read().to(device="cpu", dtype=e.dtype).contiguous()
+                if tuple(t.shape) != tuple(e.shape):
+                    raise CheckpointError(f"{e.key}: shape {tuple(t.shape)} changed while writing")
+                fh.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+                del t
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _metadata(network: str, config: dict | None, dtype: torch.dtype, source: str,
+              extra: dict[str, str] | None = None) -> dict[str, str]:
     metadata = {"format": "pt", META_FORMAT: FORMAT_VERSION, META_NETWORK: network,
                 META_DTYPE: dtype_name(dtype), META_SOURCE: source}
     if config is not None:
         metadata[META_CONFIG] = json.dumps(config)
     metadata.update(extra or {})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
-    return path
+    return metadata
 
 
-def _cast_all(items, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {k: t.to(storage_dtype(k, t, dtype)) for k, t in items}
+def plan_entries(keys, shapes: Mapping[str, tuple], dtypes: Mapping[str, torch.dtype],
+                 read: Callable[[str], torch.Tensor], dtype: torch.dtype,
+                 rename: Mapping[str, str] | None = None) -> list[Entry]:
+    """The stored dtype of every tensor under ``dtype``'s policy (:func:`storage_dtype`);
+    only fp8 candidates are read here (their values decide)."""
+    entries = []
+    for key in keys:
+        name = (rename or {}).get(key, key)
+        meta = torch.empty(shapes[key], dtype=dtypes[key], device="meta")
+        if dtype in FP8_DTYPES and fp8_candidate(name, meta):
+            stored = storage_dtype(name, read(key), dtype)
+        else:
+            stored = storage_dtype(name, meta, dtype)
+        entries.append(Entry(name, tuple(shapes[key]), stored, lambda key=key: read(key)))
+    return entries
 
 
 def convert_network(src, dst, *, network: str | None = None, configs=None, dtype="fp32") -> Path:
@@ -113,11 +174,13 @@ def convert_network(src, dst, *, network: str | None = None, configs=None, dtype
     check_state_dict({k: tuple(v.shape) for k, v in module.state_dict().items()}, tensors.shapes,
                      path=tf.path, network=network)
     del module
-    out = _cast_all(((k, tensors.get(k)) for k in tensors.shapes), dtype)
-    null = tensors.null_embedding()
-    if null is not None:
-        out[NULL_EMBEDDING_KEY] = null.to(torch.float32)
-    return save_safetensors(dst, out, network=network, config=config, dtype=dtype, source=Path(src).name)
+    shapes = tensors.shapes
+    dtypes = {k: tf.dtypes[tensors.prefix + k] for k in shapes}
+    entries = plan_entries(list(shapes), shapes, dtypes, tensors.get, dtype)
+    if tensors.null_key is not None:
+        entries.append(Entry(NULL_EMBEDDING_KEY, tf.shapes[tensors.null_key], torch.float32,
+                             tensors.null_embedding))
+    return write_safetensors(dst, entries, _metadata(network, config, dtype, Path(src).name))
 
 
 def convert_text_projections(src, dst, *, dtype="fp32") -> Path:
@@ -128,32 +191,31 @@ def convert_text_projections(src, dst, *, dtype="fp32") -> Path:
     tf = src if not isinstance(src, (str, Path)) else open_tensor_file(src)
     load_text_projections(tf.path)  # validates layout and shapes
     tensors = network_tensors(tf, TEXT_PROJECTIONS)
-    out = _cast_all(((k, tensors.get(k)) for k in tensors.shapes), dtype)
-    return save_safetensors(dst, out, network=TEXT_PROJECTIONS, config=None, dtype=dtype,
-                            source=tf.path.name)
+    entries = plan_entries(list(tensors.shapes), tensors.shapes, tf.dtypes, tensors.get, dtype)
+    return write_safetensors(dst, entries, _metadata(TEXT_PROJECTIONS, None, dtype, tf.path.name))
 
 
 def convert_t5_encoder(src_folder, dst, *, dtype="bf16", tokenizer=None) -> Path:
     """Write the encoder of a Hugging Face T5 folder (e.g. ``google/flan-ul2``) as one
-    safetensors with its config and tokenizer; the decoder is never read."""
+    safetensors with its config and tokenizer; the decoder is never read, and the encoder
+    is written one tensor at a time."""
     dtype = parse_dtype(dtype)
     src_folder = Path(src_folder)
     config_file = src_folder / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{src_folder}: not a Hugging Face T5 folder (no config.json)")
     config = json.loads(config_file.read_text())
-    out = {}
-    for key, tensor in iter_t5_encoder_tensors(src_folder):
-        if key == "encoder.embed_tokens.weight":
-            if "shared.weight" in out:
-                continue  # tied to the shared embedding
-            key = "shared.weight"
-        out[key] = tensor.to(storage_dtype(key, tensor, dtype))
-    if "shared.weight" not in out or not any(k.startswith("encoder.block.") for k in out):
+    tf = t5_encoder_file(src_folder)
+    keys = list(tf.keys())
+    if "shared.weight" in keys:  # the encoder's embedding is tied to the shared one
+        keys = [k for k in keys if k != "encoder.embed_tokens.weight"]
+    if not any(k in keys for k in ("shared.weight", "encoder.embed_tokens.weight")) \
+            or not any(k.startswith("encoder.block.") for k in keys):
         raise CheckpointError(f"{src_folder}: no T5 encoder tensors found")
+    entries = plan_entries(keys, tf.shapes, tf.dtypes, tf.get, dtype,
+                           rename={"encoder.embed_tokens.weight": "shared.weight"})
     extra = {META_TOKENIZER: json.dumps(tokenizer_files(load_t5_tokenizer(tokenizer or src_folder)))}
-    return save_safetensors(dst, out, network=T5_ENCODER, config=config, dtype=dtype,
-                            source=src_folder.name, extra=extra)
+    return write_safetensors(dst, entries, _metadata(T5_ENCODER, config, dtype, src_folder.name, extra))
 
 
 def convert_release(src_folder, out_folder, *, dtype="bf16", movq_dtype="fp32", configs=None,
