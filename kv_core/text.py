@@ -34,6 +34,8 @@ PROJECTION_LABELS = (PROJECTION_BASE, PROJECTION_INTERPOLATION)
 DEFAULT_TOKENS_LENGTH = 128
 DEFAULT_CONTEXT_DIM = 4096
 
+_COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
 
 class TextProjection(nn.Sequential):
     """``Linear(d_model, context_dim, bias=False)`` followed by ``LayerNorm(context_dim)``.
@@ -74,9 +76,9 @@ def project_context(
         all ones.
     """
     weight = next(projection.parameters(), None)
-    if weight is not None and hidden_states.dtype != weight.dtype and weight.is_floating_point() \
-            and weight.element_size() >= 2:
-        hidden_states = hidden_states.to(weight.dtype)
+    if weight is not None and weight.dtype in _COMPUTE_DTYPES:
+        # the encoder may run in another dtype than the projections (fp32 in the release)
+        hidden_states = hidden_states.to(device=weight.device, dtype=weight.dtype)
     context = projection(hidden_states)
     if attention_mask is None:
         mask = torch.ones(context.shape[:-1], dtype=torch.int64, device=context.device)

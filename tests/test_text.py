@@ -124,3 +124,12 @@ def test_unknown_projection_label(release):
     te = TextEncoder.from_files(release.t5_folder, release.t5_projections, tokens_length=32)
     with pytest.raises(KeyError):
         te.encode("a cat", labels=("projection_other",))
+
+
+def test_project_context_casts_hidden_states_to_the_projection_dtype():
+    proj = _projection().to(torch.float64)
+    hidden = torch.randn(1, 4, 6)
+    context, _ = project_context(hidden, torch.tensor([[1, 1, 0, 0]]), proj)
+    assert context.dtype == torch.float64
+    want, _ = project_context(hidden.double(), torch.tensor([[1, 1, 0, 0]]), proj)
+    assert torch.equal(context, want)
