@@ -433,3 +433,32 @@ def test_networks_are_built_on_meta_and_assigned(monkeypatch, release):
     # the values are the file's
     raw = torch.load(release.video_movq, weights_only=True, mmap=True)
     assert torch.equal(net.state_dict()["decoder.conv_out.weight"], raw["decoder.conv_out.weight"])
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def test_tiny_release_is_deterministic(tmp_path, release):
+    from safetensors.torch import load_file
+
+    again = write_tiny_release(tmp_path / "again", seed=1)  # the fixture's seed
+    other = write_tiny_release(tmp_path / "other", seed=2)
+    for name in ("t2v.pt", "video_movq.pt", "t5_projections.pt"):
+        a = torch.load(release.folder / name, weights_only=True)
+        b = torch.load(again.folder / name, weights_only=True)
+        c = torch.load(other.folder / name, weights_only=True)
+        fa, fb, fc = (_flat(d) for d in (a, b, c))
+        assert all(torch.equal(fa[k], fb[k]) for k in fa), name
+        assert not all(torch.equal(fa[k], fc[k]) for k in fa), name
+    ta = load_file(str(release.t5_folder / "model.safetensors"))
+    tb = load_file(str(again.t5_folder / "model.safetensors"))
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert (release.t5_folder / "tokenizer.json").read_text() == (again.t5_folder / "tokenizer.json").read_text()
+    assert again.configs.read_text() == release.configs.read_text()
