@@ -53,11 +53,12 @@ INTERFACE = {
 # --------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="session")
-def kv_release(comfy_host, tmp_path_factory):
+def kv_release(comfy_host):
     """The tiny release under its official file names in models/kandinsky_video/, and
     ComfyUI's example.png in input/ (for the image-to-video workflow)."""
-    folder = tmp_path_factory.mktemp("kv_tiny_release")
-    write_tiny_release(folder)
+    folder = comfy_host.base_dir / "kv_tiny_release"  # one per host, whichever module asks first
+    if not (folder / "flan-ul2").is_dir():
+        write_tiny_release(folder)
     for name in RELEASE_FILES:
         comfy_host.add_model("kandinsky_video", folder / name)
     example = comfy_host.comfyui / "input" / "example.png"
