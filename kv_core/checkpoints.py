@@ -147,6 +147,15 @@ class TensorFile:
         return json.loads(raw) if raw else None
 
 
+#: safetensors dtype names -> torch dtypes
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                      "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                      "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+for _name, _st in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
+    if hasattr(torch, _name):
+        SAFETENSORS_DTYPES[_st] = getattr(torch, _name)
+
+
 def _flatten(obj, prefix: str, out: dict, path: Path):
     if isinstance(obj, torch.Tensor):
         out[prefix] = obj
@@ -205,13 +214,6 @@ def open_tensor_file(path) -> TensorFile:
     return TensorFile(path, {k: tuple(v.shape) for k, v in flat.items()},
                       {k: v.dtype for k, v in flat.items()}, {}, flat.__getitem__)
 
-
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
-                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
-for _name, _st in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
-    if hasattr(torch, _name):
-        SAFETENSORS_DTYPES[_st] = getattr(torch, _name)
 
 
 # --- what a file holds -----------------------------------------------------------------------
