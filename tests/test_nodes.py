@@ -218,6 +218,18 @@ def test_video_latent_survives_save_latent_and_load_latent(kv):
     assert len(result.outputs["5"]["images"]) == 12
 
 
+@pytest.mark.parametrize("weight_dtype", ["bf16", "fp16", "fp8_e4m3fn"])
+def test_every_weight_dtype_loads_and_runs(kv, weight_dtype):
+    prompt = i2v_prompt(kv, steps=1, seed=5)
+    loaders = [k for k, v in prompt.items() if "weight_dtype" in v["inputs"]]
+    assert len(loaders) == 4  # text encoder, keyframe U-Net, image MoVQ, video MoVQ
+    for key in loaders:
+        prompt[key]["inputs"]["weight_dtype"] = weight_dtype
+    result = kv.run(prompt, timeout=900)
+    assert result.ok, result.describe()
+    assert len(result.outputs["900"]["images"]) == 12
+
+
 # --------------------------------------------------------------------------- interrupt, memory
 
 def _submit(host, prompt) -> str:
