@@ -1,0 +1,329 @@
+"""The pipeline and its stages on tiny random networks: validation (every error before any
+network runs), frame counts and rates, determinism (also across processes), stage-by-stage
+runs equal to the whole pipeline, image-to-video preprocessing, hooks."""
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kv_core.image import prepare_first_frame, resize_and_crop
+from kv_core.noise import ReplayNoise, RecordingNoise, SeededNoise
+from kv_core.pipeline import (KandinskyVideoPipeline, GenerationSettings, decode_first_frame, decode_frames,
+                              encode_first_frame, encode_prompt, frame_count, frame_rate, generate_first_frame,
+                              generate_keyframes, interpolate_frames, motion_score, reference_motion_score)
+from kv_core.sampling import Interrupted, TextCondition
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = dict(first_frame_sampler="ddim", first_frame_steps=2, keyframes_sampler="ddim", keyframes_steps=2,
+            interpolation_sampler="ddim", interpolation_steps=2)
+
+BUILD_TINY = """
+import torch
+from kv_core.checkpoints import INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ, build_network
+from kv_core.pipeline import KandinskyVideoPipeline
+from kv_core.sampling import TextCondition
+from kv_core.tiny import randomize_, tiny_configs
+
+def tiny_pipeline(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cfg = tiny_configs()
+    def net(kind, section):
+        return randomize_(build_network(kind, cfg[section]["configs"], device="cpu", dtype=torch.float32), g).eval()
+    dim = cfg["t2v"]["configs"]["context_dim"]
+    return KandinskyVideoPipeline(
+        unet=net(KEYFRAME_UNET, "t2v"), null_embedding=torch.randn(dim, generator=g),
+        interpolation_unet=net(INTERPOLATION_UNET, "interpolation"),
+        interpolation_null_embedding=torch.randn(dim, generator=g),
+        movq=net(MOVQ, "image_movq"), video_movq=net(VIDEO_MOVQ, "video_movq"))
+
+def tiny_condition(seed=1, dim=16, length=5):
+    g = torch.Generator().manual_seed(seed)
+    return TextCondition(torch.randn(1, length, dim, generator=g), torch.tensor([[1] * (length - 1) + [0]]))
+"""
+_ns: dict = {}
+exec(BUILD_TINY, _ns)  # the same builder runs in the subprocess test
+tiny_pipeline, tiny_condition = _ns["tiny_pipeline"], _ns["tiny_condition"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
+
+
+@pytest.fixture(scope="module")
+def cond():
+    return tiny_condition()
+
+
+def run(pipe, cond, **kw):
+    settings = dict(width=64, height=64, num_keyframes=3, conditioning=cond, **FAST)
+    settings.update(kw)
+    return pipe(**settings)
+
+
+# --- validation -----------------------------------------------------------------------------
+
+class Boom(torch.nn.Module):
+    """A network that must never run."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, *args, **kwargs):
+        raise AssertionError("a network ran before the input was validated")
+
+    encode = decode = forward
+
+
+@pytest.fixture(scope="module")
+def boom_pipe():
+    return KandinskyVideoPipeline(unet=Boom(), null_embedding=torch.zeros(16), interpolation_unet=Boom(),
+                                  interpolation_null_embedding=torch.zeros(16), movq=Boom(), video_movq=Boom(),
+                                  text_encoder=lambda prompt: (_ for _ in ()).throw(AssertionError("encoder ran")))
+
+
+BAD_SETTINGS = [
+    (dict(width=100), "width must be a positive multiple of 64"),
+    (dict(height=0), "height must be a positive multiple of 64"),
+    (dict(width=-64), "width must be a positive multiple of 64"),
+    (dict(width=64.0), "width must be a positive multiple of 64"),
+    (dict(height=True), "height must be a positive multiple of 64"),
+    (dict(key_frame_guidance_scale=float("nan")), "key_frame_guidance_scale must be a finite number"),
+    (dict(guidance_weight_prompt=float("inf")), "guidance_weight_prompt must be a finite number"),
+    (dict(guidance_weight_image=-float("inf")), "guidance_weight_image must be a finite number"),
+    (dict(interpolation_guidance_scale="0.5"), "interpolation_guidance_scale must be a finite number"),
+    (dict(first_frame_steps=0), "first_frame steps must be an integer from 1 to 1000"),
+    (dict(keyframes_steps=-2), "keyframes steps must be an integer from 1 to 1000"),
+    (dict(interpolation_steps=1001), "interpolation steps must be an integer from 1 to 1000"),
+    (dict(keyframes_steps=2.0), "keyframes steps must be an integer"),
+    (dict(first_frame_sampler="euler"), "first_frame sampler must be one of \\('ddpm', 'ddim', 'dpmpp_2m'\\)"),
+    (dict(motion="normal"), "motion must be one of \\('low', 'medium', 'high', 'extreme'\\) or a number"),
+    (dict(motion="fast"), "motion must be one of"),
+    (dict(motion=-1), "motion must be one of .* or a finite number >= 0"),
+    (dict(motion=float("nan")), "finite number >= 0"),
+    (dict(fps="ultra"), "fps must be one of \\('low', 'medium', 'high'\\)"),
+    (dict(noise_augmentation=1000), "noise_augmentation must be an integer timestep from 0 to 999"),
+    (dict(noise_augmentation=-1), "noise_augmentation must be an integer timestep"),
+    (dict(num_keyframes=1), "num_keyframes must be an integer >= 2"),
+    (dict(image_mode="stretch"), "image_mode must be one of \\('reference', 'cover'\\)"),
+]
+
+
+@pytest.mark.parametrize("bad,message", BAD_SETTINGS, ids=[m[:30] + str(i) for i, (_, m) in enumerate(BAD_SETTINGS)])
+def test_bad_settings_fail_before_any_network(boom_pipe, bad, message):
+    with pytest.raises(ValueError, match=message):
+        boom_pipe("a prompt", **bad)
+
+
+@pytest.mark.parametrize("image,error,message", [
+    ("picture.png", TypeError, "image must be a PIL.Image.Image, a numpy array or a torch tensor"),
+    ([[0, 0, 0]], TypeError, "image must be a PIL.Image.Image"),
+    (np.zeros((0, 10, 3), np.uint8), ValueError, "image has no pixels"),
+    (torch.zeros(1, 8, 0, 3), ValueError, "image has no pixels"),
+    (Image.new("RGB", (0, 5)), ValueError, "image has no pixels"),
+    (np.zeros((4, 4, 2), np.uint8), ValueError, "C in \\(1, 3, 4\\)"),
+    (torch.zeros(2, 8, 8, 3), ValueError, "expected one image, got a batch of 2"),
+    (np.zeros((4, 4, 3), np.int32), ValueError, "uint8 or float"),
+    (np.full((4, 4, 3), np.nan, np.float32), ValueError, "non-finite"),
+])
+def test_bad_images_fail_before_any_network(boom_pipe, image, error, message):
+    with pytest.raises(error, match=message):
+        boom_pipe("a prompt", image=image)
+
+
+def test_other_bad_calls_fail_before_any_network(boom_pipe):
+    with pytest.raises(TypeError, match="unknown settings \\['steps'\\]"):
+        boom_pipe("a prompt", steps=3)
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        boom_pipe("a prompt", noise=-5)
+    with pytest.raises(ValueError, match="give a prompt"):
+        boom_pipe(None)
+    with pytest.raises(ValueError, match="conditioning must be a kv_core.sampling.TextCondition"):
+        boom_pipe(conditioning=(torch.zeros(1, 2, 16), torch.ones(1, 2)))
+    no_text = KandinskyVideoPipeline(unet=Boom(), null_embedding=torch.zeros(16), interpolation_unet=Boom(),
+                                     interpolation_null_embedding=torch.zeros(16), movq=Boom(), video_movq=Boom())
+    with pytest.raises(ValueError, match="no text encoder"):
+        no_text("a prompt")
+    c = tiny_condition()
+    with pytest.raises(ValueError, match="pass_index must be 1"):
+        interpolate_frames(Boom(), torch.zeros(16), c, torch.zeros(3, 4, 8, 8), pass_index=3)
+    with pytest.raises(ValueError, match="frames must be a tensor \\[N, 4, h, w\\] with N >= 2"):
+        interpolate_frames(Boom(), torch.zeros(16), c, torch.zeros(1, 4, 8, 8))
+    with pytest.raises(ValueError, match="key_latent must be a tensor"):
+        generate_keyframes(Boom(), torch.zeros(16), c, torch.zeros(1, 4, 8, 8))
+    with pytest.raises(ValueError, match="width must be a positive multiple of 64"):
+        generate_first_frame(Boom(), torch.zeros(16), c, width=96)
+    with pytest.raises(ValueError, match="height must be a positive multiple of 64"):
+        encode_first_frame(Boom(), np.zeros((8, 8, 3), np.uint8), width=64, height=32)
+    with pytest.raises(ValueError, match="prompt must be a string"):
+        encode_prompt(lambda p: None, 3)
+
+
+def test_motion_and_frame_rates():
+    assert [motion_score(m) for m in ("low", "medium", "high", "extreme", 25, 2.5)] == [1, 10, 50, 100, 25, 2.5]
+    with pytest.warns(UserWarning, match="falls back to medium"):
+        assert reference_motion_score("normal") == 10
+    assert reference_motion_score("high") == 50
+    assert [frame_count(12, f) for f in ("low", "medium", "high")] == [12, 45, 177]
+    assert [round(frame_rate(n), 3) for n in (12, 45, 177)] == [round(n / 5.5, 3) for n in (12, 45, 177)]
+    assert math.isclose(frame_rate(frame_count(6, "medium"), 6) * 5.5 / 2, frame_count(6, "medium"))
+    assert GenerationSettings().validate().motion == "medium"
+
+
+# --- running -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fps,frames", [("low", 3), ("medium", 9), ("high", 33)])
+def test_frame_counts_and_rate(pipe, cond, fps, frames):
+    result = run(pipe, cond, fps=fps, noise=4)
+    assert result.frames.shape == (frames, 64, 64, 3) and result.frames.dtype == torch.uint8
+    assert math.isclose(result.fps, frames / (5.5 * 3 / 12))
+
+
+def test_seeded_runs_are_deterministic(pipe, cond):
+    a = run(pipe, cond, fps="medium", noise=11)
+    b = run(pipe, cond, fps="medium", noise=11)
+    c = run(pipe, cond, fps="medium", noise=12)
+    assert torch.equal(a.frames, b.frames)
+    assert not torch.equal(a.frames, c.frames)
+
+
+def test_seeded_run_matches_another_process(pipe, cond, tmp_path):
+    out = tmp_path / "frames.pt"
+    code = BUILD_TINY + textwrap.dedent(f"""
+        torch.set_num_threads({torch.get_num_threads()})
+        result = tiny_pipeline()(conditioning=tiny_condition(), width=64, height=64, num_keyframes=3,
+                                 fps="medium", noise=21, **{FAST!r})
+        torch.save(result.frames, {str(out)!r})
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True)
+    here = run(pipe, cond, fps="medium", noise=21)
+    assert torch.equal(torch.load(out, weights_only=True), here.frames)
+
+
+def test_stages_one_by_one_equal_the_pipeline(pipe, cond):
+    """What the ComfyUI nodes do: each stage alone with the same seed."""
+    seed, kw = 5, dict(width=64, height=64)
+    whole = run(pipe, cond, fps="high", noise=seed, return_intermediates=True)
+    latent = generate_first_frame(pipe.unet, pipe.null_embedding, cond, sampler="ddim", steps=2, noise=seed, **kw)
+    image = decode_first_frame(pipe.movq, latent)
+    assert image.shape == (128, 128, 3) and image.dtype == torch.uint8
+    assert torch.equal(image, whole.intermediates["keyframe_image"])
+    # an IMAGE socket carries floats: uint8 / 255 must convert back exactly
+    key = encode_first_frame(pipe.movq, image.float() / 255, **kw)
+    assert torch.equal(key, whole.intermediates["keyframe_latent"])
+    frames = generate_keyframes(pipe.unet, pipe.null_embedding, cond, key, num_keyframes=3, sampler="ddim",
+                                steps=2, noise=seed)
+    assert torch.equal(frames, whole.intermediates["base_frames"])
+    for p in (1, 2):
+        frames = interpolate_frames(pipe.interpolation_unet, pipe.interpolation_null_embedding, cond, frames,
+                                    pass_index=p, sampler="ddim", steps=2, noise=seed)
+        assert torch.equal(frames, whole.intermediates[f"interpolated_{p}"])
+    video = decode_frames(pipe.video_movq, frames)
+    assert video.shape == (33, 3, 64, 64) and 0 <= float(video.min()) and float(video.max()) <= 1
+    assert torch.equal((video * 255).to(torch.uint8).permute(0, 2, 3, 1), whole.frames)
+
+
+def test_replayed_noise_reproduces_a_seeded_run(pipe, cond):
+    rec = RecordingNoise(SeededNoise(8))
+    a = run(pipe, cond, fps="medium", noise=rec, **{k: "ddpm" for k in FAST if k.endswith("sampler")})
+    replay = ReplayNoise(rec.draws)
+    b = run(pipe, cond, fps="medium", noise=replay, **{k: "ddpm" for k in FAST if k.endswith("sampler")})
+    replay.assert_consumed()
+    assert torch.equal(a.frames, b.frames)
+    # DDPM with 2 leading steps (500, 0): one draw at t = 500; interpolation draws every step
+    assert len(rec.draws) == (1 + 1) + (1 + 1 + 1) + (1 + 2)
+
+
+def test_negative_prompt(pipe):
+    prompts = {}
+
+    def encoder(text):
+        g = torch.Generator().manual_seed(len(text))
+        prompts[text] = True
+        n = 2 + len(text) % 3
+        return torch.randn(1, n, 16, generator=g), torch.ones(1, n, dtype=torch.int64)
+
+    pipe.text_encoder = encoder
+    try:
+        base = run(pipe, None, fps="low", noise=3, conditioning=None, prompt="a cat")
+        blank = run(pipe, None, fps="low", noise=3, conditioning=None, prompt="a cat", negative_prompt="  ")
+        neg = run(pipe, None, fps="low", noise=3, conditioning=None, prompt="a cat", negative_prompt="blurry, dark")
+    finally:
+        pipe.text_encoder = None
+    assert torch.equal(base.frames, blank.frames)
+    assert not torch.equal(base.frames, neg.frames)
+    assert set(prompts) == {"a cat", "blurry, dark"}
+    assert encode_prompt(encoder, "a cat").negative_context is None
+
+
+def test_image_to_video_skips_the_first_frame(pipe, cond):
+    img = Image.fromarray((np.arange(80 * 50 * 3) % 251).astype(np.uint8).reshape(80, 50, 3))
+    seen = []
+    result = run(pipe, cond, image=img, noise=2, return_intermediates=True,
+                 progress=lambda stage, i, n, x: seen.append(stage))
+    assert "first_frame" not in seen and "keyframe_image" not in result.intermediates
+    assert seen[0] == "keyframes" and seen[-1] == "decode"
+    cover = run(pipe, cond, image=img, noise=2, image_mode="cover")
+    assert not torch.equal(result.frames, cover.frames)
+
+
+def test_progress_covers_every_stage_and_cancel_stops(pipe, cond):
+    seen = []
+    run(pipe, cond, fps="high", noise=1, progress=lambda stage, i, n, x: seen.append((stage, i, n)))
+    stages = [s for s, _, _ in seen]
+    assert stages == (["first_frame"] * 2 + ["keyframes"] * 2 + ["interpolation_1"] * 2
+                      + ["interpolation_2"] * 2 + ["decode"] * stages.count("decode"))
+    assert ("keyframes", 2, 2) in seen and stages.count("decode") >= 1
+    calls = []
+    with pytest.raises(Interrupted):
+        run(pipe, cond, fps="high", noise=1, cancel=lambda: len(calls) > 3 or calls.append(1))
+
+
+# --- first-frame image preprocessing -------------------------------------------------------
+
+def test_reference_preprocessing_pads_small_images_black():
+    img = Image.new("RGB", (50, 80), (200, 100, 50))
+    x = prepare_first_frame(img, 64, 64)
+    assert x.shape == (3, 64, 64)
+    # 50 wide: the crop box is (-7, 8, 57, 72): 7 black columns left and right
+    assert torch.all(x[:, :, :7] == -1) and torch.all(x[:, :, 57:] == -1)
+    assert torch.allclose(x[:, :, 7:57], torch.tensor([200, 100, 50]).float().div(255).mul(2).sub(1)[:, None, None])
+
+
+def test_reference_preprocessing_matches_pillow_steps():
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (100, 151, 3), dtype=np.uint8))
+    r = max(1, min(151 / 64, 100 / 64))
+    manual = img.resize((round(151 / r), round(100 / r)), Image.BICUBIC)
+    ow, oh = manual.size
+    manual = manual.crop((round((ow - 64) / 2), round((oh - 64) / 2), round((ow + 64) / 2), round((oh + 64) / 2)))
+    want = torch.from_numpy(np.asarray(manual).copy()).permute(2, 0, 1).float() / 255 * 2 - 1
+    assert torch.equal(prepare_first_frame(img, 64, 64), want)
+
+
+def test_cover_mode():
+    small = Image.new("RGB", (50, 80), (10, 20, 30))
+    covered = resize_and_crop(small, 64, 64, "cover")
+    assert covered.size == (64, 64)
+    assert np.asarray(covered).min() > 0  # no black padding
+    big = Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 200, 3), dtype=np.uint8))
+    assert np.array_equal(np.asarray(resize_and_crop(big, 64, 128, "cover")),
+                          np.asarray(resize_and_crop(big, 64, 128, "reference")))
+    rgba = Image.new("RGBA", (40, 40), (1, 2, 3, 4))
+    assert prepare_first_frame(rgba, 64, 64, "cover").shape == (3, 64, 64)
+
+
+def test_image_types_agree():
+    arr = np.random.default_rng(2).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    want = prepare_first_frame(Image.fromarray(arr), 64, 64)
+    assert torch.equal(prepare_first_frame(arr, 64, 64), want)
+    assert torch.equal(prepare_first_frame(torch.from_numpy(arr)[None].float() / 255, 64, 64), want)
+    gray = prepare_first_frame(arr[..., :1], 64, 64)
+    assert gray.shape == (3, 64, 64) and torch.equal(gray[0], gray[1])
