@@ -231,6 +231,44 @@ def test_weight_dtypes_load_and_run(kv, weight_dtype):
     assert len(result.outputs["900"]["images"]) == 12
 
 
+def test_nodes_reproduce_the_kv_core_pipeline(kv, kv_release):
+    """The text-to-video workflow with one seed on every node gives the latents of
+    ``KandinskyVideoPipeline(..., noise=seed)`` (fp32 on the CPU, same steps and size)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from kv_core import checkpoints as ckpt
+    from kv_core.pipeline import KandinskyVideoPipeline
+    from kv_core.text import TextEncoder
+
+    seed = 1234
+    prompt = fast(kv.to_api(shipped_workflow("kandinsky_video_text_to_video_8fps")), seed=seed)
+    keyframes = node_of(prompt, "KandinskyVideoKeyframes")
+    interpolate = node_of(prompt, "KandinskyVideoInterpolate")
+    prefix = f"latents/kv_eq_{uuid.uuid4().hex[:8]}"
+    prompt["901"] = {"class_type": "SaveLatent", "inputs": {"samples": [keyframes, 0], "filename_prefix": prefix + "_k"}}
+    prompt["902"] = {"class_type": "SaveLatent", "inputs": {"samples": [interpolate, 0], "filename_prefix": prefix + "_i"}}
+    text = prompt[node_of(prompt, "KandinskyVideoTextEncode")]["inputs"]["prompt"]
+    result = kv.run(prompt, timeout=900, check=True)
+    saved = {p.name.split("_")[-3]: load_file(str(p))["latent_tensor"][0].movedim(0, 1)
+             for p in kv.output_files(result) if p.suffix == ".latent"}
+
+    configs = kv_release / "configs.json"
+    unet, null = ckpt.load_keyframe_unet(kv_release / "t2v.pt", configs)
+    interp, interp_null = ckpt.load_interpolation_unet(kv_release / "interpolation.pt", configs)
+    tokens = json.loads(configs.read_text())["text_encoder"]["tokens_length"]
+    pipe = KandinskyVideoPipeline(
+        unet=unet, null_embedding=null, interpolation_unet=interp, interpolation_null_embedding=interp_null,
+        movq=ckpt.load_movq(kv_release / "movq.pt", configs, video=False),
+        video_movq=ckpt.load_movq(kv_release / "video_movq.pt", configs, video=True),
+        text_encoder=TextEncoder.from_files(kv_release / "flan-ul2", kv_release / "t5_projections.pt",
+                                            tokens_length=tokens))
+    ref = pipe(text, width=SIZE, height=SIZE, fps="medium", noise=seed, first_frame_steps=2, keyframes_steps=2,
+               interpolation_steps=2, return_intermediates=True).intermediates
+    torch.testing.assert_close(saved["k"], ref["base_frames"].float(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(saved["i"], ref["interpolated_1"].float(), atol=1e-4, rtol=1e-4)
+
+
 # --------------------------------------------------------------------------- interrupt, memory
 
 def _submit(host, prompt) -> str:
