@@ -67,7 +67,7 @@ fi
 # The whole suite, on both cores: tests that use the ComfyUI host share one worker (and one
 # server); the rest are spread over both.
 set +e
-"$PY" -m pytest -n 2 --dist loadgroup -p no:cacheprovider
+"$PY" -m pytest -n 2 --dist loadgroup -p no:cacheprovider --durations=15
 rc=$?
 set -e
 if [ $rc -eq 5 ]; then

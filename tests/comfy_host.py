@@ -902,6 +902,11 @@ class Browser:
                 raise BrowserError(f"timed out waiting for {expression!r}; console:\n" + "\n".join(self.console[-20:]))
             time.sleep(interval)
 
+    def press_key(self, key: str, key_code: int) -> None:
+        """Press and release one key (e.g. ``press_key("Escape", 27)``)."""
+        for kind in ("keyDown", "keyUp"):
+            self.send("Input.dispatchKeyEvent", type=kind, key=key, code=key, windowsVirtualKeyCode=key_code)
+
     def navigate(self, url: str) -> None:
         self.send("Page.navigate", url=url)
         self.wait_for("document.readyState === 'complete'")
@@ -954,18 +959,36 @@ class ComfyFrontend:
         self.browser = browser
 
     def open(self) -> "ComfyFrontend":
+        # a returning user: the first-run Templates browser is not opened over the canvas
+        self.host.post("/settings/Comfy.TutorialCompleted", True).raise_for_status()
         self.browser.navigate(self.host.url + "/")
         self.browser.wait_for("!!(window.app && window.app.graph && window.app.canvas)", timeout=120)
         self.close_dialogs()
         return self
 
     def close_dialogs(self) -> int:
-        """Close open dialogs (the first-run Templates browser among them); returns how many."""
-        return self.browser.evaluate(
-            """(() => { let n = 0;
-                for (const b of document.querySelectorAll('.p-dialog .p-dialog-close-button, .p-dialog-header-close')) { b.click(); n++; }
-                return n; })()"""
-        )
+        """Close open dialogs as a user would (Escape, else the dialog's close button: the
+        visible icon-only button nearest its top-right corner); returns how many were open."""
+        count = self.browser.evaluate("document.querySelectorAll('.p-dialog').length")
+        for _ in range(2 * count):
+            self.browser.press_key("Escape", 27)
+            time.sleep(0.3)
+            self.browser.evaluate("""(() => {
+                const d = document.querySelector('.p-dialog');
+                if (!d) return false;
+                const box = d.getBoundingClientRect();
+                const buttons = [...d.querySelectorAll('.p-dialog-close-button, .p-dialog-header-close, button')]
+                    .filter(b => !b.textContent.trim() && getComputedStyle(b).opacity !== '0'
+                                 && getComputedStyle(b).pointerEvents !== 'none');
+                const dist = b => { const r = b.getBoundingClientRect(); return Math.hypot(box.right - r.right, r.top - box.top); };
+                buttons.sort((a, b) => dist(a) - dist(b));
+                if (buttons.length) buttons[0].click();
+                return buttons.length > 0;
+            })()""")
+            time.sleep(0.5)
+            if not self.browser.evaluate("document.querySelectorAll('.p-dialog').length"):
+                break
+        return count
 
     def load_workflow(self, workflow: dict) -> None:
         """Load a UI-format workflow as a user opening the file would."""
