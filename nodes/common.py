@@ -284,14 +284,15 @@ def wrap(module: torch.nn.Module, kind: str, name: str, compute_dtype, *, load_d
 
 
 def _place_stray_parameters(module: torch.nn.Module, device) -> None:
-    """Move parameters that ModelPatcher never places (direct parameters of modules that
-    also have children, e.g. learned merge scalars) to the load device. They are tiny;
-    ``unpatch_model`` moves them back with the rest of the model on offload."""
+    """Move the parameters that a partial (low-VRAM) load leaves behind and that cannot
+    be cast at run time to the load device: direct parameters of modules with children
+    (learned merge scalars, which ModelPatcher never places) and those of layers that are
+    not ``comfy.ops`` classes (e.g. T5's norms). They are small; ``unpatch_model`` moves
+    them back with the rest of the model when it is offloaded."""
     for m in module.modules():
-        direct = dict(m.named_parameters(recurse=False))
-        if not direct or len(direct) == len(dict(m.named_parameters())):
-            continue
-        for p in direct.values():
+        if hasattr(m, "comfy_cast_weights"):
+            continue  # comfy.ops layers fetch their weights themselves
+        for p in m.parameters(recurse=False):
             if p.device != device:
                 p.data = p.data.to(device)
 
