@@ -152,11 +152,11 @@ def main(argv=None):
           f"sampler {args.sampler}, steps {args.steps or 'reference'}, threads {torch.get_num_threads()}; "
           f"networks built in {build:.1f} s")
     mem = "peak CUDA allocated" if torch.device(args.device).type == "cuda" else "peak RSS (process)"
-    print(f"| stage | seconds | {mem} MiB |")
-    print("|---|---:|---:|")
-    for name, seconds, peak, _ in rows:
-        print(f"| {name} | {seconds:.2f} | {peak / 2**20:.0f} |")
-    print(f"| total | {sum(r[1] for r in rows):.2f} | {max(r[2] for r in rows) / 2**20:.0f} |")
+    print(f"| stage | seconds | {mem} MiB | above the stage's start MiB |")
+    print("|---|---:|---:|---:|")
+    for name, seconds, peak, base in rows:
+        print(f"| {name} | {seconds:.2f} | {peak / 2**20:.0f} | {(peak - base) / 2**20:.0f} |")
+    print(f"| total | {sum(r[1] for r in rows):.2f} | {max(r[2] for r in rows) / 2**20:.0f} | |")
 
 
 if __name__ == "__main__":
