@@ -327,3 +327,17 @@ def test_image_types_agree():
     assert torch.equal(prepare_first_frame(torch.from_numpy(arr)[None].float() / 255, 64, 64), want)
     gray = prepare_first_frame(arr[..., :1], 64, 64)
     assert gray.shape == (3, 64, 64) and torch.equal(gray[0], gray[1])
+
+
+def test_from_release_with_prompts(tmp_path):
+    """A release folder in the official layout (the tiny one) runs from prompts."""
+    from kv_core.tiny import write_tiny_release
+
+    write_tiny_release(tmp_path)
+    pipe = KandinskyVideoPipeline.from_release(tmp_path)
+    kw = dict(width=64, height=64, num_keyframes=2, fps="medium", noise=1, **FAST)
+    plain = pipe("a red car", **kw)
+    negative = pipe("a red car", negative_prompt="blurry", **kw)
+    assert plain.frames.shape == negative.frames.shape == (5, 64, 64, 3)
+    assert not torch.equal(plain.frames, negative.frames)
+    assert torch.equal(pipe("a red car", **kw).frames, plain.frames)
