@@ -270,11 +270,13 @@ class InterpolationUNet(nn.Module):
     def _time_embedding(self, time, perturbation_time, skip_frames, dtype):
         emb = self.to_time_embed(time, dtype)
         if self.merge_with_time:
-            m = self.time_embed_merge.to(dtype)
+            # learned scalars follow the activations' device and dtype: under ComfyUI's partial
+            # loading a scalar parameter may stay on the offload device
+            m = self.time_embed_merge.to(emb)
             emb = m * self.perturbation_to_time_embed(perturbation_time, dtype) + (1 - m) * emb
         if self.pass_skip_frames:
             skip = self.skip_embeddings(skip_frames.long()).to(dtype)
-            emb = self.skip_merge.to(dtype) * skip + emb
+            emb = self.skip_merge.to(emb) * skip + emb
         return emb
 
     def forward(self, x: torch.Tensor, time: torch.Tensor, context: torch.Tensor,
@@ -315,7 +317,7 @@ class InterpolationUNet(nn.Module):
             context_mask = context_mask.to(torch.bool)
         if self.merge_with_context:
             features = sinusoidal_embedding(perturbation_time, self.context_dim).to(dtype)
-            context = context + self.time_embed_context_merge.to(dtype) * features[:, None]
+            context = context + self.time_embed_context_merge.to(context) * features[:, None]
         emb = self._time_embedding(time, perturbation_time, skip_frames, dtype)
         emb = self.feature_pooling(emb, context, context_mask)
 
