@@ -178,9 +178,9 @@ def load_reference(repo: Path):
 
 
 def build_reference(ref, configs: dict, ours: dict, dtype, device) -> dict:
-    def adopt(net, src):
-        net.load_state_dict(src.state_dict())
-        return net.to(device=device, dtype=dtype).eval()
+    def adopt(net, src):  # fp32 weights: autocast gives the reference its reduced precision
+        net.load_state_dict({k: v.float() for k, v in src.state_dict().items()})
+        return net.to(device=device).eval()
 
     with torch.device("meta"):
         t2v = ref.unet.UNet(**configs["t2v"])
@@ -301,7 +301,12 @@ def main(argv=None) -> int:
             row = {"workload": name, "dtype": dname, "ours_s": t, "ours_peak_bytes": peak}
             line = f"{name:<14}{dname:<6}{t * 1e3:>10.1f}{peak / 2**20:>10.0f}"
             if refs:
-                rout, rt, rpeak = measure(lambda: run_reference(refs, name, inp), device, args.repeats)
+                # the reference computes reduced precision under autocast, as the release does
+                def ref_call():
+                    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                        return run_reference(refs, name, inp)
+
+                rout, rt, rpeak = measure(ref_call, device, args.repeats)
                 diff = float((out.float() - rout.float()).abs().max())
                 row.update(ref_s=rt, ref_peak_bytes=rpeak, ratio=rt / t, max_abs_diff=diff)
                 line += f"{rt * 1e3:>10.1f}{rpeak / 2**20:>10.0f}{rt / t:>9.2f}{diff:>11.2e}"
