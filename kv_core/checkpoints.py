@@ -597,6 +597,20 @@ def check_state_dict(expected: Mapping[str, tuple], found: Mapping[str, tuple], 
                               f"configuration; " + "; ".join(parts))
 
 
+_ALIGNMENT = 64  # bytes: what torch's CPU allocator gives and its vectorised kernels expect
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in memory aligned to 64 bytes. Tensors read from a safetensors file (or an
+    mmap'd .pt) can start at any byte of the file; CPU kernels then take other code paths
+    whose last-bit rounding differs, so the same weights would compute slightly different
+    outputs depending on the file format they came from. A copy (one tensor at a time)
+    makes results independent of the file and keeps the fast paths."""
+    if t.device.type == "cpu" and t.numel() and t.data_ptr() % _ALIGNMENT:
+        return t.clone()
+    return t
+
+
 def assign_state_dict(module: nn.Module, tensors: Mapping[str, tuple] | None, get: Callable[[str], torch.Tensor],
                       *, path, network: str, device=None, dtype=None, keep_fp8=False) -> nn.Module:
     """Check keys/shapes of a meta-built ``module`` against a checkpoint, then assign the
@@ -606,7 +620,7 @@ def assign_state_dict(module: nn.Module, tensors: Mapping[str, tuple] | None, ge
     state = {}
     for key in expected:
         t = get(key)
-        state[key] = t.to(device=device or "cpu", dtype=_target_dtype(key, t, dtype, keep_fp8))
+        state[key] = _aligned(t.to(device=device or "cpu", dtype=_target_dtype(key, t, dtype, keep_fp8)))
     module.load_state_dict(state, strict=True, assign=True)
     leftover = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if leftover:

@@ -111,6 +111,20 @@ def test_dtype_and_device_at_load(release):
     assert {p.dtype for p in movq.parameters()} == {torch.float16}
 
 
+def test_loaded_cpu_tensors_are_aligned_whatever_the_file_format(release, tmp_path):
+    """safetensors/mmap'd tensors can start at any byte; the loader copies those into
+    64-byte-aligned memory so the same weights compute bit-identical outputs from either
+    file format (unaligned weights take other CPU kernel paths)."""
+    from kv_core import convert as cv
+
+    ours = tmp_path / "t2v.safetensors"
+    cv.convert_network(release.t2v, ours, configs=release.configs, dtype="fp32")
+    for path in (release.t2v, ours):
+        net = _load(ck.KEYFRAME_UNET, path, release.configs)
+        misaligned = [n for n, p in net.named_parameters() if p.numel() and p.data_ptr() % 64]
+        assert not misaligned, f"{path.name}: {misaligned[:3]}"
+
+
 # --- configuration: configs.json vs detection -----------------------------------------------
 
 def _check_detection_agrees(configs_path, files):
