@@ -65,6 +65,13 @@ def load_network(network: str, name: str, weight_dtype: str) -> common.Network:
 
 
 class _NetworkLoader(io.ComfyNode):
+    """Base of the four network loaders.
+
+    Each subclass defines its own ``validate_inputs`` naming its file input: ComfyUI skips
+    its built-in combo check only for the inputs a ``validate_inputs`` names, so a shared
+    ``**kwargs`` version here would also switch off the host's check of ``weight_dtype``.
+    """
+
     NETWORK: str = ""
     NODE_ID: str = ""
     TITLE: str = ""
