@@ -10,7 +10,7 @@ decode         video MoVQ: 45 latent frames, decoded in the reference's chunks
 =============  =====================================================================
 
 Sizes: ``tiny`` uses the small configurations of a golden folder (``KV_GOLDEN_DIR``,
-default ``../shared/golden``) at a 128x128 video, and runs anywhere; ``official`` uses the
+default ``tests/data/golden``) at a 128x128 video, and runs anywhere; ``official`` uses the
 release configurations with random weights at 512x512 (a GPU with ~40 GB is needed).
 
 When ``KV_REFERENCE_REPO`` points at a checkout of ``ai-forever/KandinskyVideo``, the
@@ -54,7 +54,7 @@ def configs_for(size: str) -> dict:
             "interpolation": dict(kv_interp.OFFICIAL_CONFIG),
             "video_movq": dict(kv_movq.OFFICIAL_VIDEO_CONFIG),
         }
-    golden = Path(os.environ.get("KV_GOLDEN_DIR", ROOT.parent / "shared" / "golden"))
+    golden = Path(os.environ.get("KV_GOLDEN_DIR", ROOT / "tests" / "data" / "golden"))
     raw = json.loads((golden / "configs.json").read_text())
     return {k: raw[k]["configs"] for k in ("t2v", "interpolation", "video_movq")}
 

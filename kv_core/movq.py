@@ -15,7 +15,7 @@ attention follows each spatial attention. For it, the batch of one ``decode`` ca
 chunk of consecutive frames and that batch axis *is* the temporal axis.
 :func:`decode_video` splits a whole video into chunks as the reference pipeline does.
 
-Reference behaviour kept on purpose (see ``shared/golden/README.md``, quirks M1-M7):
+Reference behaviour kept on purpose (see ``tests/data/golden/README.md``, quirks M1-M7):
 
 * M1: inside the decoder's attention blocks every item of the batch is normalised with the
   latent of the *first* item (``per_item_attention_norm=True`` uses each item's own).

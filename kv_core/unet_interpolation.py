@@ -18,7 +18,7 @@ The time embedding merges the diffusion time with a perturbation-time embedding
 (``time_embed_merge``) and adds a learned skip-frames embedding (``skip_merge``), then a
 text summary as in the keyframe U-Net (quirks I1-I3, U2).
 
-Official behaviour kept on purpose (``shared/golden/README.md``): the ResNet shortcut
+Official behaviour kept on purpose (``tests/data/golden/README.md``): the ResNet shortcut
 applies ``temporal_post_upsample`` twice and never ``temporal_post_downsample`` (I5;
 ``fix_temporal_shortcut=True`` applies each once instead); down levels run self-attention
 then temporal attention before their blocks, up levels their blocks then self-attention

@@ -32,7 +32,7 @@ fi
     || { say "$VENV is not Python >= 3.10; remove it or set KV_VENV"; exit 2; }
 
 # 2. Python packages ------------------------------------------------------------------------
-deps_key=$(cat requirements.txt tests/requirements.txt | sha256sum | cut -c1-16)
+deps_key=$(cat requirements.txt tools/requirements.txt tests/requirements.txt | sha256sum | cut -c1-16)
 deps_stamp="$VENV/.kv-deps-$deps_key"
 if [ ! -f "$deps_stamp" ]; then
     if ! "$PY" -c 'import torch, torchvision' 2>/dev/null; then
@@ -44,7 +44,7 @@ if [ ! -f "$deps_stamp" ]; then
     touch "$deps_stamp"
 fi
 
-# 3. ComfyUI (stamped inside tools/comfy_host.py) -------------------------------------------
+# 3. ComfyUI (stamped inside tools/harness/install.py) -------------------------------------------
 "$PY" tools/comfy_host.py install
 
 # 4. Chromium for the frontend tests --------------------------------------------------------

@@ -1,4 +1,4 @@
-"""pytest fixtures around the ComfyUI harness (tests/comfy_host.py).
+"""pytest fixtures around the ComfyUI harness (tools/harness/).
 
 Registered from tests/conftest.py with ``pytest_plugins``.
 
@@ -17,7 +17,7 @@ import os
 
 import pytest
 
-from comfy_host import Browser, BrowserError, ComfyFrontend, ComfyHost, HostError, find_chromium
+from tools.harness import Browser, BrowserError, ComfyFrontend, ComfyHost, HostError, find_chromium
 
 _MARK_KEY = pytest.StashKey[int]()
 

@@ -1,4 +1,4 @@
-"""Reading a golden folder (see ../shared/golden/README.md) and comparing results.
+"""Reading a golden folder (see tests/data/golden/README.md) and comparing results.
 
 Nothing here knows any case by name: everything comes from the folder's manifest.
 Runners for each *kind* live in ``tests/golden_kinds/*.py`` and register themselves
@@ -15,7 +15,9 @@ from typing import Callable
 
 import torch
 
-DEFAULT_GOLDEN_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+#: The reference vectors kept in the repository (a copy of the official implementation's
+#: output, see its README.md); ``$KV_GOLDEN_DIR`` runs another such folder instead.
+DEFAULT_GOLDEN_DIR = Path(__file__).resolve().parent / "data" / "golden"
 
 
 def golden_dir() -> Path:

@@ -1,9 +1,11 @@
-"""The golden runner: every case of the manifest in $KV_GOLDEN_DIR (default ../shared/golden).
+"""The golden runner: every case of the manifest in $KV_GOLDEN_DIR (default tests/data/golden).
 
 Each case is built from its own files, config and inputs by the runner registered for its
 kind (tests/golden_kinds/), run in float32 and compared at the manifest's tolerances.
 A kind without a runner is skipped with its kind named, never passed.
 """
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -31,3 +33,16 @@ def test_golden_case(case):
             pytest.skip(f"{case.kind}: {why}")
     problems = compare_case(case, outputs)
     assert not problems, f"{case.name} ({case.kind}):\n  " + "\n  ".join(problems)
+
+
+def test_default_golden_folder_is_the_repository_copy(monkeypatch):
+    """Without $KV_GOLDEN_DIR the suite reads the vectors kept in the repository, so a
+    plain clone (nothing beside it) runs every golden case."""
+    from golden_support import DEFAULT_GOLDEN_DIR
+
+    monkeypatch.delenv("KV_GOLDEN_DIR", raising=False)
+    assert golden_dir() == DEFAULT_GOLDEN_DIR.resolve()
+    assert DEFAULT_GOLDEN_DIR.is_relative_to(Path(__file__).resolve().parent)
+    assert load_cases(golden_dir()), "the repository copy of the golden vectors has no cases"
+    monkeypatch.setenv("KV_GOLDEN_DIR", "/elsewhere/golden")
+    assert golden_dir() == Path("/elsewhere/golden")

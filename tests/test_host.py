@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from comfy_host import PACK_LOG_MARKER, PACK_NAME, ComfyHost, WorkflowError, workflow_to_prompt
+from tools.harness import PACK_LOG_MARKER, PACK_NAME, ComfyHost, WorkflowError, workflow_to_prompt
 
 FRAME_INFO = "KandinskyVideoFrameInfo"
 

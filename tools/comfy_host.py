@@ -1,4 +1,4 @@
-"""Command around the real-ComfyUI harness (tests/comfy_host.py).
+"""Command around the real-ComfyUI harness (tools/harness/).
 
   python tools/comfy_host.py install                 obtain the pinned ComfyUI 0.3.75 (cached in
                                                      .cache/comfyui) and install its requirements
@@ -23,9 +23,9 @@ import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comfy_host import (  # noqa: E402
+from tools.harness import (  # noqa: E402
     Browser, ComfyFrontend, ComfyHost, HostError, ensure_comfyui, is_api_prompt, workflow_to_prompt,
 )
 

