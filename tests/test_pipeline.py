@@ -12,27 +12,26 @@ import pytest
 import torch
 from PIL import Image
 
+from kv_core.checkpoints import INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ, build_network
 from kv_core.image import prepare_first_frame, resize_and_crop
 from kv_core.noise import ReplayNoise, RecordingNoise, SeededNoise
 from kv_core.pipeline import (KandinskyVideoPipeline, GenerationSettings, decode_first_frame, decode_frames,
                               encode_first_frame, encode_prompt, frame_count, frame_rate, generate_first_frame,
                               generate_keyframes, interpolate_frames, motion_score, reference_motion_score)
 from kv_core.sampling import Interrupted, TextCondition
+from kv_core.tiny import randomize_, tiny_configs
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(first_frame_sampler="ddim", first_frame_steps=2, keyframes_sampler="ddim", keyframes_steps=2,
             interpolation_sampler="ddim", interpolation_steps=2)
 
-BUILD_TINY = """
-import torch
-from kv_core.checkpoints import INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ, build_network
-from kv_core.pipeline import KandinskyVideoPipeline
-from kv_core.sampling import TextCondition
-from kv_core.tiny import randomize_, tiny_configs
 
+# The subprocess test imports these two builders from this file, so both processes build the
+# same networks.
 def tiny_pipeline(seed=0):
     g = torch.Generator().manual_seed(seed)
     cfg = tiny_configs()
+
     def net(kind, section):
         return randomize_(build_network(kind, cfg[section]["configs"], device="cpu", dtype=torch.float32), g).eval()
     dim = cfg["t2v"]["configs"]["context_dim"]
@@ -42,13 +41,10 @@ def tiny_pipeline(seed=0):
         interpolation_null_embedding=torch.randn(dim, generator=g),
         movq=net(MOVQ, "image_movq"), video_movq=net(VIDEO_MOVQ, "video_movq"))
 
+
 def tiny_condition(seed=1, dim=16, length=5):
     g = torch.Generator().manual_seed(seed)
     return TextCondition(torch.randn(1, length, dim, generator=g), torch.tensor([[1] * (length - 1) + [0]]))
-"""
-_ns: dict = {}
-exec(BUILD_TINY, _ns)  # the same builder runs in the subprocess test
-tiny_pipeline, tiny_condition = _ns["tiny_pipeline"], _ns["tiny_condition"]
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +192,11 @@ def test_seeded_runs_are_deterministic(pipe, cond):
 
 def test_seeded_run_matches_another_process(pipe, cond, tmp_path):
     out = tmp_path / "frames.pt"
-    code = BUILD_TINY + textwrap.dedent(f"""
+    code = textwrap.dedent(f"""
+        import sys
+        import torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_pipeline import tiny_condition, tiny_pipeline
         torch.set_num_threads({torch.get_num_threads()})
         result = tiny_pipeline()(conditioning=tiny_condition(), width=64, height=64, num_keyframes=3,
                                  fps="medium", noise=21, **{FAST!r})
