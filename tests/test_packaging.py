@@ -1,11 +1,28 @@
-"""Packaging facts that users and CI rely on (no ComfyUI needed)."""
+"""Packaging facts that users and CI rely on (no ComfyUI needed): the registry metadata,
+`comfy node validate` and `comfy node pack` (comfy-cli, from tests/requirements.txt; both run
+offline), `pip install .` into a throwaway environment, and what kv_core may import."""
 from __future__ import annotations
 
+import ast
+import importlib.util
+import os
 import re
+import shutil
+import site
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+# what the registry archive ships: the package ComfyUI imports and what a user reads
+PACKED_TOP_LEVEL = {"__init__.py", "nodes", "kv_core", "workflows", "requirements.txt", "pyproject.toml",
+                    "README.md", "LICENSE"}
+# import names of the distributions in requirements.txt, where they differ
+IMPORT_NAMES = {"pillow": "PIL", "protobuf": "google"}
 
 
 def _names(reqs):
@@ -39,3 +56,139 @@ def test_ci_runs_the_readme_test_command():
     ci = [ln.strip() for ln in (REPO / ".ci" / "run").read_text().splitlines()
           if ln.strip() and not ln.lstrip().startswith("#")]
     assert ci[-1] in (command, f"exec {command}"), (ci[-1], command)
+
+
+def _pyproject():
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _tracked_files():
+    """The repository's git-tracked files (what a clone holds), relative paths."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: the packed file list is defined by git-tracked files")
+    out = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], check=True, capture_output=True).stdout
+    return [f for f in out.decode().split("\0") if f and (REPO / f).is_file()]
+
+
+def _clone_into(dest: Path) -> list[str]:
+    """Copy the tracked files (working-tree content) to ``dest`` and make it a git repository,
+    as a fresh clone would be; returns the copied paths."""
+    files = _tracked_files()
+    for f in files:
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, dest / f)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    return files
+
+
+def _comfy(args, cwd, tmp_path):
+    """Run comfy-cli offline, without telemetry and without touching the user's config."""
+    if importlib.util.find_spec("comfy_cli") is None:
+        pytest.fail("comfy-cli is missing from the test environment: pip install -r tests/requirements.txt")
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = dict(os.environ, HOME=str(home), DO_NOT_TRACK="1", NO_COLOR="1", COLUMNS="200")
+    env.pop("XDG_CONFIG_HOME", None)
+    proc = subprocess.run([sys.executable, "-m", "comfy_cli", "--skip-prompt", *args], cwd=cwd, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_comfy_node_validate_prints_no_warning(tmp_path):
+    """What the registry checks on publishing: the metadata parses (requires-comfyui, classifiers,
+    license) and ruff finds no exec/eval/one-line compound statement (S102, S307, E702)."""
+    rc, out = _comfy(["node", "validate"], REPO, tmp_path)
+    assert rc == 0, out
+    assert "All validation checks passed" in out, out
+    assert "warning" not in out.lower(), out
+
+
+def test_registry_archive_holds_only_the_runtime_files(tmp_path):
+    """`comfy node pack` (git-tracked files minus .comfyignore) on a copy of the checkout."""
+    src = tmp_path / "src"
+    src.mkdir()
+    files = _clone_into(src)
+    rc, out = _comfy(["node", "pack"], src, tmp_path)
+    assert rc == 0, out
+    packed = set(zipfile.ZipFile(src / "node.zip").namelist())
+    assert {name.split("/", 1)[0] for name in packed} == PACKED_TOP_LEVEL
+    # everything tracked under the shipped folders goes (templates with their thumbnails)
+    shipped = {f for f in files if f.split("/", 1)[0] in PACKED_TOP_LEVEL}
+    assert packed == shipped, sorted(packed ^ shipped)
+    assert any(f.startswith("workflows/") and f.endswith(".json") for f in packed)
+
+
+def test_pip_install_installs_kv_core_alone(tmp_path):
+    """`pip install .` in a fresh environment that sees the test environment's packages (torch,
+    setuptools, pip) through a .pth file, so nothing is downloaded: kv_core and its metadata
+    are all it installs, and every kv_core module imports from there with the checkout off the
+    path."""
+    src = tmp_path / "src"
+    src.mkdir()
+    _clone_into(src)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    purelib = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  check=True, capture_output=True, text=True).stdout.strip())
+    (purelib / "test_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    proc = subprocess.run([py, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+                           "--no-cache-dir", "--disable-pip-version-check", "-q", str(src)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    (dist,) = purelib.glob("comfyui_kandinsky_video-*.dist-info")
+    installed = {line.split(",", 1)[0] for line in (dist / "RECORD").read_text().splitlines() if line}
+    outside = {f for f in installed if not (f.startswith("kv_core/") or f.startswith(dist.name + "/"))}
+    assert not outside, sorted(outside)  # no nodes/, bench/, tools/, workflows/ ..., no scripts
+    assert (dist / "top_level.txt").read_text().split() == ["kv_core"]
+    assert f"{dist.name}/licenses/LICENSE" in installed
+    for name in ("nodes", "bench", "tools", "tests", "workflows"):
+        assert not (purelib / name).exists(), name
+    modules = sorted(p.stem for p in (REPO / "kv_core").glob("*.py") if p.stem != "__init__")
+    check = ("import importlib, kv_core\n"
+             f"for m in {modules!r}: importlib.import_module('kv_core.' + m)\n"
+             "print(kv_core.__file__)")
+    proc = subprocess.run([py, "-I", "-c", check], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).parent == purelib / "kv_core"
+
+
+def test_kv_core_imports_only_itself_the_stdlib_and_its_dependencies():
+    """kv_core is a library of its own (pip install . ships it alone): no comfy, folder_paths,
+    nodes, tools or tests, and no third-party package that pyproject does not declare (torch
+    aside: the host brings it)."""
+    declared = {IMPORT_NAMES.get(n, n) for n in _names(_pyproject()["project"]["dependencies"])}
+    allowed = set(sys.stdlib_module_names) | declared | {"torch", "kv_core"}
+    bad = []
+    for path in sorted((REPO / "kv_core").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                tops = [node.module.split(".")[0]]
+            else:
+                continue
+            bad += [f"{path.name}:{node.lineno} {t}" for t in tops if t not in allowed]
+    assert not bad, bad
+
+
+def test_license_file_is_the_declared_apache_license():
+    project = _pyproject()["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    text = (REPO / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text  # the full text, not a stub
+
+
+def test_registry_icon_and_comfyui_range():
+    data = _pyproject()
+    comfy, urls = data["tool"]["comfy"], data["project"]["urls"]
+    # the icon is this repository's icon.png under its public address
+    assert comfy["Icon"] == urls["Repository"].rstrip("/") + "/raw/main/icon.png"
+    assert (REPO / "icon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the tested ComfyUI lies inside the declared range
+    low = re.fullmatch(r">=\s*(\d+\.\d+\.\d+)", comfy["requires-comfyui"]).group(1)
+    pinned = re.search(r'^COMFYUI_VERSION = "([\d.]+)"', (REPO / "tools/harness/install.py").read_text(), re.M)
+    assert tuple(map(int, low.split("."))) <= tuple(map(int, pinned.group(1).split(".")))
