@@ -95,20 +95,26 @@ def _comfy(args, cwd, tmp_path):
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def test_comfy_node_validate_prints_no_warning(tmp_path):
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory):
+    """A copy of the tracked files as a git repository: what a clone holds and what
+    `comfy node publish` sees, whatever else lies in this checkout (caches, scratch files)."""
+    root = tmp_path_factory.mktemp("clone")
+    return root, _clone_into(root)
+
+
+def test_comfy_node_validate_prints_no_warning(clone, tmp_path):
     """What the registry checks on publishing: the metadata parses (requires-comfyui, classifiers,
     license) and ruff finds no exec/eval/one-line compound statement (S102, S307, E702)."""
-    rc, out = _comfy(["node", "validate"], REPO, tmp_path)
+    rc, out = _comfy(["node", "validate"], clone[0], tmp_path)
     assert rc == 0, out
     assert "All validation checks passed" in out, out
     assert "warning" not in out.lower(), out
 
 
-def test_registry_archive_holds_only_the_runtime_files(tmp_path):
-    """`comfy node pack` (git-tracked files minus .comfyignore) on a copy of the checkout."""
-    src = tmp_path / "src"
-    src.mkdir()
-    files = _clone_into(src)
+def test_registry_archive_holds_only_the_runtime_files(clone, tmp_path):
+    """`comfy node pack`: git-tracked files minus .comfyignore."""
+    src, files = clone
     rc, out = _comfy(["node", "pack"], src, tmp_path)
     assert rc == 0, out
     packed = set(zipfile.ZipFile(src / "node.zip").namelist())
