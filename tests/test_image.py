@@ -441,3 +441,84 @@ def test_comfyui_example_photo_is_read_unchanged(comfyui_dir):
         rotated = saved(plain.convert("RGB"), "JPEG", quality=95, exif=exif)
     assert view(rotated).shape == (want.shape[1], want.shape[0], 3)
     assert np.abs(view(rotated).mean(axis=2) - np.rot90(want, -1).mean(axis=2)).mean() < 3
+
+
+def _template_pictures():
+    """Every picture of the installed ComfyUI template media packages (WebP, some with an
+    ICC profile, alpha or 60 frames), or a skip when none is installed."""
+    import importlib.util
+    from pathlib import Path
+
+    files = []
+    for name in ("api", "image", "other", "video"):
+        spec = importlib.util.find_spec(f"comfyui_workflow_templates_media_{name}")
+        if spec and spec.submodule_search_locations:
+            files += sorted(Path(next(iter(spec.submodule_search_locations))).rglob("*.webp"))
+    if not files:
+        pytest.skip("no comfyui-workflow-templates-media-* package installed")
+    return files
+
+
+def _first(files, want):
+    for path in files:
+        with Image.open(path) as image:
+            if want(image):
+                return path
+    pytest.skip("no template picture of this kind")
+
+
+def test_template_photos_with_profile_alpha_and_frames():
+    files = _template_pictures()
+    profiled = _first(files, lambda im: im.mode == "RGB" and im.info.get("icc_profile"))
+    with Image.open(profiled) as image:  # their profiles are sRGB: colours stay
+        assert np.abs(view(image) - np.asarray(image.convert("RGB")).astype(int)).max() <= 2
+    transparent = _first(files, lambda im: im.mode == "RGBA" and getattr(im, "n_frames", 1) == 1
+                         and np.asarray(im.getchannel("A")).min() == 0)
+    with Image.open(transparent) as image:
+        rgba = np.asarray(image).astype(float)
+        got = view(image)
+    alpha = rgba[..., 3:] / 255
+    assert np.abs(got - (rgba[..., :3] * alpha + 255 * (1 - alpha))).max() <= 3
+    assert np.all(got[rgba[..., 3] == 0] == 255)
+    animated = _first(files, lambda im: getattr(im, "n_frames", 1) > 1)
+    with Image.open(animated) as image:
+        with pytest.warns(UserWarning, match=f"{image.n_frames} frames; frame 0 is used"):
+            first = view(image)
+        assert np.abs(first - view(np.asarray(image.convert("RGBA")))).max() <= 1
+
+
+# --- the Encode First Frame node in a real ComfyUI ------------------------------------------
+
+from test_nodes import error_text, i2v_prompt, kv, kv_release, node_of  # noqa: E402,F401 (fixtures)
+
+
+def _preview_pixels(host, result) -> list[np.ndarray]:
+    return [np.asarray(Image.open(io.BytesIO(host.view(i["filename"], i.get("subfolder", ""), i["type"]))))
+            for i in result.outputs["900"]["images"]]
+
+
+def test_node_refuses_a_batch_and_shows_transparency_over_white(kv):
+    prompt = i2v_prompt(kv, seed=5)
+    encode = node_of(prompt, "KandinskyVideoEncodeFirstFrame")
+    load = node_of(prompt, "LoadImage")
+    batch = copy.deepcopy(prompt)
+    batch["950"] = {"class_type": "ImageBatch", "inputs": {"image1": [load, 0], "image2": [load, 0]}}
+    batch[encode]["inputs"]["image"] = ["950", 0]
+    result = kv.run(batch, timeout=300)
+    assert result.status == "error" and result.error["node_id"] == encode
+    assert "batch of 2" in error_text(result) and "Image From Batch" in error_text(result)
+
+    # the example photo made fully transparent (RGBA IMAGE) must give the white picture's video
+    transparent = copy.deepcopy(prompt)
+    transparent["951"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 768, "height": 768}}
+    transparent["952"] = {"class_type": "JoinImageWithAlpha", "inputs": {"image": [load, 0], "alpha": ["951", 0]}}
+    transparent[encode]["inputs"]["image"] = ["952", 0]
+    white = copy.deepcopy(prompt)
+    white["953"] = {"class_type": "EmptyImage", "inputs": {"width": 768, "height": 768, "batch_size": 1,
+                                                            "color": 0xFFFFFF}}
+    white[encode]["inputs"]["image"] = ["953", 0]
+    runs = {name: kv.run(p, timeout=600).raise_for_status() for name, p in
+            (("transparent", transparent), ("white", white), ("photo", prompt))}
+    videos = {name: _preview_pixels(kv, r) for name, r in runs.items()}
+    assert all(np.array_equal(a, b) for a, b in zip(videos["transparent"], videos["white"]))
+    assert not all(np.array_equal(a, b) for a, b in zip(videos["photo"], videos["white"]))
