@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import struct
 import warnings
 import zlib
@@ -74,8 +75,9 @@ def _desc(text: str) -> bytes:
     return body + b"\0" * (-len(body) % 4)
 
 
-def icc_profile(space: bytes, tags: dict) -> bytes:
-    """A version 2 display profile (``space`` b'RGB ' or b'GRAY', PCS XYZ) with ``tags``."""
+def icc_profile(space: bytes, tags: dict, cls: bytes = b"mntr", pcs: bytes = b"XYZ ") -> bytes:
+    """A version 2 profile of class ``cls`` (display by default) for colour ``space``
+    (b'RGB ', b'GRAY', b'CMYK') with connection space ``pcs`` and ``tags``."""
     tags = {b"desc": _desc("kv test profile"), b"wtpt": _xyz(D50), b"cprt": b"text\0\0\0\0none\0\0\0\0", **tags}
     offset = 128 + 4 + 12 * len(tags)
     table, data = b"", b""
@@ -83,7 +85,7 @@ def icc_profile(space: bytes, tags: dict) -> bytes:
         table += sig + struct.pack(">II", offset + len(data), len(body))
         data += body + b"\0" * (-len(body) % 4)
     size = offset + len(data)
-    header = struct.pack(">I", size) + b"\0" * 4 + struct.pack(">I", 0x02100000) + b"mntr" + space + b"XYZ "
+    header = struct.pack(">I", size) + b"\0" * 4 + struct.pack(">I", 0x02100000) + cls + space + pcs
     header += b"\0" * 12 + b"acsp" + b"\0" * 24 + struct.pack(">I", 0) + b"".join(_s15(c) for c in D50)
     header += b"\0" * (128 - len(header))
     return header + struct.pack(">I", len(tags)) + table + data
@@ -95,6 +97,28 @@ def swapped_rgb_profile() -> bytes:
     c = SRGB_COLORANTS
     return icc_profile(b"RGB ", {b"rXYZ": _xyz(c["g"]), b"gXYZ": _xyz(c["r"]), b"bXYZ": _xyz(c["b"]),
                                  b"rTRC": _curve(2.2), b"gTRC": _curve(2.2), b"bTRC": _curve(2.2)})
+
+
+def swapped_cmyk_profile() -> bytes:
+    """A CMYK printer profile (A2B0 lut8 to Lab) in which cyan, magenta and yellow ink print
+    red, green and blue and black ink black: cyan shown red means the profile is applied."""
+    nodes = list(itertools.product((0, 1), repeat=4))  # (c, m, y, k), c varying slowest
+    colours = []
+    for *inks, k in nodes:
+        rgb = np.ones(3)
+        for ink, primary in zip(inks, np.eye(3)):
+            rgb = rgb * primary if ink else rgb
+        colours.append(tuple(int(v * 255 * (1 - k)) for v in rgb))
+    strip = Image.new("RGB", (len(nodes), 1))
+    strip.putdata(colours)
+    lab = ImageCms.profileToProfile(strip, ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"),
+                                    outputMode="LAB")
+    grid = np.frombuffer(lab.tobytes(), np.uint8).reshape(-1, 3).astype(int)
+    grid[:, 1:] = (grid[:, 1:] + 128) % 256  # Pillow's a*, b* are signed bytes; lut8 Lab adds 128
+    ramp = bytes(range(256))
+    lut = b"mft1\0\0\0\0" + bytes([4, 3, 2, 0]) + b"".join(_s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    lut += ramp * 4 + grid.astype(np.uint8).tobytes() + ramp * 3
+    return icc_profile(b"CMYK", {b"A2B0": lut}, cls=b"prtr", pcs=b"Lab ")
 
 
 def linear_gray_profile() -> bytes:
@@ -198,6 +222,24 @@ def test_16bit_colour_pngs_and_grey_alpha():
     assert view(png(2, 1, 4, 16, la.tobytes()))[0].tolist() == [[128] * 3, [255] * 3]
 
 
+def tiff16_rgb(pixels: np.ndarray) -> Image.Image:
+    """An uncompressed 16-bit RGB TIFF written tag by tag (Pillow cannot write one)."""
+    h, w, c = pixels.shape
+    data = pixels.astype("<u2").tobytes()
+    depths = 8 + 2 + 12 * 9 + 4  # after the header and the directory
+    tags = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, c, depths), (259, 3, 1, 1), (262, 3, 1, 2),
+            (273, 4, 1, depths + 2 * c), (277, 3, 1, c), (278, 3, 1, h), (279, 4, 1, len(data))]
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHI", tag, kind, n) + (struct.pack("<HH", v, 0) if kind == 3 else struct.pack("<I", v))
+        for tag, kind, n, v in tags) + b"\0\0\0\0"
+    return Image.open(io.BytesIO(b"II*\0" + struct.pack("<I", 8) + ifd + struct.pack("<3H", 16, 16, 16) + data))
+
+
+def test_16bit_rgb_tiff():
+    opened = tiff16_rgb(np.array([[[0, 32768, 65535], [65535, 257, 0]]], np.uint16))
+    assert view(opened)[0].tolist() == [[0, 128, 255], [255, 1, 0]]
+
+
 def test_mode_I_uses_the_depth_its_file_states():
     # PGM with maxval 1000: Pillow opens mode I scaled to 65535
     pgm = Image.open(io.BytesIO(b"P5 3 1 1000\n" + np.array([0, 500, 1000], ">u2").tobytes()))
@@ -220,6 +262,15 @@ def test_cmyk_jpeg_is_read_as_a_viewer_shows_it():
     cyan = saved(Image.new("CMYK", (8, 8), (255, 0, 0, 0)), "JPEG", quality=100)
     assert cyan.info.get("adobe") is not None
     assert np.abs(view(cyan) - [0, 255, 255]).max() <= 2
+
+
+def test_cmyk_jpeg_with_icc_profile_uses_the_profile():
+    profile = swapped_cmyk_profile()
+    for ink, shown in (((255, 0, 0, 0), [255, 0, 0]), ((0, 0, 255, 0), [0, 0, 255]), ((0, 0, 0, 255), [0, 0, 0]),
+                       ((0, 0, 0, 0), [255, 255, 255])):
+        jpeg = saved(Image.new("CMYK", (8, 8), ink), "JPEG", quality=100, icc_profile=profile)
+        assert jpeg.mode == "CMYK" and jpeg.info.get("adobe") is not None
+        assert np.abs(view(jpeg) - shown).max() <= 6, ink
 
 
 def test_unknown_or_empty_pictures_are_refused():
