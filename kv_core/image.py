@@ -95,7 +95,8 @@ def to_pil(image, *, layout: str | None = None, background=ALPHA_BACKGROUND) -> 
     if layout is not None and layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS} or None, got {layout!r}")
     if isinstance(image, (str, os.PathLike)):
-        image = Image.open(image)
+        with Image.open(image) as opened:
+            return _flatten(_viewer_colours(opened), background).copy()
     if isinstance(image, Image.Image):
         pil = _viewer_colours(image)
     elif isinstance(image, (np.ndarray, torch.Tensor)):
@@ -132,11 +133,11 @@ def prepare_first_frame(image, width: int, height: int, mode: str = "reference",
 def clip_unit_range(images: torch.Tensor) -> tuple[torch.Tensor, str | None]:
     """Floats clipped to [0, 1] as ComfyUI's Preview/Save Image show them, and a note saying
     how much was outside (``None`` when nothing was). NaN/inf are refused (``ValueError``)."""
-    if not images.is_floating_point():
+    if not images.is_floating_point() or images.numel() == 0:
         return images, None
     if not bool(torch.isfinite(images).all()):
         raise ValueError(f"image has {int((~torch.isfinite(images)).sum())} NaN or infinite values")
-    low, high = float(images.min()) if images.numel() else 0.0, float(images.max()) if images.numel() else 0.0
+    low, high = float(images.min()), float(images.max())
     if low >= 0.0 and high <= 1.0:
         return images, None
     outside = int(((images < 0) | (images > 1)).sum())

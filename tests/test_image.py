@@ -11,7 +11,6 @@ import copy
 import io
 import itertools
 import struct
-import warnings
 import zlib
 
 import numpy as np
