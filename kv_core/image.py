@@ -270,11 +270,9 @@ def _apply_gamma(img: Image.Image, exponent: float) -> Image.Image:
 
 def _flatten(img: Image.Image, background) -> Image.Image:
     """``RGB``: alpha composited over ``background`` (straight alpha)."""
-    if img.mode in ("LA", "RGBA"):
-        arr = np.asarray(img.convert("RGBA"), dtype=np.float64)
-        bg = np.asarray(background, dtype=np.float64).reshape(1, 1, 3)
-        a = arr[..., 3:] / 255.0
-        return Image.fromarray(np.round(arr[..., :3] * a + bg * (1.0 - a)).astype(np.uint8), "RGB")
+    if img.mode in ("LA", "RGBA"):  # Pillow's integer compositing: round(c·a/255 + bg·(1 − a/255)) exactly
+        under = Image.new("RGBA", img.size, tuple(int(v) for v in background) + (255,))
+        return Image.alpha_composite(under, img.convert("RGBA")).convert("RGB")
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
