@@ -2,12 +2,14 @@
 and the encoding of any picture into the first-frame condition of the keyframes."""
 from __future__ import annotations
 
+import logging
+
 import torch
 
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..kv_core.image import RESIZE_MODES, prepare_first_frame
+from ..kv_core.image import RESIZE_MODES, image_batch_picture, prepare_first_frame
 from ..kv_core.movq import to_uint8_frames
 from ..kv_core.noise import MAX_SEED, SeededNoise
 from ..kv_core.sampling import sample_first_frame
@@ -19,6 +21,7 @@ SIZE_TOOLTIP = ("{} of the video in pixels, a multiple of 64 (the release is tra
                 "{}")
 SAMPLER_TOOLTIP = ("ddpm: the release's sampler (50 steps for the first frame and the keyframes, 10 for "
                    "interpolation). ddim and dpmpp_2m give usable results in fewer steps.")
+PICK_HINT = "choose one with the core Image From Batch node (batch_index, length 1) before this node"
 SEED_TOOLTIP = ("Seed of this stage's noise. Using one seed on every Kandinsky Video node reproduces "
                 "the kv_core pipeline run with that seed.")
 
@@ -120,7 +123,9 @@ class KandinskyVideoEncodeFirstFrame(io.ComfyNode):
                          "frame the keyframes start from (image-to-video, or the generated first frame)."),
             inputs=[
                 common.MoVQ.Input("movq", tooltip="From Load Kandinsky Video Image MoVQ."),
-                io.Image.Input("image", tooltip="The first frame (the first image of a batch is used)."),
+                io.Image.Input("image", tooltip="The first frame: one picture (a batch of several is refused). "
+                                                "Transparent parts (RGBA) are shown over white; values outside "
+                                                "0..1 are clipped, with a warning in the log."),
                 *size_inputs("This sets the size of the whole video."),
                 io.Combo.Input("resize_mode", options=list(RESIZE_MODES), default="reference",
                                tooltip="reference: as the release (scale down to fit the shorter side, "
@@ -142,10 +147,11 @@ class KandinskyVideoEncodeFirstFrame(io.ComfyNode):
         size_ok = common.check_size(width, height)
         if size_ok is not True:
             raise ValueError(size_ok)
-        if image.ndim != 4 or image.shape[0] < 1:
-            raise ValueError(f"expected an IMAGE batch [B, H, W, C], got shape {list(image.shape)}")
+        picture, note = image_batch_picture(image, pick_hint=PICK_HINT)
+        if note:
+            logging.warning("Kandinsky Video Encode First Frame: %s", note)
         with torch.inference_mode():
-            pixels = prepare_first_frame(image[:1, :, :, :3], width, height, resize_mode)
+            pixels = prepare_first_frame(picture, width, height, resize_mode, layout="HWC")
             memory = common.activation_memory(1, height // 8, width // 8, movq.compute_dtype, 300)
             with common.stage(movq, memory_required=memory) as device:
                 latent = movq.module.encode(pixels[None].to(device=device, dtype=movq.compute_dtype))[0]

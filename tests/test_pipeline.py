@@ -119,15 +119,15 @@ def test_bad_settings_fail_before_any_network(boom_pipe, bad, message):
 
 
 @pytest.mark.parametrize("image,error,message", [
-    ("picture.png", TypeError, "image must be a PIL.Image.Image, a numpy array or a torch tensor"),
-    ([[0, 0, 0]], TypeError, "image must be a PIL.Image.Image"),
+    ("missing_picture.png", FileNotFoundError, "missing_picture.png"),
+    ([[0, 0, 0]], TypeError, "image must be a file path, a PIL.Image.Image, a numpy array or a torch tensor"),
     (np.zeros((0, 10, 3), np.uint8), ValueError, "image has no pixels"),
     (torch.zeros(1, 8, 0, 3), ValueError, "image has no pixels"),
     (Image.new("RGB", (0, 5)), ValueError, "image has no pixels"),
-    (np.zeros((4, 4, 2), np.uint8), ValueError, "C in \\(1, 3, 4\\)"),
-    (torch.zeros(2, 8, 8, 3), ValueError, "expected one image, got a batch of 2"),
-    (np.zeros((4, 4, 3), np.int32), ValueError, "uint8 or float"),
-    (np.full((4, 4, 3), np.nan, np.float32), ValueError, "non-finite"),
+    (np.zeros((8, 8, 7), np.uint8), ValueError, "no channel axis of 1 to 4"),
+    (torch.zeros(2, 8, 8, 3), ValueError, "expected one picture, got a batch of 2"),
+    (np.full((8, 8, 3), 300, np.int32), ValueError, "must lie in 0..255"),
+    (np.full((8, 8, 3), np.nan, np.float32), ValueError, "NaN or infinite"),
 ])
 def test_bad_images_fail_before_any_network(boom_pipe, image, error, message):
     with pytest.raises(error, match=message):
