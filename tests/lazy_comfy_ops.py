@@ -35,10 +35,13 @@ from torch import nn
 
 #: attribute set on the classes made here (tests check the simulation is in place)
 LAZY_MARK = "kv_lazy_weights_simulation"
+#: lazy layers built and lazy loads done in this process (for the host checks)
+COUNTS = {"built": 0, "loaded": 0}
 
 
 def _lazy_load(layer: nn.Module, state_dict, prefix: str, local_metadata, missing_keys, unexpected_keys,
                weight_shape, bias_shape=None) -> None:
+    COUNTS["loaded"] += 1
     keep = local_metadata.get("assign_to_params_buffers", False)
     for key, value in state_dict.items():
         name = key[len(prefix):]
@@ -62,6 +65,7 @@ def lazy_linear(base: type) -> type:
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
         nn.Module.__init__(self)
+        COUNTS["built"] += 1
         self.in_features = in_features
         self.out_features = out_features
         self.weight = None
@@ -85,6 +89,7 @@ def lazy_embedding(base: type) -> type:
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, max_norm=None, norm_type=2.0,
                  scale_grad_by_freq=False, sparse=False, _weight=None, _freeze=False, device=None, dtype=None):
         nn.Module.__init__(self)
+        COUNTS["built"] += 1
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.padding_idx = padding_idx
