@@ -611,21 +611,63 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _unregistered_tensors(layer: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of the tensors a layer has not registered yet but will create when a
+    state dict is loaded into it.
+
+    ComfyUI's ``comfy.ops`` (``disable_weight_init`` / ``manual_cast``) with dynamic VRAM
+    on (newer than 0.3.x, NVIDIA, torch >= 2.8) build ``Linear`` with ``weight = None``,
+    ``bias = None`` and ``comfy_need_lazy_init_bias`` (the ``bias`` argument), and create both
+    only in ``_load_from_state_dict``; their shapes are those the layer declares
+    (``out_features``, ``in_features``). An ``Embedding`` left without weight is handled the
+    same way (``num_embeddings``, ``embedding_dim``).
+    """
+    out: dict[str, tuple[int, ...]] = {}
+    if isinstance(layer, nn.Linear):
+        if getattr(layer, "weight", None) is None:
+            out["weight"] = (layer.out_features, layer.in_features)
+        if getattr(layer, "bias", None) is None and getattr(layer, "comfy_need_lazy_init_bias", False):
+            out["bias"] = (layer.out_features,)
+    elif isinstance(layer, nn.Embedding) and getattr(layer, "weight", None) is None:
+        out["weight"] = (layer.num_embeddings, layer.embedding_dim)
+    return out
+
+
+def expected_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of every tensor that ``module.load_state_dict`` needs: its state dict
+    (on the meta device, shapes only) plus the tensors of layers that create their weights
+    only while a state dict is loaded (see :func:`_unregistered_tensors`). Works for both
+    kinds of layers, so the same strict check holds on every ComfyUI version."""
+    shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    for name, layer in module.named_modules(remove_duplicate=False):
+        prefix = f"{name}." if name else ""
+        for key, shape in _unregistered_tensors(layer).items():
+            shapes.setdefault(prefix + key, shape)
+    return shapes
+
+
 def assign_state_dict(module: nn.Module, tensors: Mapping[str, tuple] | None, get: Callable[[str], torch.Tensor],
                       *, path, network: str, device=None, dtype=None, keep_fp8=False) -> nn.Module:
-    """Check keys/shapes of a meta-built ``module`` against a checkpoint, then assign the
-    checkpoint's tensors (cast and moved one at a time)."""
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    """Check keys/shapes of a meta-built ``module`` against a checkpoint, then load the
+    checkpoint's tensors (cast and moved one at a time) with ``load_state_dict(strict=True,
+    assign=True)``, so layers that create their weights while loading (ComfyUI's lazy
+    ``comfy.ops`` layers) get them too. Raises :class:`CheckpointError` on missing or
+    unexpected keys, shape mismatches, or tensors left unset or on the meta device."""
+    expected = expected_shapes(module)
     check_state_dict(expected, tensors, path=path, network=network)
     state = {}
     for key in expected:
         t = get(key)
         state[key] = _aligned(t.to(device=device or "cpu", dtype=_target_dtype(key, t, dtype, keep_fp8)))
-    module.load_state_dict(state, strict=True, assign=True)
+    try:
+        module.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:  # a layer that loads differently from what it declared
+        raise CheckpointError(f"{path}: the {_DESCRIPTIONS[network]} did not take the checkpoint: {err}") from None
     leftover = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
-    if leftover:
+    unset = [f"{n}.{k}" if n else k for n, m in module.named_modules() for k in _unregistered_tensors(m)]
+    if leftover or unset:
         raise CheckpointError(f"{path}: the {_DESCRIPTIONS[network]} has tensors outside its state "
-                              f"dict that stay on the meta device: {_listing(leftover)}")
+                              f"dict that stay unset or on the meta device: {_listing(leftover + unset)}")
     module.requires_grad_(False)
     return module.eval()
 

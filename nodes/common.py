@@ -298,12 +298,21 @@ def _place_stray_parameters(module: torch.nn.Module, device) -> None:
 
 
 def offload(network: Network) -> None:
-    """Unload ``network`` to its offload device now (no-op when it is not loaded)."""
-    for i in range(len(mm.current_loaded_models) - 1, -1, -1):
-        loaded = mm.current_loaded_models[i]
-        if loaded.model is network.patcher:
-            if loaded.model_unload():
-                mm.current_loaded_models.pop(i)
+    """Unload ``network`` to its offload device now (no-op when it is not loaded), through
+    ComfyUI's own calls, which also keep its list of loaded models right.
+
+    Hosts that have ``model_management.unload_model_and_clones`` (newer than 0.3.75; found
+    by looking for it, never by version) unload the network's patcher with it. Older hosts
+    (0.3.75) get ``free_memory`` on the network's load device with every other loaded model
+    in ``keep_loaded``, which is what that call does on the newer ones.
+    """
+    patcher = network.patcher
+    unload = getattr(mm, "unload_model_and_clones", None)
+    if unload is not None:
+        unload(patcher)
+    else:
+        others = [mm.LoadedModel(p) for p in mm.loaded_models() if p is not None and p is not patcher]
+        mm.free_memory(1e30, network.load_device, keep_loaded=others)
     mm.soft_empty_cache()
 
 
