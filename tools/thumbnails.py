@@ -13,6 +13,9 @@ lists every ``*.json`` in a custom node's ``example_workflows/`` folder (also ``
 ``custom_nodes/``; the template browser shows each one under that name with the thumbnail
 ``/api/workflow_templates/<pack folder>/<name>.jpg``. Custom-node thumbnails are always
 JPEG with the workflow's own name (the ``.jpg`` extension is fixed in the frontend).
+ComfyUI 0.3.75 serves that folder statically; the newest ``custom_node_manager.py`` read
+for this (Comfy-Org/ComfyUI at fcd026bf) looks each file up by name and answers only
+``.json`` requests, so a ComfyUI with that change shows its default picture instead.
 
 What it does: starts the pinned ComfyUI (tools/harness) with this pack and a tiny
 random-weight release under the official file names (so every model list holds the
