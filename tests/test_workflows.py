@@ -222,7 +222,11 @@ SET_FAST = """(size) => {
 
 @pytest.fixture
 def frontend(kv, comfy_browser):
-    comfy_browser.browser.evaluate("window.app.refreshComboInNodes ? window.app.refreshComboInNodes().then(() => true) : true")
+    browser = comfy_browser.browser
+    browser.evaluate("window.app.refreshComboInNodes ? window.app.refreshComboInNodes().then(() => true) : true")
+    # the refresh announces itself in a toast over the canvas's top right: let it go, so
+    # that what covers the graph afterwards is the template's doing
+    browser.wait_for("document.querySelectorAll('.p-toast-message').length === 0", timeout=30)
     return comfy_browser
 
 
