@@ -94,12 +94,15 @@ def fast(prompt: dict, *, steps: int = 2, size: int = SIZE, seed: int | None = N
 
 
 def i2v_prompt(host, **kw) -> dict:
-    """The shipped image-to-video workflow as a fast API prompt ending in PreviewImage
-    (no video file) — the cheapest full run of the pack."""
+    """The shipped image-to-video workflow as a fast API prompt that decodes the 12
+    keyframes (no interpolation pass) and ends in PreviewImage (no video file) — the
+    cheapest full run of the pack."""
     prompt = fast(host.to_api(shipped_workflow("kandinsky_video_image_to_video")), **kw)
-    for key in [k for k, v in prompt.items() if v["class_type"] in ("CreateVideo", "SaveVideo")]:
+    drop = ("CreateVideo", "SaveVideo", "KandinskyVideoInterpolate", "KandinskyVideoInterpolationUNetLoader")
+    for key in [k for k, v in prompt.items() if v["class_type"] in drop]:
         del prompt[key]
     decode = next(k for k, v in prompt.items() if v["class_type"] == "KandinskyVideoDecode")
+    prompt[decode]["inputs"]["latent"] = [node_of(prompt, "KandinskyVideoKeyframes"), 0]
     prompt["900"] = {"class_type": "PreviewImage", "inputs": {"images": [decode, 0]}}
     return prompt
 

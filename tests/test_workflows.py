@@ -2,25 +2,45 @@
 the tiny random-weight release: through the HTTP API, and through the real web frontend
 in headless Chromium. Each ends in a video file whose frame count and frame rate are
 checked. The only changes to the shipped settings are fewer steps and a 64x64 size.
+
+They are also templates: each has its thumbnail (``<name>.jpg``, made by
+tools/thumbnails.py), the metadata the frontend and ComfyUI-Manager read (``cnr_id`` /
+``ver`` on every node, ``properties.models`` on every loader), a group per stage laid out
+left to right, and a saved view that shows the whole graph when it opens.
 """
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import av
 import pytest
 
 from kv_core.pipeline import frame_rate
-from test_nodes import SIZE, WORKFLOWS, fast, kv, kv_release, shipped_workflow  # noqa: F401 (fixtures)
+from test_nodes import REPO, SIZE, WORKFLOWS, fast, kv, kv_release, shipped_workflow  # noqa: F401 (fixtures)
+from tools.thumbnails import hidden_nodes, thumbnail_path
 
 # workflow -> (frames, keyframes) of the video it writes
 EXPECTED = {
     "kandinsky_video_text_to_video_8fps": (45, 12),
+    "kandinsky_video_text_to_video_8fps_low_vram": (45, 12),
     "kandinsky_video_text_to_video_32fps": (177, 12),
-    "kandinsky_video_image_to_video": (12, 12),
+    "kandinsky_video_image_to_video": (45, 12),
 }
 PACK_ONLY = {"LoadImage", "PreviewImage", "CreateVideo", "SaveVideo", "MarkdownNote"}  # core nodes used
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+RELEASE_URL = "https://huggingface.co/ai-forever/KandinskyVideo_1_1/resolve/main/"
+# loader -> the official file its properties.models names (the widget value it ships with)
+LOADER_FILES = {
+    "KandinskyVideoKeyframeUNetLoader": "t2v.pt",
+    "KandinskyVideoInterpolationUNetLoader": "interpolation.pt",
+    "KandinskyVideoMoVQLoader": "movq.pt",
+    "KandinskyVideoVideoMoVQLoader": "video_movq.pt",
+    "KandinskyVideoTextEncoderLoader": "t5_projections.pt",
+}
+STAGES = ["Text", "First frame", "Keyframes", "Interpolation", "Decode"]  # group titles, left to right
+TITLE_HEIGHT = 30  # LiteGraph's node title bar, drawn above a node's pos
 
 
 def read_video(path: Path) -> tuple[int, float, tuple[int, int]]:
@@ -60,6 +80,94 @@ def test_shipped_workflows_keep_the_release_defaults():
                 assert values[1:4] == [0.5, 10, "ddpm"] and values[0] in (3, 1)
             elif node["type"] == "KandinskyVideoEncodeFirstFrame":
                 assert values == [512, 512, "reference"]
+
+
+def _widgets(workflow: dict) -> dict:
+    return {n["id"]: (n["type"], n.get("widgets_values")) for n in workflow["nodes"]}
+
+
+def test_low_vram_template_is_the_8fps_one_with_fp8_weights():
+    low = shipped_workflow("kandinsky_video_text_to_video_8fps_low_vram")
+    base = shipped_workflow("kandinsky_video_text_to_video_8fps")
+    assert low["links"] == base["links"]
+    fp8 = {"KandinskyVideoTextEncoderLoader", "KandinskyVideoKeyframeUNetLoader",
+           "KandinskyVideoInterpolationUNetLoader"}
+    changed = {}
+    for node_id, (type_, values) in _widgets(low).items():
+        base_type, base_values = _widgets(base)[node_id]
+        assert type_ == base_type
+        if values != base_values:
+            changed[type_] = values
+    assert {t: v[-1] for t, v in changed.items() if t in fp8} == dict.fromkeys(fp8, "fp8_e4m3fn")
+    assert set(changed) - fp8 <= {"SaveVideo", "MarkdownNote"}  # its own file name and note
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_template_has_its_thumbnail(name):
+    from PIL import Image
+
+    path = thumbnail_path(name)
+    assert path.name == f"{name}.jpg"  # the only name the template browser asks for
+    assert path.is_file(), f"no thumbnail for {name}: run python tools/thumbnails.py {name}"
+    with Image.open(path) as image:
+        assert image.format == "JPEG"
+        assert image.width >= 1000 and image.height >= 400, image.size  # readable when shown large
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_template_carries_pack_and_model_metadata(name):
+    for node in shipped_workflow(name)["nodes"]:
+        props = node.get("properties", {})
+        if node["type"] == "MarkdownNote":  # a frontend-only node of no pack
+            continue
+        if node["type"].startswith("KandinskyVideo"):
+            assert (props.get("cnr_id"), props.get("ver")) == (PROJECT["name"], PROJECT["version"]), node["type"]
+        else:
+            assert props.get("cnr_id") == "comfy-core" and props.get("ver"), node["type"]
+        if node["type"] in LOADER_FILES:
+            file = LOADER_FILES[node["type"]]
+            assert props.get("models") == [{"name": file, "url": RELEASE_URL + file, "directory": "kandinsky_video"}]
+        models = props.get("models", [])
+        # the frontends only consider entries whose name is one of the node's widget values
+        assert all(m["name"] in node["widgets_values"] for m in models), node["type"]
+
+
+def _node_box(node: dict) -> tuple[float, float, float, float]:
+    (x, y), (w, h) = node["pos"], node["size"]
+    return x, y - TITLE_HEIGHT, x + w, y + h
+
+
+def _inside(box, bounding) -> bool:
+    gx, gy, gw, gh = bounding
+    return gx <= box[0] and gy <= box[1] and box[2] <= gx + gw and box[3] <= gy + gh
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_template_has_a_group_per_stage_left_to_right(name):
+    workflow = shipped_workflow(name)
+    groups = sorted(workflow["groups"], key=lambda g: g["bounding"][0])
+    assert [next(s for s in STAGES if s in g["title"]) for g in groups] == STAGES, [g["title"] for g in groups]
+    for left, right in zip(groups, groups[1:]):
+        assert left["bounding"][0] + left["bounding"][2] <= right["bounding"][0]  # side by side
+    stage = {}
+    for node in workflow["nodes"]:
+        inside = [i for i, g in enumerate(groups) if _inside(_node_box(node), g["bounding"])]
+        if node["type"] == "MarkdownNote":
+            assert inside == []
+            continue
+        assert len(inside) == 1, f"{node['type']} #{node['id']} is in groups {inside}"
+        stage[node["id"]] = inside[0]
+    for _, src, _, dst, _, _ in workflow["links"]:  # data flows left to right, stage by stage
+        assert stage[src] <= stage[dst], (src, dst)
+
+
+def test_model_metadata_matches_the_server_model_lists(kv):
+    """The pinned frontend finds a ``properties.models`` file in the list
+    ``/experiment/models/<directory>`` gives; with the release in place no template may
+    raise a missing-model dialog."""
+    assert "kandinsky_video" in {f["name"] for f in kv.get("/experiment/models").json()}
+    listed = {f["name"] for f in kv.get("/experiment/models/kandinsky_video").json()}
+    assert set(LOADER_FILES.values()) <= listed
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -114,7 +222,11 @@ SET_FAST = """(size) => {
 
 @pytest.fixture
 def frontend(kv, comfy_browser):
-    comfy_browser.browser.evaluate("window.app.refreshComboInNodes ? window.app.refreshComboInNodes().then(() => true) : true")
+    browser = comfy_browser.browser
+    browser.evaluate("window.app.refreshComboInNodes ? window.app.refreshComboInNodes().then(() => true) : true")
+    # the refresh announces itself in a toast over the canvas's top right: let it go, so
+    # that what covers the graph afterwards is the template's doing
+    browser.wait_for("document.querySelectorAll('.p-toast-message').length === 0", timeout=30)
     return comfy_browser
 
 
@@ -122,6 +234,9 @@ def frontend(kv, comfy_browser):
 def test_shipped_workflow_loads_and_runs_in_the_frontend(kv, frontend, name):
     frontend.load_workflow(shipped_workflow(name))
     frontend.close_dialogs()
+    # it opens with the whole graph in view (1400x900 window), drawn in full detail
+    assert hidden_nodes(frontend) == []
+    assert frontend.browser.evaluate("window.app.canvas.low_quality === true") is False
     assert frontend.missing_node_types() == []
     prompt = frontend.graph_to_prompt()
     assert {v["class_type"] for v in prompt.values()} >= {"KandinskyVideoDecode", "SaveVideo"}

@@ -33,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = {
     "8fps": "kandinsky_video_text_to_video_8fps",
+    "8fps-lowvram": "kandinsky_video_text_to_video_8fps_low_vram",
     "32fps": "kandinsky_video_text_to_video_32fps",
     "i2v": "kandinsky_video_image_to_video",
 }
