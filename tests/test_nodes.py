@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import statistics
 import time
@@ -193,6 +194,62 @@ def test_file_of_the_wrong_network_is_a_clear_node_error(kv):
     message = result.error["exception_message"]
     assert "movq.pt" in message and "keyframe U-Net" in message and "image MoVQ" in message
     assert kv.run(prompt, timeout=600).ok
+
+
+def test_text_encode_tells_what_the_encoder_cannot_read_and_runs_on(kv):
+    """A Russian prompt (every word <unk> in the tiny vocabulary, mostly <unk> or single
+    letters in Flan-UL2's) and a negative prompt past tokens_length (32 in the tiny release):
+    the run goes on, the node shows the counts and the log has a warning for each."""
+    prompt = i2v_prompt(kv, steps=1, seed=11)
+    encode = node_of(prompt, "KandinskyVideoTextEncode")
+    russian = "красная машина едет по прибрежной дороге"
+    negative = "blurry, low quality, " * 12
+    prompt[encode]["inputs"].update(prompt=russian, negative_prompt=negative)
+    mark = kv.log_mark()
+    result = kv.run(prompt, timeout=600)
+    assert result.ok, result.describe()
+    shown = result.outputs[encode]["text"][0]
+    assert "prompt: 12 tokens read (up to 31), 6 unknown, 0 dropped" in shown
+    assert "write prompts in English" in shown and "Cyrillic" in shown
+    assert re.search(r"negative prompt: 31 tokens read \(up to 31\), 0 unknown, \d+ dropped", shown)
+    log = kv.log_since(mark)
+    assert "Kandinsky Video Text Encode: prompt 'красная машина" in log and "6 of the 12 tokens" in log
+    assert "Kandinsky Video Text Encode: negative prompt 'blurry" in log and "were dropped" in log
+
+
+def test_text_encoder_folder_without_tokenizer_is_refused_at_load(kv, kv_release, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("notok") / "flan-ul2-no-tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(kv_release / "flan-ul2" / name, folder / name)
+    kv.add_model("kandinsky_video", folder)
+    prompt = i2v_prompt(kv, seed=12)
+    loader = node_of(prompt, "KandinskyVideoTextEncoderLoader")
+    prompt[loader]["inputs"]["text_encoder_name"] = folder.name
+    result = kv.run(prompt, timeout=300)
+    assert result.status == "error" and result.error["node_id"] == loader
+    message = result.error["exception_message"]
+    assert folder.name in message and "tokenizer.json" in message and "spiece.model" in message
+    assert "KandinskyVideoKeyframes" not in json.dumps(result.executed)
+
+
+def test_a_file_of_another_model_family_is_described(kv, tmp_path_factory):
+    from safetensors.torch import save_file
+    import torch
+
+    path = tmp_path_factory.mktemp("sd") / "kv_test_sd15.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3),
+               "first_stage_model.decoder.conv_out.weight": torch.zeros(3, 8, 3, 3),
+               "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(8)}, str(path))
+    kv.add_model("kandinsky_video", path)
+    prompt = i2v_prompt(kv, seed=13)
+    loader = node_of(prompt, "KandinskyVideoKeyframeUNetLoader")
+    prompt[loader]["inputs"]["unet_name"] = path.name
+    result = kv.run(prompt, timeout=300)
+    assert result.status == "error" and result.error["node_id"] == loader
+    message = result.error["exception_message"]
+    assert "a safetensors of 3 tensors" in message and "looks like a Stable Diffusion checkpoint" in message
+    assert "keyframe U-Net" in message and "image_in_layer.weight" in message
 
 
 def test_video_latent_survives_save_latent_and_load_latent(kv):
