@@ -742,6 +742,18 @@ def _load_network(network: str, path, configs, *, device, dtype, operations, kee
     return module, tensors
 
 
+def _null_embedding(net, tensors: NetworkTensors) -> torch.Tensor:
+    """The U-Net's null embedding, refused unless it is ``[context_dim]`` of the network (a
+    wrong one loads but breaks every unconditional pass)."""
+    null = tensors.null_embedding()
+    width = net.kv_config.get("context_dim")
+    if width is not None and tuple(null.shape) != (width,):
+        raise CheckpointError(f"{tensors.file.path}: '{NULL_EMBEDDING_KEY}' has shape {tuple(null.shape)} but the "
+                              f"{_DESCRIPTIONS[tensors.network]} takes a context of width {width}: "
+                              f"expected [{width}]")
+    return null
+
+
 def load_keyframe_unet(path, configs=None, *, device=None, dtype=None, operations=None, keep_fp8=None):
     """``(KeyframeUNet, null_embedding [context_dim] float32)`` from ``t2v.pt`` or our safetensors.
 
@@ -755,7 +767,7 @@ def load_keyframe_unet(path, configs=None, *, device=None, dtype=None, operation
     """
     net, tensors = _load_network(KEYFRAME_UNET, path, configs, device=device, dtype=dtype,
                                  operations=operations, keep_fp8=keep_fp8)
-    return net, tensors.null_embedding().to(device or "cpu")
+    return net, _null_embedding(net, tensors).to(device or "cpu")
 
 
 def load_interpolation_unet(path, configs=None, *, device=None, dtype=None, operations=None, keep_fp8=None):
@@ -763,7 +775,7 @@ def load_interpolation_unet(path, configs=None, *, device=None, dtype=None, oper
     (``configs`` section ``interpolation``; otherwise as :func:`load_keyframe_unet`)."""
     net, tensors = _load_network(INTERPOLATION_UNET, path, configs, device=device, dtype=dtype,
                                  operations=operations, keep_fp8=keep_fp8)
-    return net, tensors.null_embedding().to(device or "cpu")
+    return net, _null_embedding(net, tensors).to(device or "cpu")
 
 
 def load_movq(path, configs=None, *, video=None, device=None, dtype=None, operations=None, keep_fp8=None):

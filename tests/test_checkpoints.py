@@ -651,3 +651,13 @@ def test_an_empty_file_says_it_is_empty(tmp_path, name):
     path.write_bytes(b"")
     with pytest.raises(ck.CheckpointError, match=r"the file is empty \(0 bytes\)"):
         ck.load_keyframe_unet(path)
+
+
+@pytest.mark.parametrize("name,loader", [("t2v", ck.load_keyframe_unet), ("interpolation", ck.load_interpolation_unet)])
+def test_null_embedding_of_another_width_is_refused(tmp_path, release, name, loader):
+    """It loaded, then broke the first unconditional pass."""
+    data = _unet_dict(getattr(release, name))
+    width = data["null_embedding"].shape[0]
+    torch.save({**data, "null_embedding": torch.zeros(width + 8)}, tmp_path / f"{name}.pt")
+    with pytest.raises(ck.CheckpointError, match=rf"'null_embedding' has shape \({width + 8},\).*expected \[{width}\]"):
+        loader(tmp_path / f"{name}.pt", release.configs)
