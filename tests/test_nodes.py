@@ -233,6 +233,23 @@ def test_text_encoder_folder_without_tokenizer_is_refused_at_load(kv, kv_release
     assert "KandinskyVideoKeyframes" not in json.dumps(result.executed)
 
 
+def test_configs_json_with_an_unusable_tokens_length_is_refused(kv, kv_release, tmp_path_factory):
+    """It fell back to 128 in silence."""
+    folder = tmp_path_factory.mktemp("badcfg") / "kv_bad_tokens_length"
+    folder.mkdir()
+    shutil.copy(kv_release / "t5_projections.pt", folder / "t5_projections.pt")
+    configs = json.loads((kv_release / "configs.json").read_text())
+    configs["text_encoder"]["tokens_length"] = "thirty-two"
+    (folder / "configs.json").write_text(json.dumps(configs))
+    kv.add_model("kandinsky_video", folder)
+    prompt = i2v_prompt(kv, seed=14)
+    loader = node_of(prompt, "KandinskyVideoTextEncoderLoader")
+    prompt[loader]["inputs"]["projections_name"] = f"{folder.name}/t5_projections.pt"
+    result = kv.run(prompt, timeout=300)
+    assert result.status == "error" and result.error["node_id"] == loader, result.describe()
+    assert "text_encoder.tokens_length is 'thirty-two'" in result.error["exception_message"]
+
+
 def test_a_file_of_another_model_family_is_described(kv, tmp_path_factory):
     from safetensors.torch import save_file
     import torch
