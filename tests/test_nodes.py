@@ -217,6 +217,28 @@ def test_text_encode_tells_what_the_encoder_cannot_read_and_runs_on(kv):
     assert "Kandinsky Video Text Encode: negative prompt 'blurry" in log and "were dropped" in log
 
 
+def test_the_frontend_shows_the_token_report_on_the_text_encode_node(kv, comfy_browser):
+    """In the real web frontend the report appears on the Text Encode node itself (the text
+    preview widget ComfyUI's API nodes use), not only in /history and the log."""
+    workflow = shipped_workflow("kandinsky_video_image_to_video")
+    encode = next(n for n in workflow["nodes"] if n["type"] == "KandinskyVideoTextEncode")
+    encode["widgets_values"][0] = "синее море и белые облака"  # five words, five <unk>
+    for node in workflow["nodes"]:  # one step at the smallest size
+        if node["type"] == "KandinskyVideoKeyframes":
+            node["widgets_values"][4] = 1  # steps
+        elif node["type"] == "KandinskyVideoEncodeFirstFrame":
+            node["widgets_values"][:2] = [SIZE, SIZE]
+    comfy_browser.load_workflow(workflow)
+    result = comfy_browser.queue(timeout=600)
+    assert result.ok, result.describe()
+    shown = comfy_browser.browser.wait_for(
+        "(() => { const n = window.app.graph.nodes.find(n => n.id === %d);"
+        " const w = ((n && n.widgets) || []).find(w => w && w.type === 'progressText');"
+        " return (w && w.value) || null; })()" % encode["id"],
+        timeout=30)
+    assert "prompt: 10 tokens read (up to 31), 5 unknown, 0 dropped" in shown and "English" in shown
+
+
 def test_text_encoder_folder_without_tokenizer_is_refused_at_load(kv, kv_release, tmp_path_factory):
     folder = tmp_path_factory.mktemp("notok") / "flan-ul2-no-tokenizer"
     folder.mkdir()
