@@ -255,13 +255,18 @@ def test_text_encoder_folder_without_tokenizer_is_refused_at_load(kv, kv_release
     assert "KandinskyVideoKeyframes" not in json.dumps(result.executed)
 
 
-def test_configs_json_with_an_unusable_tokens_length_is_refused(kv, kv_release, tmp_path_factory):
-    """It fell back to 128 in silence."""
-    folder = tmp_path_factory.mktemp("badcfg") / "kv_bad_tokens_length"
+@pytest.mark.parametrize("key,value,says", [
+    ("tokens_length", "thirty-two", "text_encoder.tokens_length is 'thirty-two'"),
+    ("context_dim", 24, "says text_encoder.context_dim 24"),
+])
+def test_configs_json_that_contradicts_the_text_files_is_refused(kv, kv_release, tmp_path_factory, key, value, says):
+    """An unusable tokens_length fell back to 128 in silence; a context_dim other than the
+    projections' was ignored."""
+    folder = tmp_path_factory.mktemp("badcfg") / f"kv_bad_{key}"
     folder.mkdir()
     shutil.copy(kv_release / "t5_projections.pt", folder / "t5_projections.pt")
     configs = json.loads((kv_release / "configs.json").read_text())
-    configs["text_encoder"]["tokens_length"] = "thirty-two"
+    configs["text_encoder"][key] = value
     (folder / "configs.json").write_text(json.dumps(configs))
     kv.add_model("kandinsky_video", folder)
     prompt = i2v_prompt(kv, seed=14)
@@ -269,7 +274,7 @@ def test_configs_json_with_an_unusable_tokens_length_is_refused(kv, kv_release, 
     prompt[loader]["inputs"]["projections_name"] = f"{folder.name}/t5_projections.pt"
     result = kv.run(prompt, timeout=300)
     assert result.status == "error" and result.error["node_id"] == loader, result.describe()
-    assert "text_encoder.tokens_length is 'thirty-two'" in result.error["exception_message"]
+    assert says in result.error["exception_message"]
 
 
 def test_a_file_of_another_model_family_is_described(kv, tmp_path_factory):
