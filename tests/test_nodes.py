@@ -109,6 +109,20 @@ def node_of(prompt: dict, class_type: str) -> str:
     return next(k for k, v in prompt.items() if v["class_type"] == class_type)
 
 
+def loader_error(host, model: Path, loader_type: str, input_name: str, value: str, *, seed: int) -> str:
+    """Put ``model`` (a file or folder) into models/kandinsky_video/, pick ``value`` in the
+    ``input_name`` of the i2v workflow's ``loader_type`` node, run, and return the error
+    message, checking that it is that loader's and that no later stage ran."""
+    host.add_model("kandinsky_video", model)
+    prompt = i2v_prompt(host, seed=seed)
+    loader = node_of(prompt, loader_type)
+    prompt[loader]["inputs"][input_name] = value
+    result = host.run(prompt, timeout=300)
+    assert result.status == "error" and result.error["node_id"] == loader, result.describe()
+    assert node_of(prompt, "KandinskyVideoKeyframes") not in result.executed
+    return result.error["exception_message"]
+
+
 def error_text(result) -> str:
     return json.dumps(result.node_errors) + json.dumps(result.error or {})
 
@@ -244,15 +258,8 @@ def test_text_encoder_folder_without_tokenizer_is_refused_at_load(kv, kv_release
     folder.mkdir()
     for name in ("config.json", "model.safetensors"):
         shutil.copy(kv_release / "flan-ul2" / name, folder / name)
-    kv.add_model("kandinsky_video", folder)
-    prompt = i2v_prompt(kv, seed=12)
-    loader = node_of(prompt, "KandinskyVideoTextEncoderLoader")
-    prompt[loader]["inputs"]["text_encoder_name"] = folder.name
-    result = kv.run(prompt, timeout=300)
-    assert result.status == "error" and result.error["node_id"] == loader
-    message = result.error["exception_message"]
+    message = loader_error(kv, folder, "KandinskyVideoTextEncoderLoader", "text_encoder_name", folder.name, seed=12)
     assert folder.name in message and "tokenizer.json" in message and "spiece.model" in message
-    assert "KandinskyVideoKeyframes" not in json.dumps(result.executed)
 
 
 @pytest.mark.parametrize("key,value,says", [
@@ -268,13 +275,9 @@ def test_configs_json_that_contradicts_the_text_files_is_refused(kv, kv_release,
     configs = json.loads((kv_release / "configs.json").read_text())
     configs["text_encoder"][key] = value
     (folder / "configs.json").write_text(json.dumps(configs))
-    kv.add_model("kandinsky_video", folder)
-    prompt = i2v_prompt(kv, seed=14)
-    loader = node_of(prompt, "KandinskyVideoTextEncoderLoader")
-    prompt[loader]["inputs"]["projections_name"] = f"{folder.name}/t5_projections.pt"
-    result = kv.run(prompt, timeout=300)
-    assert result.status == "error" and result.error["node_id"] == loader, result.describe()
-    assert says in result.error["exception_message"]
+    message = loader_error(kv, folder, "KandinskyVideoTextEncoderLoader", "projections_name",
+                           f"{folder.name}/t5_projections.pt", seed=14)
+    assert says in message
 
 
 def test_a_file_of_another_model_family_is_described(kv, tmp_path_factory):
@@ -285,13 +288,7 @@ def test_a_file_of_another_model_family_is_described(kv, tmp_path_factory):
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3),
                "first_stage_model.decoder.conv_out.weight": torch.zeros(3, 8, 3, 3),
                "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(8)}, str(path))
-    kv.add_model("kandinsky_video", path)
-    prompt = i2v_prompt(kv, seed=13)
-    loader = node_of(prompt, "KandinskyVideoKeyframeUNetLoader")
-    prompt[loader]["inputs"]["unet_name"] = path.name
-    result = kv.run(prompt, timeout=300)
-    assert result.status == "error" and result.error["node_id"] == loader
-    message = result.error["exception_message"]
+    message = loader_error(kv, path, "KandinskyVideoKeyframeUNetLoader", "unet_name", path.name, seed=13)
     assert "a safetensors of 3 tensors" in message and "looks like a Stable Diffusion checkpoint" in message
     assert "keyframe U-Net" in message and "image_in_layer.weight" in message
 
