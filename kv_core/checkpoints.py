@@ -186,6 +186,9 @@ def open_tensor_file(path) -> TensorFile:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes), e.g. an interrupted download or copy: "
+                              "download or copy it again")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -237,6 +240,86 @@ def identify(keys) -> str | None:
     return None
 
 
+# what each network's keys look like (for the message about a file of something else)
+_SIGNATURES = {
+    KEYFRAME_UNET: "{'unet': {'image_in_layer.weight', 'in_layer.weight', 'down_samples.0...', ...}, "
+                   "'null_embedding'} (or our safetensors with kandinsky_video.* metadata)",
+    INTERPOLATION_UNET: "{'unet': {'in_layer.weight', 'down_samples.0...', 'temporal_...', ...}, "
+                        "'null_embedding'} (or our safetensors with kandinsky_video.* metadata)",
+    MOVQ: "'encoder.conv_in.weight', 'quant_conv.weight', 'decoder.conv_out.weight', ...",
+    VIDEO_MOVQ: "'encoder.conv_in.weight', 'decoder.up.0.block.0.temporal_...', 'decoder.conv_out.weight', ...",
+    TEXT_PROJECTIONS: "'projection_base.0.weight', 'projection_interpolation.0.weight', ...",
+    T5_ENCODER: "'shared.weight', 'encoder.block.0.layer.0.SelfAttention.q.weight', ...",
+}
+
+# (test on the keys, what such a file is); first match wins
+_FAMILIES = (
+    (lambda ks: any(re.search(r"(^|[._])lora[._]|\.lora_(up|down|A|B)\.|^lora_(unet|te)", k) for k in ks),
+     "a LoRA (low-rank weight deltas for another model), not a full network"),
+    (lambda ks: any(k.startswith("model.diffusion_model.") for k in ks)
+     and any(k.startswith("conditioner.embedders.") for k in ks),
+     "a Stable Diffusion XL checkpoint (model.diffusion_model / conditioner / first_stage_model)"),
+    (lambda ks: any(k.startswith("model.diffusion_model.") for k in ks),
+     "a Stable Diffusion checkpoint (model.diffusion_model / cond_stage_model / first_stage_model)"),
+    (lambda ks: any(k.startswith(("input_blocks.", "control_model.", "input_hint_block.")) for k in ks),
+     "a Stable Diffusion U-Net or ControlNet"),
+    (lambda ks: any(k.startswith(("double_blocks.", "single_blocks.")) for k in ks), "a Flux transformer"),
+    (lambda ks: any(k.startswith("joint_blocks.") for k in ks), "a Stable Diffusion 3 transformer"),
+    (lambda ks: any(k.startswith("text_model.encoder.layers.") for k in ks), "a CLIP text encoder"),
+    (lambda ks: any(k.startswith("vision_model.") for k in ks), "a CLIP vision encoder"),
+    (lambda ks: any(re.match(r"(model\.)?layers\.\d+\.self_attn\.", k) for k in ks), "a language model"),
+    (lambda ks: any(k.startswith(("first_stage_model.", "encoder.down.", "decoder.up.")) for k in ks),
+     "an image autoencoder (VAE) of another model"),
+)
+
+
+def describe_file(tf: TensorFile, limit: int = 4) -> str:
+    """What a file that holds no Kandinsky Video network looks like: its format and
+    metadata, tensor count, parameters, dtypes, main key prefixes and, when the keys show
+    it, the model family (SD/SDXL checkpoint, LoRA, Flux, CLIP, ...)."""
+    fmt = "safetensors" if tf.path.suffix == ".safetensors" else "torch checkpoint"
+    if not tf.shapes:
+        meta = f" (metadata: {_listing(sorted(tf.metadata), limit)})" if tf.metadata else ""
+        return f"a {fmt} with no tensors at all{meta}"
+    count = len(tf.shapes)
+    params = sum(math.prod(s) for s in tf.shapes.values())
+    groups: dict[str, list[list[str]]] = {}
+    for key in tf.shapes:
+        parts = key.split(".")
+        groups.setdefault(parts[0], []).append(parts)
+    prefixes: dict[str, int] = {}
+    for members in groups.values():  # each first name with the dotted prefix all its keys share
+        common = members[0]
+        for parts in members[1:]:
+            n = next((i for i, (a, b) in enumerate(zip(common, parts)) if a != b), min(len(common), len(parts)))
+            common = common[:n]
+        shortest = min(len(parts) for parts in members)
+        name = ".".join(common) if len(members) == 1 else ".".join(common[: shortest - 1]) + ".*"
+        prefixes[name] = len(members)
+    top = sorted(prefixes.items(), key=lambda kv: -kv[1])[:limit]
+    dtypes = sorted({dtype_name(d) for d in tf.dtypes.values()})
+    size = f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.1f}M" if params >= 1e6 else f"{params:,}"
+    parts = [f"a {fmt} of {count} tensor{'s' if count != 1 else ''} ({size} values, {'/'.join(dtypes)})",
+             "keys " + ", ".join(f"{p} ({n})" if n > 1 else p for p, n in top)
+             + (", ..." if len(prefixes) > limit else "")]
+    if tf.metadata:
+        shown = [f"{k}={tf.metadata[k][:40]}" for k in ("format", "modelspec.architecture", "ss_network_module")
+                 if k in tf.metadata]
+        others = [k for k in sorted(tf.metadata) if k not in ("format", "modelspec.architecture", "ss_network_module")]
+        parts.append("metadata " + ", ".join(shown + others[: max(0, limit - len(shown))])
+                     + (", ..." if len(shown) + len(others) > limit else ""))
+    family = next((what for test, what in _FAMILIES if test(tf.shapes)), None)
+    if family:
+        parts.append(f"it looks like {family}")
+    return "; ".join(parts)
+
+
+def _not_recognised(tf: TensorFile, expected: str) -> CheckpointError:
+    want = _DESCRIPTIONS[expected]
+    return CheckpointError(f"{tf.path}: expected the {want}, but the file holds nothing this loader recognises: "
+                           f"{describe_file(tf)}. The {want} has keys like {_SIGNATURES[expected]}")
+
+
 @dataclass
 class NetworkTensors:
     """The state dict of one network inside a :class:`TensorFile` (names without prefix)."""
@@ -273,8 +356,10 @@ def network_tensors(path_or_file, expected: str) -> NetworkTensors:
         found = tf.network
     else:
         found = identify(tf.keys())
+    if found is None:
+        raise _not_recognised(tf, expected)
     if found != expected:
-        what = _DESCRIPTIONS.get(found, "nothing this loader recognises")
+        what = _DESCRIPTIONS.get(found, f"network {found!r}")
         raise CheckpointError(f"{tf.path}: expected the {want}, but the file holds the {what} "
                               f"(first keys: {_listing(sorted(tf.keys()))})")
     if expected in (KEYFRAME_UNET, INTERPOLATION_UNET):
@@ -699,6 +784,18 @@ def _load_network(network: str, path, configs, *, device, dtype, operations, kee
     return module, tensors
 
 
+def _null_embedding(net, tensors: NetworkTensors) -> torch.Tensor:
+    """The U-Net's null embedding, refused unless it is ``[context_dim]`` of the network (a
+    wrong one loads but breaks every unconditional pass)."""
+    null = tensors.null_embedding()
+    width = net.kv_config.get("context_dim")
+    if width is not None and tuple(null.shape) != (width,):
+        raise CheckpointError(f"{tensors.file.path}: '{NULL_EMBEDDING_KEY}' has shape {tuple(null.shape)} but the "
+                              f"{_DESCRIPTIONS[tensors.network]} takes a context of width {width}: "
+                              f"expected [{width}]")
+    return null
+
+
 def load_keyframe_unet(path, configs=None, *, device=None, dtype=None, operations=None, keep_fp8=None):
     """``(KeyframeUNet, null_embedding [context_dim] float32)`` from ``t2v.pt`` or our safetensors.
 
@@ -712,7 +809,7 @@ def load_keyframe_unet(path, configs=None, *, device=None, dtype=None, operation
     """
     net, tensors = _load_network(KEYFRAME_UNET, path, configs, device=device, dtype=dtype,
                                  operations=operations, keep_fp8=keep_fp8)
-    return net, tensors.null_embedding().to(device or "cpu")
+    return net, _null_embedding(net, tensors).to(device or "cpu")
 
 
 def load_interpolation_unet(path, configs=None, *, device=None, dtype=None, operations=None, keep_fp8=None):
@@ -720,7 +817,7 @@ def load_interpolation_unet(path, configs=None, *, device=None, dtype=None, oper
     (``configs`` section ``interpolation``; otherwise as :func:`load_keyframe_unet`)."""
     net, tensors = _load_network(INTERPOLATION_UNET, path, configs, device=device, dtype=dtype,
                                  operations=operations, keep_fp8=keep_fp8)
-    return net, tensors.null_embedding().to(device or "cpu")
+    return net, _null_embedding(net, tensors).to(device or "cpu")
 
 
 def load_movq(path, configs=None, *, video=None, device=None, dtype=None, operations=None, keep_fp8=None):
@@ -744,9 +841,11 @@ def load_null_embedding(path) -> torch.Tensor:
     """The ``null_embedding`` (float32) of a U-Net file, without building the network."""
     tf = open_tensor_file(path)
     kind = tf.network or identify(tf.keys())
+    if kind is None:
+        raise _not_recognised(tf, KEYFRAME_UNET)
     if kind not in (KEYFRAME_UNET, INTERPOLATION_UNET):
         raise CheckpointError(f"{path}: expected a U-Net file (t2v.pt or interpolation.pt) with a "
-                              f"null embedding, found {_DESCRIPTIONS.get(kind, 'an unknown file')}")
+                              f"null embedding, found the {_DESCRIPTIONS.get(kind, kind)}")
     return network_tensors(tf, kind).null_embedding()
 
 
@@ -859,11 +958,21 @@ def iter_t5_encoder_tensors(folder) -> Iterator[tuple[str, torch.Tensor]]:
 def _t5_encoder_model(config_dict: dict, *, path):
     from transformers import T5Config, T5EncoderModel
 
-    config = T5Config.from_dict(config_dict)
-    config.is_encoder_decoder = False
-    config.use_cache = False
-    with torch.device("meta"):
-        model = T5EncoderModel(config)
+    if not isinstance(config_dict, Mapping):
+        raise CheckpointError(f"{path}: the T5 config is a {type(config_dict).__name__}, not a JSON object")
+    model_type = config_dict.get("model_type")
+    if model_type not in (None, "t5"):
+        raise CheckpointError(f"{path}: the config describes a {model_type!r} model, not T5 (Kandinsky Video "
+                              "needs google/flan-ul2)")
+    try:
+        config = T5Config.from_dict(dict(config_dict))
+        config.is_encoder_decoder = False
+        config.use_cache = False
+        with torch.device("meta"):
+            model = T5EncoderModel(config)
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"{path}: could not build a T5 encoder from its config: "
+                              f"{type(err).__name__}: {err}") from err
     return model
 
 
@@ -899,14 +1008,20 @@ def load_t5_encoder(path, *, device=None, dtype=torch.float32):
         config_file = path / "config.json"
         if not config_file.is_file():
             raise CheckpointError(f"{path}: a T5 folder needs config.json")
-        model = _t5_encoder_model(json.loads(config_file.read_text()), path=path)
+        try:
+            config = json.loads(config_file.read_text())
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{config_file}: not a readable JSON file: {err}") from None
+        model = _t5_encoder_model(config, path=path)
         tf = t5_encoder_file(path)
         return _assign_t5(model, tf.shapes, tf.get, path=path, device=device, dtype=dtype)
     tf = open_tensor_file(path)
     found = tf.network or identify(tf.keys())
+    if found is None:
+        raise _not_recognised(tf, T5_ENCODER)
     if found != T5_ENCODER:
         raise CheckpointError(f"{path}: expected the {_DESCRIPTIONS[T5_ENCODER]}, but the file holds "
-                              f"the {_DESCRIPTIONS.get(found, 'nothing this loader recognises')}")
+                              f"the {_DESCRIPTIONS.get(found, found)}")
     config = tf.config
     if config is None:
         raise CheckpointError(f"{path}: a T5 encoder safetensors needs its config in the metadata "
@@ -919,24 +1034,109 @@ def load_t5_encoder(path, *, device=None, dtype=torch.float32):
     return _assign_t5(model, tf.shapes, tf.get, path=path, device=device, dtype=dtype)
 
 
-def load_t5_tokenizer(path):
-    """The T5 tokenizer of a Hugging Face folder, or the one embedded in our encoder-only
-    safetensors (or, for a safetensors without one, the tokenizer files beside it)."""
+#: files from which transformers can build a T5 tokenizer (either is enough)
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
+#: an English sentence every Flan-UL2 tokenizer reads without ``<unk>``
+TOKENIZER_PROBE = "a red car driving along a coastal road at sunset"
+
+
+def _missing_modules(*names: str) -> list[str]:
+    missing = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+def _tokenizer_from_folder(folder: Path, what: str):
+    """``AutoTokenizer`` of ``folder``, refusing folders it would build a useless tokenizer
+    from: without ``tokenizer.json`` and ``spiece.model`` transformers makes one that maps
+    every word to ``<unk>`` (every prompt then gives the same video); ``spiece.model`` alone
+    needs sentencepiece and protobuf, without which transformers asks for ``tiktoken``."""
     from transformers import AutoTokenizer
 
+    present = [n for n in TOKENIZER_FILES if (folder / n).is_file()]
+    if not present:
+        raise CheckpointError(
+            f"{what} has no tokenizer: {folder} lacks both tokenizer.json and spiece.model "
+            f"(found: {_listing(sorted(p.name for p in folder.iterdir())) if folder.is_dir() else 'nothing'}). "
+            "Without them every word becomes <unk> and every prompt gives the same video: copy "
+            "tokenizer.json (or spiece.model), tokenizer_config.json and special_tokens_map.json "
+            "of google/flan-ul2 into that folder")
+    if present == ["spiece.model"]:
+        missing = _missing_modules("sentencepiece", "google.protobuf")
+        if missing:
+            names = " and ".join("protobuf" if m == "google.protobuf" else m for m in missing)
+            raise CheckpointError(
+                f"{what}: {folder} has spiece.model but no tokenizer.json, and reading spiece.model "
+                f"needs the Python package{'s' if len(missing) > 1 else ''} {names}, not installed here: "
+                f"`pip install {' '.join('protobuf' if m == 'google.protobuf' else m for m in missing)}` "
+                "in ComfyUI's environment (both are in requirements.txt), or put the tokenizer.json of "
+                "google/flan-ul2 into the folder")
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - transformers raises many kinds
+        raise CheckpointError(f"{what}: could not build the T5 tokenizer from {folder} "
+                              f"({', '.join(present)}): {type(err).__name__}: {err}") from err
+
+
+def check_t5_tokenizer(tokenizer, *, path, vocab_size: int | None = None):
+    """Refuse a tokenizer the encoder cannot use: no pad or end-of-sequence token, more ids
+    than the encoder's embedding has rows (``vocab_size``), or one that reads the English
+    :data:`TOKENIZER_PROBE` mostly as ``<unk>`` (a vocabulary of another model)."""
+    absent = [name for name in ("pad_token_id", "eos_token_id") if getattr(tokenizer, name, None) is None]
+    if absent:
+        raise CheckpointError(f"{path}: the tokenizer has no {' and no '.join(a[:-3] for a in absent)} "
+                              "(a T5 tokenizer has <pad> = 0 and </s> = 1): it is not Flan-UL2's")
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise CheckpointError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the encoder's embedding "
+                              f"only {vocab_size} rows: the tokenizer is not this encoder's (Flan-UL2: 32100 "
+                              "tokens, 32128 rows)")
+    ids = tokenizer(TOKENIZER_PROBE)["input_ids"]
+    unknown = sum(1 for i in ids if i == tokenizer.unk_token_id)
+    if tokenizer.unk_token_id is not None and 2 * unknown >= len(ids) - 1:
+        raise CheckpointError(f"{path}: the tokenizer reads {unknown} of the {len(ids) - 1} pieces of the English "
+                              f"sentence {TOKENIZER_PROBE!r} as <unk>: its vocabulary is not Flan-UL2's "
+                              "(every prompt would give nearly the same video)")
+    return tokenizer
+
+
+def load_t5_tokenizer(path, *, vocab_size: int | None = None):
+    """The T5 tokenizer of a Hugging Face folder, or the one embedded in our encoder-only
+    safetensors (or, for a safetensors without one, the tokenizer files beside it).
+
+    Raises :class:`CheckpointError` naming the folder and what is missing for a folder
+    without ``tokenizer.json``/``spiece.model``, for ``spiece.model`` without sentencepiece
+    or protobuf, and for a tokenizer :func:`check_t5_tokenizer` refuses (``vocab_size``: the
+    rows of the encoder's token embedding, checked when given).
+    """
     path = Path(path)
     if path.is_dir():
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    tf = open_tensor_file(path)
-    embedded = tf.metadata.get(META_TOKENIZER)
-    if embedded is None:
-        if any((path.parent / n).is_file() for n in ("tokenizer.json", "spiece.model")):
-            return AutoTokenizer.from_pretrained(str(path.parent), local_files_only=True)
-        raise CheckpointError(f"{path}: no tokenizer embedded in the file nor beside it")
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, text in json.loads(embedded).items():
-            (Path(tmp) / Path(name).name).write_text(text)
-        return AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+        tokenizer = _tokenizer_from_folder(path, f"the T5 folder {path}")
+    else:
+        tf = open_tensor_file(path)
+        embedded = tf.metadata.get(META_TOKENIZER)
+        if embedded is None:
+            if not any((path.parent / n).is_file() for n in TOKENIZER_FILES):
+                raise CheckpointError(f"{path}: no tokenizer embedded in the file nor beside it "
+                                      f"({' or '.join(TOKENIZER_FILES)} in {path.parent}); convert the "
+                                      "Flan-UL2 folder with tools/kv_convert.py t5, which embeds it")
+            tokenizer = _tokenizer_from_folder(path.parent, f"{path} (no embedded tokenizer)")
+        else:
+            try:
+                files = json.loads(embedded)
+                if not isinstance(files, Mapping):
+                    raise ValueError("not a JSON object")
+            except ValueError as err:
+                raise CheckpointError(f"{path}: the tokenizer in its metadata ({META_TOKENIZER}) is not "
+                                      f"readable: {err}") from None
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, text in files.items():
+                    (Path(tmp) / Path(name).name).write_text(text)
+                tokenizer = _tokenizer_from_folder(Path(tmp), f"the tokenizer embedded in {path}")
+    return check_t5_tokenizer(tokenizer, path=path, vocab_size=vocab_size)
 
 
 def tokenizer_files(tokenizer) -> dict[str, str]:

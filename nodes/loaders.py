@@ -201,28 +201,43 @@ def adopt_operations(module: torch.nn.Module, operations, *, fp8=None, compute=N
             setattr(parent, name, new)
 
 
-def _tokens_length(projections_path: str) -> int:
-    """``text_encoder.tokens_length`` of the release's configs.json (128 if absent)."""
+def _text_settings(projections_path: str) -> tuple[int, int | None, str | None]:
+    """``(tokens_length, context_dim, configs.json path)`` from the ``text_encoder`` section of
+    the release's configs.json beside the projections (128 and None without configs.json or
+    without those entries). A configs.json that cannot be read or holds unusable values is
+    refused rather than replaced by the defaults in silence."""
     configs = release_configs(projections_path)
-    if configs:
-        try:
-            with open(configs) as fh:
-                return int(json.load(fh).get("text_encoder", {}).get("tokens_length", DEFAULT_TOKENS_LENGTH))
-        except (OSError, ValueError, TypeError, AttributeError):
-            pass
-    return DEFAULT_TOKENS_LENGTH
+    if not configs:
+        return DEFAULT_TOKENS_LENGTH, None, None
+    try:
+        with open(configs) as fh:
+            section = json.load(fh).get("text_encoder", {})
+    except (OSError, ValueError, AttributeError) as err:
+        raise ValueError(f"Could not read {configs} (the configs.json beside the text projections): {err}") from None
+    if not isinstance(section, dict):
+        raise ValueError(f"{configs}: text_encoder is {section!r}, not a JSON object.")
+    value = section.get("tokens_length", DEFAULT_TOKENS_LENGTH)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ValueError(f"{configs}: text_encoder.tokens_length is {value!r}; it must be a whole number of "
+                         f"tokens of at least 2 (the release uses {DEFAULT_TOKENS_LENGTH}).")
+    context_dim = section.get("context_dim")
+    if context_dim is not None and (isinstance(context_dim, bool) or not isinstance(context_dim, int)):
+        raise ValueError(f"{configs}: text_encoder.context_dim is {context_dim!r}; it must be a whole number.")
+    return value, context_dim, configs
 
 
 def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtype: str) -> common.Network:
     encoder_path = resolve_text_encoder(text_encoder_name)
     projections_path = resolve_model_file(projections_name, ckpt.TEXT_PROJECTIONS)
+    tokens_length, context_dim, configs = _text_settings(projections_path)  # a bad configs.json fails fast
     load_device = mm.text_encoder_device()
     offload_device = mm.text_encoder_offload_device()
     weight, compute = weight_and_compute_dtype(weight_dtype, "text", load_device, file_params(encoder_path))
     fp8 = weight if weight in FP8 else None
     try:
+        tokenizer = ckpt.load_t5_tokenizer(encoder_path)  # first: a folder without one fails before the big read
         encoder = ckpt.load_t5_encoder(encoder_path, device=offload_device, dtype=compute if fp8 else weight)
-        tokenizer = ckpt.load_t5_tokenizer(encoder_path)
+        ckpt.check_t5_tokenizer(tokenizer, path=encoder_path, vocab_size=encoder.get_input_embeddings().num_embeddings)
     except ckpt.CheckpointError as err:
         raise _load_error(ckpt.T5_ENCODER, text_encoder_name, encoder_path, err) from None
     except (OSError, ValueError) as err:
@@ -235,13 +250,18 @@ def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtyp
         raise _load_error(ckpt.TEXT_PROJECTIONS, projections_name, projections_path, err) from None
     d_model = encoder.config.d_model
     proj_in = next(iter(projections.values())).d_model
+    proj_out = {label: p.context_dim for label, p in projections.items()}
+    if context_dim is not None and set(proj_out.values()) != {context_dim}:
+        raise ValueError(f"The text projections '{projections_name}' make {proj_out} contexts but {configs} says "
+                         f"text_encoder.context_dim {context_dim}: the projections and configs.json are not from "
+                         "the same release.")
     if proj_in != d_model:
         raise ValueError(f"The text projections '{projections_name}' take {proj_in}-wide encoder states but "
                          f"the text encoder '{text_encoder_name}' makes {d_model}-wide ones: they are not "
                          "from the same release (Kandinsky Video needs google/flan-ul2, d_model 4096).")
     adopt_operations(encoder, operations_for(weight, compute, load_device), fp8=fp8, compute=compute,
                      fp32_names=("wo",) if weight == torch.float16 else (), keep_names=("wo",))
-    text = KVTextEncoder(encoder, projections, tokenizer, _tokens_length(projections_path))
+    text = KVTextEncoder(encoder, projections, tokenizer, tokens_length)
     return wrap(_TextStack(text), ckpt.T5_ENCODER, text_encoder_name, compute, load_device=load_device,
                 offload_device=offload_device)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import statistics
 import time
@@ -111,6 +112,20 @@ def node_of(prompt: dict, class_type: str) -> str:
     return next(k for k, v in prompt.items() if v["class_type"] == class_type)
 
 
+def loader_error(host, model: Path, loader_type: str, input_name: str, value: str, *, seed: int) -> str:
+    """Put ``model`` (a file or folder) into models/kandinsky_video/, pick ``value`` in the
+    ``input_name`` of the i2v workflow's ``loader_type`` node, run, and return the error
+    message, checking that it is that loader's and that no later stage ran."""
+    host.add_model("kandinsky_video", model)
+    prompt = i2v_prompt(host, seed=seed)
+    loader = node_of(prompt, loader_type)
+    prompt[loader]["inputs"][input_name] = value
+    result = host.run(prompt, timeout=300)
+    assert result.status == "error" and result.error["node_id"] == loader, result.describe()
+    assert node_of(prompt, "KandinskyVideoKeyframes") not in result.executed
+    return result.error["exception_message"]
+
+
 def error_text(result) -> str:
     return json.dumps(result.node_errors) + json.dumps(result.error or {})
 
@@ -196,6 +211,89 @@ def test_file_of_the_wrong_network_is_a_clear_node_error(kv):
     message = result.error["exception_message"]
     assert "movq.pt" in message and "keyframe U-Net" in message and "image MoVQ" in message
     assert kv.run(prompt, timeout=600).ok
+
+
+def test_text_encode_tells_what_the_encoder_cannot_read_and_runs_on(kv):
+    """A Russian prompt (every word <unk> in the tiny vocabulary, mostly <unk> or single
+    letters in Flan-UL2's) and a negative prompt past tokens_length (32 in the tiny release):
+    the run goes on, the node shows the counts and the log has a warning for each."""
+    prompt = i2v_prompt(kv, steps=1, seed=11)
+    encode = node_of(prompt, "KandinskyVideoTextEncode")
+    russian = "красная машина едет по прибрежной дороге"
+    negative = "blurry, low quality, " * 12
+    prompt[encode]["inputs"].update(prompt=russian, negative_prompt=negative)
+    mark = kv.log_mark()
+    result = kv.run(prompt, timeout=600)
+    assert result.ok, result.describe()
+    shown = result.outputs[encode]["text"][0]
+    assert "prompt: 12 tokens read (up to 31), 6 unknown, 0 dropped" in shown
+    assert "write prompts in English" in shown and "Cyrillic" in shown
+    assert re.search(r"negative prompt: 31 tokens read \(up to 31\), 0 unknown, \d+ dropped", shown)
+    log = kv.log_since(mark)
+    assert "Kandinsky Video Text Encode: prompt 'красная машина" in log and "6 of the 12 tokens" in log
+    assert "Kandinsky Video Text Encode: negative prompt 'blurry" in log and "were dropped" in log
+
+
+def test_the_frontend_shows_the_token_report_on_the_text_encode_node(kv, comfy_browser):
+    """In the real web frontend the report appears on the Text Encode node itself (the text
+    preview widget ComfyUI's API nodes use), not only in /history and the log."""
+    workflow = shipped_workflow("kandinsky_video_image_to_video")
+    encode = next(n for n in workflow["nodes"] if n["type"] == "KandinskyVideoTextEncode")
+    encode["widgets_values"][0] = "синее море и белые облака"  # five words, five <unk>
+    for node in workflow["nodes"]:  # one step at the smallest size
+        if node["type"] == "KandinskyVideoKeyframes":
+            node["widgets_values"][4] = 1  # steps
+        elif node["type"] == "KandinskyVideoEncodeFirstFrame":
+            node["widgets_values"][:2] = [SIZE, SIZE]
+    comfy_browser.load_workflow(workflow)
+    result = comfy_browser.queue(timeout=600)
+    assert result.ok, result.describe()
+    shown = comfy_browser.browser.wait_for(
+        "(() => { const n = window.app.graph.nodes.find(n => n.id === %d);"
+        " const w = ((n && n.widgets) || []).find(w => w && w.type === 'progressText');"
+        " return (w && w.value) || null; })()" % encode["id"],
+        timeout=30)
+    assert "prompt: 10 tokens read (up to 31), 5 unknown, 0 dropped" in shown and "English" in shown
+
+
+def test_text_encoder_folder_without_tokenizer_is_refused_at_load(kv, kv_release, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("notok") / "flan-ul2-no-tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(kv_release / "flan-ul2" / name, folder / name)
+    message = loader_error(kv, folder, "KandinskyVideoTextEncoderLoader", "text_encoder_name", folder.name, seed=12)
+    assert folder.name in message and "tokenizer.json" in message and "spiece.model" in message
+
+
+@pytest.mark.parametrize("key,value,says", [
+    ("tokens_length", "thirty-two", "text_encoder.tokens_length is 'thirty-two'"),
+    ("context_dim", 24, "says text_encoder.context_dim 24"),
+])
+def test_configs_json_that_contradicts_the_text_files_is_refused(kv, kv_release, tmp_path_factory, key, value, says):
+    """An unusable tokens_length fell back to 128 in silence; a context_dim other than the
+    projections' was ignored."""
+    folder = tmp_path_factory.mktemp("badcfg") / f"kv_bad_{key}"
+    folder.mkdir()
+    shutil.copy(kv_release / "t5_projections.pt", folder / "t5_projections.pt")
+    configs = json.loads((kv_release / "configs.json").read_text())
+    configs["text_encoder"][key] = value
+    (folder / "configs.json").write_text(json.dumps(configs))
+    message = loader_error(kv, folder, "KandinskyVideoTextEncoderLoader", "projections_name",
+                           f"{folder.name}/t5_projections.pt", seed=14)
+    assert says in message
+
+
+def test_a_file_of_another_model_family_is_described(kv, tmp_path_factory):
+    from safetensors.torch import save_file
+    import torch
+
+    path = tmp_path_factory.mktemp("sd") / "kv_test_sd15.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3),
+               "first_stage_model.decoder.conv_out.weight": torch.zeros(3, 8, 3, 3),
+               "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(8)}, str(path))
+    message = loader_error(kv, path, "KandinskyVideoKeyframeUNetLoader", "unet_name", path.name, seed=13)
+    assert "a safetensors of 3 tensors" in message and "looks like a Stable Diffusion checkpoint" in message
+    assert "keyframe U-Net" in message and "image_in_layer.weight" in message
 
 
 def test_video_latent_survives_save_latent_and_load_latent(kv):

@@ -1,11 +1,14 @@
-"""Text conditioning: tokenization, projection, padding, truncation, unconditional context."""
+"""Text conditioning: tokenization, projection, padding, truncation, unconditional context,
+and the report of what the encoder cannot read (unknown tokens, other scripts, cut prompts)."""
+import warnings
+
 import pytest
 import torch
 
 from kv_core.checkpoints import load_t5_encoder, load_t5_tokenizer, load_text_projections
 from kv_core.text import (
-    PROJECTION_BASE, PROJECTION_INTERPOLATION, TextEncoder, TextProjection, project_context,
-    tokenize, unconditional_context,
+    PROJECTION_BASE, PROJECTION_INTERPOLATION, PromptWarning, TextEncoder, TextProjection, project_context,
+    prompt_report, tokenize, unconditional_context,
 )
 from kv_core.tiny import TINY_CONTEXT_DIM, TINY_T5_DIM, write_tiny_release
 
@@ -133,3 +136,116 @@ def test_project_context_casts_hidden_states_to_the_projection_dtype():
     assert context.dtype == torch.float64
     want, _ = project_context(hidden.double(), torch.tensor([[1, 1, 0, 0]]), proj)
     assert torch.equal(context, want)
+
+
+# --- what the encoder cannot read (issue 9 §1) ------------------------------------------------
+
+RUSSIAN = "красная машина едет по прибрежной дороге"        # "a red car drives along a coastal road"
+RUSSIAN_OTHER = "синее море и белые облака над горами"       # "a blue sea and white clouds over mountains"
+
+
+@pytest.fixture(scope="module")
+def t5_tokenizer():
+    """The real T5 32k SentencePiece tokenizer that ComfyUI ships (Flan-UL2's vocabulary)."""
+    from tools.harness import ensure_comfyui
+
+    return load_t5_tokenizer(ensure_comfyui(install_requirements=False) / "comfy" / "text_encoders" / "t5_tokenizer")
+
+
+def test_real_t5_tokenizer_counts_unknown_pieces_of_a_russian_prompt(t5_tokenizer):
+    report = prompt_report(t5_tokenizer, RUSSIAN, 128)
+    ids = t5_tokenizer(RUSSIAN)["input_ids"]
+    assert report.tokens == report.kept == len(ids) - 1 == 32  # measured: 33 pieces with </s>
+    assert report.unknown == ids.count(t5_tokenizer.unk_token_id) == 8
+    assert report.dropped == 0 and not report.ok
+    assert set(report.unknown_text) <= set(RUSSIAN) and "я" in report.unknown_text
+    assert report.scripts == ("CYRILLIC",)
+    message = report.message()
+    assert "8 of the 32 tokens" in message and "English" in message and "Cyrillic" in message
+
+
+def test_real_t5_tokenizer_english_prompt_is_fine(t5_tokenizer):
+    report = prompt_report(t5_tokenizer, "a red car driving along a coastal road at sunset", 128)
+    assert report.ok and report.unknown == report.dropped == 0 and report.problems() == []
+    assert report.kept == len(t5_tokenizer("a red car driving along a coastal road at sunset")["input_ids"]) - 1
+
+
+@pytest.mark.parametrize("prompt,script", [("東京の夜景", "CJK"), ("ένα κόκκινο αυτοκίνητο", "GREEK"),
+                                           ("سيارة حمراء", "ARABIC")])
+def test_other_scripts_are_reported(t5_tokenizer, prompt, script):
+    report = prompt_report(t5_tokenizer, prompt, 128)
+    assert not report.ok and script in report.scripts
+    assert "English" in report.message()
+
+
+def test_symbols_outside_the_vocabulary_are_named(t5_tokenizer):
+    report = prompt_report(t5_tokenizer, "a red car {cinematic} 🚗", 128)
+    assert report.unknown == 3 and set(report.unknown_text) == {"{", "}", "🚗"}
+
+
+@pytest.mark.parametrize("which", ["real", "tiny"])
+def test_long_prompt_reports_dropped_tokens_and_matches_the_cut(which, t5_tokenizer, release):
+    tok = t5_tokenizer if which == "real" else load_t5_tokenizer(release.t5_folder)
+    length = 128 if which == "real" else 32
+    prompt = "a red car driving along a coastal road at sunset, " * 20
+    report = prompt_report(tok, prompt, length)
+    full = tok(prompt)["input_ids"]
+    assert report.tokens == len(full) - 1 and report.kept == length - 1
+    assert report.dropped == len(full) - length > 0
+    ids, mask = tokenize(tok, prompt, length)
+    assert ids[0, :-1].tolist() == full[: length - 1]  # the kept tokens are exactly what the encoder gets
+    assert f"{report.dropped} of its {report.tokens} tokens were dropped" in report.message()
+    assert report.dropped_text and prompt.rstrip(", ").endswith(report.dropped_text.rstrip(", ")[-20:])
+    exact = prompt_report(tok, "a red car", length)
+    assert exact.dropped == 0 and exact.ok
+
+
+def test_tiny_tokenizer_cannot_tell_two_russian_prompts_apart_and_says_so(release):
+    """The issue's example: two different Russian prompts get identical ids (so identical
+    videos); both are reported."""
+    tok = load_t5_tokenizer(release.t5_folder)
+    ids_a = tok(RUSSIAN)["input_ids"]
+    ids_b = tok("белая лодка плывёт по тихому озеру")["input_ids"]
+    assert ids_a == ids_b  # the tokenizer cannot tell them apart
+    for prompt in (RUSSIAN, "белая лодка плывёт по тихому озеру"):
+        report = prompt_report(tok, prompt, 32)
+        # six words, each one <unk> after a word-boundary piece
+        assert (report.kept, report.unknown) == (len(ids_a) - 1, ids_a.count(tok.unk_token_id)) == (12, 6)
+        assert not report.ok and "6 of the 12 tokens read are unknown" in report.message()
+
+
+def test_text_encoder_warns_but_encodes(release):
+    te = TextEncoder.from_files(release.t5_folder, release.t5_projections, tokens_length=32)
+    with pytest.warns(PromptWarning, match=r"6 of the 12 tokens read are unknown.*English"):
+        out = te.encode(RUSSIAN, labels=(PROJECTION_BASE,))
+    assert out[PROJECTION_BASE][0].shape[1] == 12 + 2  # the run goes on: tokens, </s>, one padding
+    with pytest.warns(PromptWarning, match=r"of its \d+ tokens were dropped"):
+        te.encode("a red car driving along a coastal road at sunset " * 5, labels=(PROJECTION_BASE,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        te.encode("a red car driving along a coastal road", labels=(PROJECTION_BASE,))  # no warning
+        te.tokenize(RUSSIAN, warn=False)
+
+
+def test_pipeline_encode_prompt_warns_for_the_negative_prompt_too(release):
+    from kv_core.pipeline import encode_prompt
+
+    te = TextEncoder.from_files(release.t5_folder, release.t5_projections, tokens_length=32)
+    with pytest.warns(PromptWarning) as record:
+        encode_prompt(te, "a red car", RUSSIAN)
+    assert len(record) == 1 and "машина" in str(record[0].message)
+
+
+# --- text-encoder parts that load but could not work (issue 9 §2) ------------------------------
+
+def test_projections_of_another_width_are_refused_at_load(tmp_path, release):
+    projections = {label: TextProjection(TINY_T5_DIM * 2, TINY_CONTEXT_DIM).state_dict()
+                   for label in (PROJECTION_BASE, PROJECTION_INTERPOLATION)}
+    torch.save(projections, tmp_path / "t5_projections.pt")
+    with pytest.raises(ValueError, match=rf"takes {TINY_T5_DIM * 2}-wide.*{TINY_T5_DIM}-wide"):
+        TextEncoder.from_files(release.t5_folder, tmp_path / "t5_projections.pt")
+
+
+def test_tokens_length_below_two_is_refused(release):
+    with pytest.raises(ValueError, match="tokens_length must be at least 2"):
+        TextEncoder.from_files(release.t5_folder, release.t5_projections, tokens_length=1)
