@@ -18,12 +18,13 @@ Registered from tests/conftest.py with ``pytest_plugins``.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import os
 
 import pytest
 
 from tools.harness import Browser, BrowserError, ComfyFrontend, ComfyHost, HostError, find_chromium
-from tools.harness.install import CURRENT_FRONTEND, ensure_frontend, pinned_frontend_version
+from tools.harness.install import CURRENT_FRONTEND, FRONTEND_DIST, ensure_frontend
 
 #: The web frontends the browser tests run with: the pinned one (ComfyUI's default) and the current.
 FRONTENDS = ("pinned", CURRENT_FRONTEND)
@@ -112,7 +113,13 @@ def comfy_browser(request, comfy_host):
     except BrowserError as e:
         browser.close()
         pytest.fail(f"the ComfyUI frontend ({request.param}) did not open: {e}", pytrace=False)
-    want = pinned_frontend_version(comfy_host.comfyui) if request.param == "pinned" else request.param
+    # "pinned": the frontend installed with ComfyUI's requirements (the server's default)
+    want = request.param
+    if request.param == "pinned":
+        try:
+            want = importlib.metadata.version(FRONTEND_DIST)
+        except importlib.metadata.PackageNotFoundError:
+            want = None  # $COMFYUI_PATH with its own environment: whatever it serves
     if want and frontend.version != want:
         browser.close()
         pytest.fail(f"the page runs frontend {frontend.version}, not the {request.param} one ({want})", pytrace=False)

@@ -155,15 +155,6 @@ def ensure_comfyui(python: str | None = None, *, install_requirements: bool = Tr
     return target
 
 
-def pinned_frontend_version(comfyui: Path) -> str | None:
-    """The ``comfyui-frontend-package`` version a ComfyUI tree pins in its requirements.txt."""
-    for line in (comfyui / "requirements.txt").read_text().splitlines():
-        name, sep, version = line.split("#", 1)[0].strip().partition("==")
-        if sep and name.strip().lower().replace("_", "-") == FRONTEND_DIST:
-            return version.strip()
-    return None
-
-
 def ensure_frontend(version: str = CURRENT_FRONTEND, python: str | None = None) -> Path:
     """The ``static`` folder of ``comfyui-frontend-package==version``, for ComfyUI's
     ``--front-end-root``.
