@@ -18,6 +18,7 @@ Registered from tests/conftest.py with ``pytest_plugins``.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 
@@ -77,19 +78,28 @@ def _selected_frontends() -> list[str]:
     return chosen or list(FRONTENDS)
 
 
-@pytest.fixture(scope="session")
-def chromium():
-    _require_chromium()
+@contextlib.contextmanager
+def _browser_session(failure: str, opener=lambda browser: browser):
+    """A started :class:`Browser` (``opener`` applied to it), closed on leaving; a
+    :class:`BrowserError` on the way in fails the test with ``failure`` and the error."""
     browser = Browser()
     try:
         browser.start()
+        opened = opener(browser)
     except BrowserError as e:
         browser.close()
-        pytest.fail(f"Chromium did not start: {e}", pytrace=False)
+        pytest.fail(f"{failure}: {e}", pytrace=False)
     try:
-        yield browser
+        yield opened
     finally:
         browser.close()
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    _require_chromium()
+    with _browser_session("Chromium did not start") as browser:
+        yield browser
 
 
 @pytest.fixture(scope="session", params=FRONTENDS, ids=lambda v: f"frontend-{v}")
@@ -106,27 +116,19 @@ def comfy_browser(request, comfy_host):
             comfy_host.restart(frontend_root=root)
         except HostError as e:
             pytest.fail(f"ComfyUI did not restart with the {request.param} frontend: {e}", pytrace=False)
-    browser = Browser()
-    try:
-        browser.start()
-        frontend = ComfyFrontend(comfy_host, browser).open()
-    except BrowserError as e:
-        browser.close()
-        pytest.fail(f"the ComfyUI frontend ({request.param}) did not open: {e}", pytrace=False)
-    # "pinned": the frontend installed with ComfyUI's requirements (the server's default)
-    want = request.param
-    if request.param == "pinned":
-        try:
-            want = importlib.metadata.version(FRONTEND_DIST)
-        except importlib.metadata.PackageNotFoundError:
-            want = None  # $COMFYUI_PATH with its own environment: whatever it serves
-    if want and frontend.version != want:
-        browser.close()
-        pytest.fail(f"the page runs frontend {frontend.version}, not the {request.param} one ({want})", pytrace=False)
-    try:
+    with _browser_session(f"the ComfyUI frontend ({request.param}) did not open",
+                          lambda browser: ComfyFrontend(comfy_host, browser).open()) as frontend:
+        # "pinned": the frontend installed with ComfyUI's requirements (the server's default)
+        want = request.param
+        if request.param == "pinned":
+            try:
+                want = importlib.metadata.version(FRONTEND_DIST)
+            except importlib.metadata.PackageNotFoundError:
+                want = None  # $COMFYUI_PATH with its own environment: whatever it serves
+        if want and frontend.version != want:
+            pytest.fail(f"the page runs frontend {frontend.version}, not the {request.param} one ({want})",
+                        pytrace=False)
         yield frontend
-    finally:
-        browser.close()
 
 
 @pytest.hookimpl(hookwrapper=True)
