@@ -8,7 +8,8 @@
 #   1. a virtual environment in .venv ($KV_VENV) made with python3.11 ($PYTHON);
 #   2. torch + torchvision from PyPI (the CUDA builds: PyPI has no CPU torchvision, and these
 #      run fine without a GPU), the pack's requirements.txt and tests/requirements.txt;
-#   3. the pinned ComfyUI 0.3.75 into .cache/comfyui and its requirements (tools/comfy_host.py
+#   3. the pinned ComfyUI 0.3.75 into .cache/comfyui and its requirements, and the current web
+#      frontend (1.58.1) unpacked into .cache/frontends for the frontend tests (tools/comfy_host.py
 #      install; $COMFYUI_PATH uses an existing ComfyUI instead);
 #   4. Debian's chromium for the frontend tests (apt-get, when run as root and it is missing);
 #   5. pytest.

@@ -7,17 +7,28 @@ Registered from tests/conftest.py with ``pytest_plugins``.
   Set ``KV_SKIP_COMFY=1`` to skip the tests that need it (never in CI).
 * ``comfy`` (function): the same host, checked alive after the test; the server log of
   the test is attached to its report when it fails.
-* ``comfy_browser`` (session): a :class:`ComfyFrontend` — the real web frontend of that
-  host in headless Chromium. Skipped with the reason when no Chromium is installed,
-  except under CI (``CI`` set), where that is a failure.
+* ``comfy_browser`` (session, parametrised): a :class:`ComfyFrontend` — the real web
+  frontend of that host in headless Chromium, once with the frontend that ComfyUI 0.3.75
+  pins (``frontend-pinned``, 1.32.9) and once with the current one (``frontend-1.58.1``,
+  unpacked by ``ensure_frontend`` and served with ``--front-end-root``: the host restarts in
+  the same folder to switch). ``KV_FRONTENDS=pinned`` (or ``=1.58.1``) runs one of them.
+  Skipped with the reason when no Chromium is installed, except under CI (``CI`` set),
+  where that is a failure.
+* ``chromium`` (session): a bare :class:`Browser` for tests of the harness on their own pages.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import os
 
 import pytest
 
 from tools.harness import Browser, BrowserError, ComfyFrontend, ComfyHost, HostError, find_chromium
+from tools.harness.install import CURRENT_FRONTEND, FRONTEND_DIST, ensure_frontend
+
+#: The web frontends the browser tests run with: the pinned one (ComfyUI's default) and the current.
+FRONTENDS = ("pinned", CURRENT_FRONTEND)
 
 _MARK_KEY = pytest.StashKey[int]()
 
@@ -51,24 +62,73 @@ def comfy(comfy_host, request):
         pytest.fail("ComfyUI died during this test:\n" + comfy_host.log_tail(), pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def comfy_browser(comfy_host):
+def _require_chromium() -> None:
     if not find_chromium():
         reason = "no Chromium (apt-get install chromium) for the frontend tests"
         if _in_ci():
             pytest.fail(reason + " — CI must run them", pytrace=False)
         pytest.skip(reason)
+
+
+def _selected_frontends() -> list[str]:
+    chosen = [v.strip() for v in os.environ.get("KV_FRONTENDS", "").split(",") if v.strip()]
+    unknown = set(chosen) - set(FRONTENDS)
+    if unknown:
+        raise pytest.UsageError(f"KV_FRONTENDS names {sorted(unknown)}; known: {', '.join(FRONTENDS)}")
+    return chosen or list(FRONTENDS)
+
+
+@contextlib.contextmanager
+def _browser_session(failure: str, opener=lambda browser: browser):
+    """A started :class:`Browser` (``opener`` applied to it), closed on leaving; a
+    :class:`BrowserError` on the way in fails the test with ``failure`` and the error."""
     browser = Browser()
     try:
         browser.start()
-        frontend = ComfyFrontend(comfy_host, browser).open()
+        opened = opener(browser)
     except BrowserError as e:
         browser.close()
-        pytest.fail(f"the ComfyUI frontend did not open: {e}", pytrace=False)
+        pytest.fail(f"{failure}: {e}", pytrace=False)
     try:
-        yield frontend
+        yield opened
     finally:
         browser.close()
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    _require_chromium()
+    with _browser_session("Chromium did not start") as browser:
+        yield browser
+
+
+@pytest.fixture(scope="session", params=FRONTENDS, ids=lambda v: f"frontend-{v}")
+def comfy_browser(request, comfy_host):
+    if request.param not in _selected_frontends():
+        pytest.skip(f"KV_FRONTENDS={os.environ.get('KV_FRONTENDS')} leaves out the {request.param} frontend")
+    _require_chromium()
+    try:
+        root = None if request.param == "pinned" else ensure_frontend(request.param)
+    except HostError as e:
+        pytest.fail(f"the ComfyUI frontend {request.param} could not be obtained: {e}", pytrace=False)
+    if comfy_host.frontend_root != root:
+        try:
+            comfy_host.restart(frontend_root=root)
+        except HostError as e:
+            pytest.fail(f"ComfyUI did not restart with the {request.param} frontend: {e}", pytrace=False)
+    with _browser_session(f"the ComfyUI frontend ({request.param}) did not open",
+                          lambda browser: ComfyFrontend(comfy_host, browser).open()) as frontend:
+        # "pinned": the frontend installed with ComfyUI's requirements (the server's default)
+        want = request.param
+        if request.param == "pinned":
+            try:
+                want = importlib.metadata.version(FRONTEND_DIST)
+            except importlib.metadata.PackageNotFoundError:
+                want = None  # $COMFYUI_PATH with its own environment: whatever it serves
+        if want and frontend.version != want:
+            pytest.fail(f"the page runs frontend {frontend.version}, not the {request.param} one ({want})",
+                        pytrace=False)
+        yield frontend
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -218,7 +218,7 @@ BUILD_GRAPH_JS = """() => {
 def test_frontend_graph_converts_like_the_server_side_converter(comfy, comfy_browser):
     ids = comfy_browser.browser.call(BUILD_GRAPH_JS)
     saved = comfy_browser.workflow()  # the UI format, exactly as the frontend saves it
-    node = next(n for n in saved["nodes"] if n["id"] == ids["noise"])
+    node = next(n for n in saved["nodes"] if str(n["id"]) == str(ids["noise"]))  # 1.58.1: live ids are strings
     assert len(node["widgets_values"]) == 2  # the seed and its "control after generate"
     info = comfy.object_info(refresh=True)
     assert workflow_to_prompt(saved, info) == _server_view(comfy_browser.graph_to_prompt(), info)

@@ -1,7 +1,9 @@
 """Command around the real-ComfyUI harness (tools/harness/).
 
   python tools/comfy_host.py install                 obtain the pinned ComfyUI 0.3.75 (cached in
-                                                     .cache/comfyui) and install its requirements
+                                                     .cache/comfyui) and install its requirements;
+                                                     unpack the current frontend (1.58.1) that the
+                                                     browser tests also use (.cache/frontends)
   python tools/comfy_host.py path                    print the ComfyUI folder in use
   python tools/comfy_host.py check                   start a host with the pack, report its nodes
                                                      and import problems, stop it
@@ -13,7 +15,8 @@
 
 ``--models FOLDER=PATH`` (repeatable) links a model file or folder into the host's
 ``models/FOLDER/``; ``--base-dir DIR`` keeps the host's folder (log, outputs) at DIR.
-``$COMFYUI_PATH`` selects an existing ComfyUI instead of the pinned one.
+``--frontend VERSION`` serves that ``comfyui-frontend-package`` (e.g. 1.58.1) instead of the
+one ComfyUI pins. ``$COMFYUI_PATH`` selects an existing ComfyUI instead of the pinned one.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tools.harness import (  # noqa: E402
     Browser, ComfyFrontend, ComfyHost, HostError, ensure_comfyui, is_api_prompt, workflow_to_prompt,
 )
+from tools.harness.install import ensure_frontend  # noqa: E402
 
 
 def _host(args) -> ComfyHost:
@@ -37,11 +41,13 @@ def _host(args) -> ComfyHost:
         if not path:
             raise SystemExit(f"--models wants FOLDER=PATH, got {spec!r}")
         models.setdefault(folder, []).append(path)
-    return ComfyHost(base_dir=args.base_dir, models=models, port=getattr(args, "port", None))
+    frontend = ensure_frontend(args.frontend) if args.frontend else None
+    return ComfyHost(base_dir=args.base_dir, models=models, port=getattr(args, "port", None), frontend_root=frontend)
 
 
 def cmd_install(args) -> int:
     print(ensure_comfyui())
+    print(ensure_frontend())
     return 0
 
 
@@ -126,6 +132,7 @@ def main(argv=None) -> int:
         p.set_defaults(fn=fn)
         p.add_argument("--models", action="append", metavar="FOLDER=PATH", help="link PATH into models/FOLDER/")
         p.add_argument("--base-dir", help="keep the host's base folder here (default: a temporary one)")
+        p.add_argument("--frontend", metavar="VERSION", help="serve this comfyui-frontend-package (e.g. 1.58.1)")
         if name == "serve":
             p.add_argument("--port", type=int, help="port on 127.0.0.1 (default: a free one)")
         if name in ("convert", "run"):

