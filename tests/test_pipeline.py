@@ -16,7 +16,8 @@ from kv_core.image import prepare_first_frame, resize_and_crop
 from kv_core.noise import ReplayNoise, RecordingNoise, SeededNoise
 from kv_core.pipeline import (KandinskyVideoPipeline, GenerationSettings, decode_first_frame, decode_frames,
                               encode_first_frame, encode_prompt, frame_count, frame_rate, generate_first_frame,
-                              generate_keyframes, interpolate_frames, motion_score, reference_motion_score)
+                              generate_keyframes, interpolate_frames, interpolation_passes, motion_score,
+                              reference_motion_score, size_rule)
 from kv_core.sampling import Interrupted, TextCondition
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +71,10 @@ def run(pipe, cond, **kw):
 # --- validation -----------------------------------------------------------------------------
 
 class Boom(torch.nn.Module):
-    """A network that must never run."""
+    """A network that must never run (it declares the release's size factors)."""
+
+    downsampling_factor = 8  # as a MoVQ
+    latent_multiple = 8      # as a U-Net
 
     def __init__(self):
         super().__init__()
@@ -90,11 +94,12 @@ def boom_pipe():
 
 
 BAD_SETTINGS = [
-    (dict(width=100), "width must be a positive multiple of 64"),
-    (dict(height=0), "height must be a positive multiple of 64"),
-    (dict(width=-64), "width must be a positive multiple of 64"),
-    (dict(width=64.0), "width must be a positive multiple of 64"),
-    (dict(height=True), "height must be a positive multiple of 64"),
+    (dict(width=100), "width 100 does not fit these networks: it must be a multiple of 64 \\(the MoVQ "
+                      "downsamples by 8, the keyframe U-Net halves the latent 3 times"),
+    (dict(height=0), "height must be a positive integer"),
+    (dict(width=-64), "width must be a positive integer"),
+    (dict(width=64.0), "width must be a positive integer"),
+    (dict(height=True), "height must be a positive integer"),
     (dict(key_frame_guidance_scale=float("nan")), "key_frame_guidance_scale must be a finite number"),
     (dict(guidance_weight_prompt=float("inf")), "guidance_weight_prompt must be a finite number"),
     (dict(guidance_weight_image=-float("inf")), "guidance_weight_image must be a finite number"),
@@ -158,10 +163,14 @@ def test_other_bad_calls_fail_before_any_network(boom_pipe):
         interpolate_frames(Boom(), torch.zeros(16), c, torch.zeros(1, 4, 8, 8))
     with pytest.raises(ValueError, match="key_latent must be a tensor"):
         generate_keyframes(Boom(), torch.zeros(16), c, torch.zeros(1, 4, 8, 8))
-    with pytest.raises(ValueError, match="width must be a positive multiple of 64"):
+    with pytest.raises(ValueError, match="width 96 does not fit these networks: it must be a multiple of 64"):
         generate_first_frame(Boom(), torch.zeros(16), c, width=96)
-    with pytest.raises(ValueError, match="height must be a positive multiple of 64"):
-        encode_first_frame(Boom(), np.zeros((8, 8, 3), np.uint8), width=64, height=32)
+    with pytest.raises(ValueError, match="height 36 does not fit .* multiple of 8 \\(the MoVQ downsamples by 8\\)"):
+        encode_first_frame(Boom(), np.zeros((8, 8, 3), np.uint8), width=64, height=36)
+    with pytest.raises(ValueError, match="latent is 6x8 .* multiple of 8"):
+        generate_keyframes(Boom(), torch.zeros(16), c, torch.zeros(4, 6, 8))
+    with pytest.raises(ValueError, match="video latent is 8x12 .* multiple of 8"):
+        interpolate_frames(Boom(), torch.zeros(16), c, torch.zeros(3, 4, 8, 12))
     with pytest.raises(ValueError, match="prompt must be a string"):
         encode_prompt(lambda p: None, 3)
 
@@ -172,8 +181,16 @@ def test_motion_and_frame_rates():
         assert reference_motion_score("normal") == 10
     assert reference_motion_score("high") == 50
     assert [frame_count(12, f) for f in ("low", "medium", "high")] == [12, 45, 177]
-    assert [round(frame_rate(n), 3) for n in (12, 45, 177)] == [round(n / 5.5, 3) for n in (12, 45, 177)]
+    assert [round(frame_rate(n, 12), 3) for n in (12, 45, 177)] == [round(n / 5.5, 3) for n in (12, 45, 177)]
     assert math.isclose(frame_rate(frame_count(6, "medium"), 6) * 5.5 / 2, frame_count(6, "medium"))
+    # the issue's numbers: 8 keyframes span 8 / 12 * 5.5 s
+    assert [round(frame_rate(n, 8), 2) for n in (8, 29, 113)] == [2.18, 7.91, 30.82]
+    assert [interpolation_passes(n, 8) for n in (8, 29, 113, 449)] == [0, 1, 2, 3]
+    # the keyframe count is never guessed: frames that no pass count explains are refused
+    with pytest.raises(ValueError, match="29 frames are not a video of 12 keyframes .* set num_keyframes"):
+        frame_rate(29, 12)
+    with pytest.raises(TypeError):
+        frame_rate(45)  # no default keyframe count: 45 frames are 12 keyframes + 1 pass, or 45 keyframes
     assert GenerationSettings().validate().motion == "medium"
 
 
