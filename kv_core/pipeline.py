@@ -145,6 +145,10 @@ class SizeRule:
                     f"{self.latent_multiple} ({self.reason})")
 
 
+def _times(n: int) -> str:
+    return {0: "no times", 1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
 def size_rule(*, movq=None, video_movq=None, unet=None, interpolation_unet=None) -> SizeRule:
     """The sizes the given networks can run: a multiple of the MoVQ factor times the
     largest U-Net latent multiple (``lcm``), e.g. 8 x 2^3 = 64 for the release; tiny
@@ -161,7 +165,7 @@ def size_rule(*, movq=None, video_movq=None, unet=None, interpolation_unet=None)
                  if u is not None}
     latent = math.lcm(*multiples.values()) if multiples else 1
     parts = [f"the MoVQ downsamples by {factor}"] if factor else []
-    parts += [f"the {name} halves the latent {int(math.log2(m))} times (x{m})" for name, m in multiples.items()]
+    parts += [f"the {name} halves the latent {_times(int(math.log2(m)))} (x{m})" for name, m in multiples.items()]
     return SizeRule(factor, latent, ", ".join(parts) or "no network constrains it")
 
 

@@ -175,7 +175,7 @@ def test_sizes_follow_from_the_networks(kv):
     odd[encode]["inputs"]["width"] = 104  # fits the MoVQ, not the keyframe U-Net's 2 halvings
     result = kv.run(odd, timeout=300)
     assert result.status == "error" and result.error["node_id"] == node_of(odd, "KandinskyVideoKeyframes")
-    assert "multiple of 4 (the keyframe U-Net halves the latent 2 times" in result.error["exception_message"]
+    assert "multiple of 4 (the keyframe U-Net halves the latent twice" in result.error["exception_message"]
     good = copy.deepcopy(prompt)
     good[encode]["inputs"]["width"] = 96
     result = kv.run(good, timeout=600, check=True)
