@@ -22,7 +22,9 @@ SIZE_STEP = 8  # the finest step a MoVQ-based release could take; the networks' 
 SAMPLER_TOOLTIP = ("ddpm: the release's sampler (50 steps for the first frame and the keyframes, 10 for "
                    "interpolation). ddim and dpmpp_2m give usable results in fewer steps.")
 SEED_TOOLTIP = ("Seed of this stage's noise. Using one seed on every Kandinsky Video node reproduces "
-                "the kv_core pipeline run with that seed.")
+                "the kv_core pipeline run with that seed. A seed gives the same noise on every device; "
+                "the video is equal up to floating-point rounding (other devices or thread counts may "
+                "differ by about 1/255 in a few values).")
 
 
 def size_inputs(extra: str) -> list:
