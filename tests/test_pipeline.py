@@ -378,16 +378,13 @@ def shaped_pipeline(movq_mult, unet_mult, seed=0):
     for section in ("image_movq", "video_movq"):
         cfg[section]["configs"]["ch_mult"] = list(movq_mult)
     g = torch.Generator().manual_seed(seed)
-
-    def net(kind, section):
-        return randomize_(build_network(kind, cfg[section]["configs"], device="cpu", dtype=torch.float32), g).eval()
-
+    roles = (("unet", KEYFRAME_UNET, "t2v"), ("interpolation_unet", INTERPOLATION_UNET, "interpolation"),
+             ("movq", MOVQ, "image_movq"), ("video_movq", VIDEO_MOVQ, "video_movq"))
+    nets = {role: randomize_(build_network(kind, cfg[section]["configs"], device="cpu"), g).eval()
+            for role, kind, section in roles}
     dim = cfg["t2v"]["configs"]["context_dim"]
-    return KandinskyVideoPipeline(
-        unet=net(KEYFRAME_UNET, "t2v"), null_embedding=torch.randn(dim, generator=g),
-        interpolation_unet=net(INTERPOLATION_UNET, "interpolation"),
-        interpolation_null_embedding=torch.randn(dim, generator=g),
-        movq=net(MOVQ, "image_movq"), video_movq=net(VIDEO_MOVQ, "video_movq"))
+    nulls = {k: torch.randn(dim, generator=g) for k in ("null_embedding", "interpolation_null_embedding")}
+    return KandinskyVideoPipeline(**nets, **nulls)
 
 
 def test_networks_of_another_shape_run_every_size_they_fit(cond):
