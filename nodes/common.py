@@ -18,6 +18,7 @@ Nothing here runs a network: the stages are ``kv_core`` functions.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import os
@@ -455,16 +456,36 @@ def size_rule(**networks: Optional[Network]):
 
 # --------------------------------------------------------------------------- validation
 
+def _host_skips_v3_combos() -> bool:
+    """True on hosts whose prompt validation checks a combo's value only for legacy list
+    types (ComfyUI 0.3.75); newer ones also check V3 ``COMBO`` inputs, and they expand
+    input types by name (``DYNAMIC_INPUT_LOOKUP``), where a list type must not appear."""
+    try:
+        import execution
+        from comfy_api.latest import _io
+
+        source = inspect.getsource(execution.validate_inputs)
+    except Exception:  # unknown host: leave the types as they are (the nodes check at run time)
+        return False
+    return "Combo.io_type" not in source and not hasattr(_io, "DYNAMIC_INPUT_LOOKUP")
+
+
+LEGACY_COMBOS = _host_skips_v3_combos()
+
+
 class CheckedCombos:
     """Mixin (before ``io.ComfyNode``) that has the host check every combo value on its own
     input. ComfyUI 0.3.75 checks a combo's value only when its type is the legacy list of
     options, not a V3 ``COMBO`` (newer hosts check both); a ``validate_inputs`` would show
-    its message under every input it takes. So the input types the executor reads are
-    given in the legacy form; ``/object_info`` (the frontend's view) is unchanged."""
+    its message under every input it takes. So on such a host the input types the
+    executor reads are given in the legacy form; ``/object_info`` (the frontend's view)
+    is unchanged, and newer hosts get the V3 types untouched."""
 
     @classmethod
     def INPUT_TYPES(cls, *args, **kwargs):
         out = super().INPUT_TYPES(*args, **kwargs)
+        if not LEGACY_COMBOS:
+            return out
         inputs = out[0] if isinstance(out, tuple) else out
         for section in ("required", "optional"):
             for name, spec in list(inputs.get(section, {}).items()):

@@ -6,7 +6,7 @@ import torch
 from comfy_api.latest import io
 
 from ..kv_core.noise import SeededNoise
-from ..kv_core.pipeline import MOTION_PRESETS, REFERENCE_KEYFRAMES
+from ..kv_core.pipeline import MOTION_PRESETS, REFERENCE_KEYFRAMES, motion_score
 from ..kv_core.sampling import sample_keyframes
 from ..kv_core.schedulers import NUM_TRAIN_TIMESTEPS, stage_sampler
 from . import common
@@ -57,6 +57,7 @@ class KandinskyVideoKeyframes(common.CheckedCombos, io.ComfyNode):
     def execute(cls, keyframe_unet, conditioning, first_frame, motion, noise_augmentation,
                 guidance_weight_prompt, guidance_weight_image, steps, sampler, seed,
                 num_keyframes) -> io.NodeOutput:
+        score = motion_score(motion)  # hosts that do not check combo values get a clear error here
         wp = common.check_finite("guidance_weight_prompt", guidance_weight_prompt)
         wi = common.check_finite("guidance_weight_image", guidance_weight_image)
         common.check_context_dim(conditioning, keyframe_unet)
@@ -70,7 +71,7 @@ class KandinskyVideoKeyframes(common.CheckedCombos, io.ComfyNode):
                 frames = sample_keyframes(
                     common.ComputeDtype(keyframe_unet), conditioning.text_condition(),
                     keyframe_unet.null_embedding, first_frame.latent, num_frames=num_keyframes,
-                    guidance_weight_prompt=wp, guidance_weight_image=wi, motion_score=MOTION_PRESETS[motion],
+                    guidance_weight_prompt=wp, guidance_weight_image=wi, motion_score=score,
                     noise_augmentation=int(noise_augmentation), sampler=loop,
                     noise=SeededNoise.for_stage(seed, "keyframes"), device=device,
                     progress=progress, cancel=progress.cancel)
