@@ -477,3 +477,69 @@ def test_a_seed_gives_the_same_noise_and_outputs_equal_up_to_rounding(tmp_path):
     diff = (out[1]["frames"].int() - out[2]["frames"].int()).abs()
     assert int(diff.max()) <= 2 and float((diff > 0).float().mean()) < 0.05, \
         f"{int(diff.max())}/255 apart in {float((diff > 0).float().mean()):.2%} of values"
+
+
+# --- the hooks a host gives the stages (the ComfyUI nodes are adapters of these) -------------
+
+def test_a_picture_is_converted_once(pipe, cond, tmp_path):
+    """The pipeline checked the picture with ``to_pil`` and the encoding converted it again:
+    a file was read twice and its warnings (here: an animated GIF's frame count) came twice."""
+    frames = [Image.new("RGB", (64, 64), c) for c in ((200, 10, 10), (10, 200, 10))]
+    path = tmp_path / "two.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with pytest.warns(UserWarning) as caught:
+        from_file = run(pipe, cond, image=str(path), noise=3, return_intermediates=True)
+    assert [str(w.message) for w in caught].count(str(caught[0].message)) == 1, [str(w.message) for w in caught]
+    # the same pixels as the first frame given directly
+    direct = run(pipe, cond, image=np.asarray(frames[0]), noise=3, return_intermediates=True)
+    assert torch.equal(from_file.intermediates["keyframe_latent"], direct.intermediates["keyframe_latent"])
+
+
+def test_stage_hooks_device_dtype_and_skip_frames(pipe, cond):
+    """``device`` and ``dtype`` are where and in what a host runs a stage; ``skip_frames``
+    is the Interpolate node's own input. With the defaults' values they change nothing."""
+    seed = 4
+    calls = []
+
+    class Spy(torch.nn.Module):  # records the dtype of the latent rows the U-Net gets
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+            self.down_samples = net.down_samples
+
+        def forward(self, x, *a, **k):
+            calls.append(x.dtype)
+            return self.net(x.float(), *a, **k)
+
+    kw = dict(sampler="ddim", steps=2, noise=seed)
+    plain = generate_first_frame(pipe.unet, pipe.null_embedding, cond, width=64, height=64, **kw)
+    hooked = generate_first_frame(Spy(pipe.unet), pipe.null_embedding, cond, width=64, height=64, device="cpu",
+                                  dtype=torch.float64, **kw)
+    assert set(calls) == {torch.float64}
+    torch.testing.assert_close(hooked, plain)
+    frames = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    args = (pipe.interpolation_unet, pipe.interpolation_null_embedding, cond, frames)
+    assert torch.equal(interpolate_frames(*args, pass_index=2, **kw), interpolate_frames(*args, skip_frames=1, **kw))
+    assert not torch.equal(interpolate_frames(*args, skip_frames=5, **kw), interpolate_frames(*args, **kw))
+    with pytest.raises(ValueError, match="skip_frames must be an integer from 0 to 19"):
+        interpolate_frames(*args, skip_frames=20, **kw)
+
+
+def test_a_conditioning_of_another_width_is_refused_by_every_stage(pipe):
+    wide = tiny_condition(dim=24)
+    with pytest.raises(ValueError, match="24-wide but the keyframe U-Net takes 16-wide"):
+        generate_first_frame(Boom(), torch.zeros(16), wide, width=64, height=64)
+    with pytest.raises(ValueError, match="24-wide but the keyframe U-Net"):
+        generate_keyframes(pipe.unet, torch.zeros(16), wide, torch.zeros(4, 8, 8))
+    with pytest.raises(ValueError, match="24-wide but the interpolation U-Net"):
+        interpolate_frames(pipe.interpolation_unet, torch.zeros(16), wide, torch.zeros(3, 4, 8, 8))
+
+
+def test_encode_prompt_reports_progress_per_prompt():
+    seen = []
+
+    def encoder(text):
+        return torch.ones(1, 3, 16), torch.ones(1, 3, dtype=torch.int64)
+
+    cond = encode_prompt(encoder, "a", "b", progress=lambda i, n: seen.append((i, n)))
+    assert seen == [(1, 2), (2, 2)] and cond.negative_context is not None
