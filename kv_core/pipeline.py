@@ -379,7 +379,7 @@ def generate_first_frame(
     before anything runs (:func:`size_rule`)."""
     latent_size = first_frame_latent_size(width, height, unet=unet, movq=movq)
     check_context_width(cond, null_embedding, "keyframe U-Net")
-    guidance_scale = check_guidance("key_frame_guidance_scale", guidance_scale)
+    guidance_scale = check_guidance("guidance_scale", guidance_scale)
     check_sampler("first_frame", sampler, steps)
     noise = _stage_noise(noise, "first_frame")
     return sample_first_frame(_in_dtype(unet, dtype), cond, null_embedding, latent_size=latent_size,
@@ -469,7 +469,7 @@ def interpolate_frames(
         raise ValueError("frames must be a tensor [N, 4, h, w] with N >= 2 (a video of at least 2 frames)")
     size_rule(interpolation_unet=unet).check_latent(*frames.shape[-2:], "video latent")
     check_context_width(cond, null_embedding, "interpolation U-Net")
-    guidance_scale = check_guidance("interpolation_guidance_scale", guidance_scale)
+    guidance_scale = check_guidance("guidance_scale", guidance_scale)
     check_sampler("interpolation", sampler, steps)
     noise = _stage_noise(noise, interpolation_stage(int(frames.shape[0])))
     groups = sample_interpolation(_in_dtype(unet, dtype), cond, null_embedding, frames, skip_frames=skip_frames,

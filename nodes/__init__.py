@@ -1,7 +1,8 @@
-"""The pack's ComfyUI extension: gathers the node classes of every ``nodes/<stage>.py``.
+"""The pack's ComfyUI extension: gathers the node classes of every module of this package.
 
-Each node module exports a list ``NODES`` of its ``io.ComfyNode`` classes; this package
-imports the modules in name order (skipping ``_private`` ones) and registers them all.
+A node module exports a list ``NODES`` of its ``io.ComfyNode`` classes (helper modules
+export none); this package imports the modules in name order (skipping ``_private``
+ones) and registers every class listed.
 A module that fails to import is reported in the server log with the marker
 ``[Kandinsky Video]`` and its traceback, and the others still load, so one broken stage
 never hides the rest of the pack.

@@ -1,17 +1,17 @@
-"""Decode: the video MoVQ turns a video latent into frames, chunk by chunk."""
+"""Decode: the video MoVQ turns a video latent into frames, chunk by chunk.
+
+An adapter of ``kv_core.pipeline.decode_frames``, once per video of the LATENT batch."""
 from __future__ import annotations
 
 import torch
 
-import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..kv_core.movq import decode_video, video_chunk_sizes
-from ..kv_core.pipeline import frame_rate
-from . import common
-from .common import CATEGORY
-from .first_frame import image_output
-from .keyframes import MAX_KEYFRAMES
+from ..kv_core.pipeline import decode_chunk_sizes, decode_frames, frame_rate
+from . import sockets
+from .inputs import CATEGORY, MAX_KEYFRAMES, image_output
+from .networks import activation_memory, stage
+from .progress import StepProgress
 
 MAX_CHUNK = 256
 
@@ -29,7 +29,7 @@ class KandinskyVideoDecode(io.ComfyNode):
                          "decoding runs out of memory, save the latent (Save Latent) and retry with a smaller "
                          "chunk_size."),
             inputs=[
-                common.VideoMoVQ.Input("video_movq", tooltip="From Load Kandinsky Video Video MoVQ."),
+                sockets.VideoMoVQ.Input("video_movq", tooltip="From Load Kandinsky Video Video MoVQ."),
                 io.Latent.Input("latent", tooltip="Video latent from Kandinsky Video Keyframes / Interpolate "
                                                   "(or Load Latent of one)."),
                 io.Int.Input("chunk_size", default=0, min=0, max=MAX_CHUNK,
@@ -51,24 +51,21 @@ class KandinskyVideoDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, video_movq, latent, chunk_size=0, num_keyframes=0) -> io.NodeOutput:
-        videos = common.latent_videos(latent, "Kandinsky Video Decode")
-        num_frames = int(videos[0].shape[0])
-        keyframes = common.video_keyframes(latent, num_frames, int(num_keyframes), "Kandinsky Video Decode")
+        videos = sockets.latent_videos(latent, "Kandinsky Video Decode")
+        num_frames, (h, w) = int(videos[0].shape[0]), videos[0].shape[-2:]
+        keyframes = sockets.video_keyframes(latent, num_frames, int(num_keyframes), "Kandinsky Video Decode")
         chunk = int(chunk_size) or None
-        sizes = video_chunk_sizes(num_frames, chunk)
-        bar = common.StepProgress(len(sizes) * len(videos))
-        h, w = videos[0].shape[-2:]
+        sizes = decode_chunk_sizes(num_frames, chunk)
+        bar = StepProgress(len(sizes) * len(videos))
         frames = []
-        with torch.inference_mode():
-            memory = common.activation_memory(max(sizes), h, w, video_movq.compute_dtype, 300)
-            with common.stage(video_movq, memory_required=memory) as device:
-                for i, video in enumerate(videos):
-                    bar.cancel()
-                    done = i * len(sizes)
-                    decoded = decode_video(video_movq.module, video.to(device=device, dtype=video_movq.compute_dtype),
-                                           chunk, progress=lambda k, n: bar(done + k, bar.bar.total))
-                    frames.append(image_output(decoded))
-                    del decoded
+        memory = activation_memory(max(sizes), h, w, video_movq.compute_dtype, 300)
+        with torch.inference_mode(), stage(video_movq, memory_required=memory) as device:
+            for i, video in enumerate(videos):
+                decoded = decode_frames(video_movq.module, video, chunk_size=chunk,
+                                        progress=lambda k, n, done=i * len(sizes): bar(done + k, bar.bar.total),
+                                        cancel=bar.cancel, device=device, dtype=video_movq.compute_dtype)
+                frames.append(image_output(decoded))
+                del decoded
         images = frames[0] if len(frames) == 1 else torch.cat(frames)
         return io.NodeOutput(images, float(frame_rate(num_frames, keyframes)))
 

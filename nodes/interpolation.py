@@ -1,22 +1,20 @@
-"""Interpolate: one x4 pass of the interpolation U-Net (N frames -> 4N - 3)."""
+"""Interpolate: one x4 pass of the interpolation U-Net (N frames -> 4N - 3).
+
+An adapter of ``kv_core.pipeline.interpolate_frames``, once per video of the LATENT batch."""
 from __future__ import annotations
 
 import torch
 
 from comfy_api.latest import io
 
-from ..kv_core.noise import SeededNoise, interpolation_stage
-from ..kv_core.pipeline import SKIP_FRAMES
-from ..kv_core.sampling import assemble_interpolated, sample_interpolation
-from ..kv_core.schedulers import stage_sampler
-from . import common
-from .common import CATEGORY
-from .first_frame import sampler_inputs
-
-MAX_SKIP_FRAMES = 19  # the U-Net's skip-frames embedding has 20 entries
+from ..kv_core.pipeline import MAX_SKIP_FRAMES, SKIP_FRAMES, interpolate_frames
+from . import sockets
+from .inputs import CATEGORY, CheckedCombos, sampler_inputs
+from .networks import activation_memory, stage
+from .progress import StepProgress
 
 
-class KandinskyVideoInterpolate(common.CheckedCombos, io.ComfyNode):
+class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -27,9 +25,9 @@ class KandinskyVideoInterpolate(common.CheckedCombos, io.ComfyNode):
                          "become 45 frames at 8 fps. Chain a second Interpolate with skip_frames 1 for 177 "
                          "frames at 32 fps."),
             inputs=[
-                common.InterpolationUNet.Input("interpolation_unet",
+                sockets.InterpolationUNet.Input("interpolation_unet",
                                                tooltip="From Load Kandinsky Video Interpolation U-Net."),
-                common.Conditioning.Input("conditioning", tooltip="From Kandinsky Video Text Encode (the release "
+                sockets.Conditioning.Input("conditioning", tooltip="From Kandinsky Video Text Encode (the release "
                                                                   "uses the same prompt context as the keyframes)."),
                 io.Latent.Input("latent", tooltip="Video latent from Kandinsky Video Keyframes or a previous "
                                                   "Interpolate (or Load Latent of one)."),
@@ -49,39 +47,23 @@ class KandinskyVideoInterpolate(common.CheckedCombos, io.ComfyNode):
     @classmethod
     def execute(cls, interpolation_unet, conditioning, latent, skip_frames, guidance_scale, steps, sampler,
                 seed) -> io.NodeOutput:
-        common.check_context_dim(conditioning, interpolation_unet)
-        videos = common.latent_videos(latent, "Kandinsky Video Interpolate")
-        num_frames = videos[0].shape[0]
-        if num_frames < 2:
-            raise ValueError("Kandinsky Video Interpolate needs a video of at least 2 frames")
-        common.size_rule(interpolation_unet=interpolation_unet).check_latent(*videos[0].shape[-2:], "video latent")
-        guidance_scale = common.check_finite("guidance_scale", guidance_scale)
-        # the noise stream follows from the input frame count, which survives Save/Load
-        # Latent, so a pass on a loaded latent draws what the direct run drew (kv_core's rule)
-        stream = interpolation_stage(num_frames)
-        loop = stage_sampler("interpolation", sampler, steps)
-        groups, (h, w) = num_frames - 1, videos[0].shape[-2:]
-        progress = common.StepProgress(loop.num_steps * len(videos),
-                                       lambda x: x.reshape(-1, 4, *x.shape[-2:]))
+        videos = sockets.latent_videos(latent, "Kandinsky Video Interpolate")
+        groups, (h, w) = videos[0].shape[0] - 1, videos[0].shape[-2:]
+        progress = StepProgress(steps * len(videos), lambda x: x.reshape(-1, 4, *x.shape[-2:]))
         out = []
-        with torch.inference_mode():
-            memory = common.activation_memory(2 * groups, h, w, interpolation_unet.compute_dtype, 15)
-            with common.stage(interpolation_unet, memory_required=memory) as device:
-                for i, frames in enumerate(videos):
-                    done = i * loop.num_steps
-                    new = sample_interpolation(
-                        common.ComputeDtype(interpolation_unet), conditioning.text_condition(),
-                        interpolation_unet.null_embedding, frames, skip_frames=int(skip_frames),
-                        guidance_scale=float(guidance_scale), sampler=loop,
-                        noise=SeededNoise.for_stage(seed, stream), device=device,
-                        progress=lambda step, total, x: progress(done + step, progress.bar.total, x),
-                        cancel=progress.cancel)
-                    out.append(assemble_interpolated(frames.to(new.device), new).cpu())
-        keyframes = common.recorded_keyframes(latent)  # passed on for Decode's frame rate, if known
-        result = common.video_latent(out[0], keyframes)
-        if len(out) > 1:
-            result["samples"] = torch.cat([common.video_latent(v, keyframes)["samples"] for v in out])
-        return io.NodeOutput(result)
+        memory = activation_memory(2 * max(groups, 1), h, w, interpolation_unet.compute_dtype, 15)
+        with torch.inference_mode(), stage(interpolation_unet, memory_required=memory) as device:
+            for i, frames in enumerate(videos):
+                # the noise stream follows from the input frame count (kv_core's rule), which
+                # survives Save/Load Latent: a pass on a loaded latent draws what the direct run drew
+                out.append(interpolate_frames(
+                    interpolation_unet.module, interpolation_unet.null_embedding, conditioning.text_condition(),
+                    frames, skip_frames=skip_frames, guidance_scale=guidance_scale, sampler=sampler, steps=steps,
+                    noise=seed, progress=lambda step, total, x, done=i * steps: progress(
+                        done + step, progress.bar.total, x),
+                    cancel=progress.cancel, device=device, dtype=interpolation_unet.compute_dtype).cpu())
+        keyframes = sockets.recorded_keyframes(latent)  # passed on for Decode's frame rate, if known
+        return io.NodeOutput(sockets.video_latent(out, keyframes))
 
 
 NODES = [KandinskyVideoInterpolate]

@@ -1,22 +1,19 @@
-"""Keyframes: the keyframe U-Net in video mode, from the first-frame condition."""
+"""Keyframes: the keyframe U-Net in video mode, from the first-frame condition.
+
+An adapter of ``kv_core.pipeline.generate_keyframes``."""
 from __future__ import annotations
 
 import torch
 
 from comfy_api.latest import io
 
-from ..kv_core.noise import SeededNoise
-from ..kv_core.pipeline import MOTION_PRESETS, REFERENCE_KEYFRAMES, motion_score
-from ..kv_core.sampling import sample_keyframes
-from ..kv_core.schedulers import NUM_TRAIN_TIMESTEPS, stage_sampler
-from . import common
-from .common import CATEGORY
-from .first_frame import sampler_inputs
+from ..kv_core.pipeline import MOTION_PRESETS, NUM_TRAIN_TIMESTEPS, REFERENCE_KEYFRAMES, generate_keyframes
+from . import sockets
+from .inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos, sampler_inputs
+from .networks import activation_memory, stage
+from .progress import StepProgress
 
-MAX_KEYFRAMES = 64
-
-
-class KandinskyVideoKeyframes(common.CheckedCombos, io.ComfyNode):
+class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -27,9 +24,9 @@ class KandinskyVideoKeyframes(common.CheckedCombos, io.ComfyNode):
                          "with three guidance passes per step. The output is a core LATENT "
                          "[1, 4, frames, h, w]: Save Latent / Load Latent can keep it."),
             inputs=[
-                common.KeyframeUNet.Input("keyframe_unet", tooltip="From Load Kandinsky Video Keyframe U-Net."),
-                common.Conditioning.Input("conditioning", tooltip="From Kandinsky Video Text Encode."),
-                common.FirstFrame.Input("first_frame", tooltip="From Kandinsky Video Encode First Frame; "
+                sockets.KeyframeUNet.Input("keyframe_unet", tooltip="From Load Kandinsky Video Keyframe U-Net."),
+                sockets.Conditioning.Input("conditioning", tooltip="From Kandinsky Video Text Encode."),
+                sockets.FirstFrame.Input("first_frame", tooltip="From Kandinsky Video Encode First Frame; "
                                                                "it also sets the video size."),
                 io.Combo.Input("motion", options=list(MOTION_PRESETS), default="medium",
                                tooltip="Amount of motion: low 1, medium 10, high 50, extreme 100 (the motion "
@@ -57,25 +54,17 @@ class KandinskyVideoKeyframes(common.CheckedCombos, io.ComfyNode):
     def execute(cls, keyframe_unet, conditioning, first_frame, motion, noise_augmentation,
                 guidance_weight_prompt, guidance_weight_image, steps, sampler, seed,
                 num_keyframes) -> io.NodeOutput:
-        score = motion_score(motion)  # hosts that do not check combo values get a clear error here
-        wp = common.check_finite("guidance_weight_prompt", guidance_weight_prompt)
-        wi = common.check_finite("guidance_weight_image", guidance_weight_image)
-        common.check_context_dim(conditioning, keyframe_unet)
         h, w = first_frame.latent.shape[-2:]
-        common.size_rule(unet=keyframe_unet).check_latent(h, w, "first frame's latent")
-        loop = stage_sampler("keyframes", sampler, steps)
-        progress = common.StepProgress(loop.num_steps, lambda x: x)
-        with torch.inference_mode():
-            memory = common.activation_memory(3 * num_keyframes, h, w, keyframe_unet.compute_dtype, 15)
-            with common.stage(keyframe_unet, memory_required=memory) as device:
-                frames = sample_keyframes(
-                    common.ComputeDtype(keyframe_unet), conditioning.text_condition(),
-                    keyframe_unet.null_embedding, first_frame.latent, num_frames=num_keyframes,
-                    guidance_weight_prompt=wp, guidance_weight_image=wi, motion_score=score,
-                    noise_augmentation=int(noise_augmentation), sampler=loop,
-                    noise=SeededNoise.for_stage(seed, "keyframes"), device=device,
-                    progress=progress, cancel=progress.cancel)
-        return io.NodeOutput(common.video_latent(frames, num_keyframes))
+        progress = StepProgress(steps, lambda x: x)
+        memory = activation_memory(3 * num_keyframes, h, w, keyframe_unet.compute_dtype, 15)
+        with torch.inference_mode(), stage(keyframe_unet, memory_required=memory) as device:
+            frames = generate_keyframes(
+                keyframe_unet.module, keyframe_unet.null_embedding, conditioning.text_condition(), first_frame.latent,
+                num_keyframes=num_keyframes, motion=motion, noise_augmentation=noise_augmentation,
+                guidance_weight_prompt=guidance_weight_prompt, guidance_weight_image=guidance_weight_image,
+                sampler=sampler, steps=steps, noise=seed, progress=progress, cancel=progress.cancel,
+                device=device, dtype=keyframe_unet.compute_dtype)
+        return io.NodeOutput(sockets.video_latent(frames, num_keyframes))
 
 
 NODES = [KandinskyVideoKeyframes]

@@ -18,10 +18,12 @@ from comfy_api.latest import io
 
 from ..kv_core import checkpoints as ckpt
 from ..kv_core.text import DEFAULT_TOKENS_LENGTH, TextEncoder as KVTextEncoder
-from . import common
-from .common import (CATEGORY, FP8, WEIGHT_DTYPE_TOOLTIP, WEIGHT_DTYPES, check_model_name, file_params,
-                     operations_for, release_configs, resolve_model_file, resolve_text_encoder, store_fp8,
-                     weight_and_compute_dtype, wrap)
+from . import model_files, sockets
+from .common import (FP8, WEIGHT_DTYPE_TOOLTIP, WEIGHT_DTYPES, file_params, operations_for, store_fp8,
+                     weight_and_compute_dtype)
+from .inputs import CATEGORY
+from .model_files import check_model_name, release_configs, resolve_model_file, resolve_text_encoder
+from .networks import Network, wrap
 
 LOADERS = f"{CATEGORY}/loaders"
 
@@ -32,12 +34,12 @@ def _dtype_input() -> io.Combo.Input:
 
 
 def _load_error(network: str, name: str, path: str, err: Exception) -> ValueError:
-    return ValueError(f"Could not load '{name}' as the Kandinsky Video {common.NETWORK_NAMES[network]} "
-                      f"(expected {common.EXPECTED_FILES[network]}): {err}")
+    return ValueError(f"Could not load '{name}' as the Kandinsky Video {model_files.NETWORK_NAMES[network]} "
+                      f"(expected {model_files.EXPECTED_FILES[network]}): {err}")
 
 
-def load_network(network: str, name: str, weight_dtype: str) -> common.Network:
-    """Load a U-Net or MoVQ checkpoint into a ModelPatcher-wrapped :class:`common.Network`."""
+def load_network(network: str, name: str, weight_dtype: str) -> Network:
+    """Load a U-Net or MoVQ checkpoint into a ModelPatcher-wrapped :class:`Network`."""
     path = resolve_model_file(name, network)
     unet = network in (ckpt.KEYFRAME_UNET, ckpt.INTERPOLATION_UNET)
     load_device = mm.get_torch_device()
@@ -87,9 +89,9 @@ class _NetworkLoader(io.ComfyNode):
             category=LOADERS,
             description=cls.DESCRIPTION,
             inputs=[
-                io.Combo.Input(cls.INPUT, options=common.model_files(),
-                               tooltip=f"The {common.NETWORK_NAMES[cls.NETWORK]}: "
-                                       f"{common.EXPECTED_FILES[cls.NETWORK]} in models/kandinsky_video/."),
+                io.Combo.Input(cls.INPUT, options=model_files.model_files(),
+                               tooltip=f"The {model_files.NETWORK_NAMES[cls.NETWORK]}: "
+                                       f"{model_files.EXPECTED_FILES[cls.NETWORK]} in models/kandinsky_video/."),
                 _dtype_input(),
             ],
             outputs=[cls.OUTPUT.Output(display_name=cls.NETWORK)],
@@ -105,7 +107,7 @@ class KandinskyVideoKeyframeUNetLoader(_NetworkLoader):
     NODE_ID = "KandinskyVideoKeyframeUNetLoader"
     TITLE = "Load Kandinsky Video Keyframe U-Net"
     INPUT = "unet_name"
-    OUTPUT = common.KeyframeUNet
+    OUTPUT = sockets.KeyframeUNet
     DESCRIPTION = ("Loads the keyframe U-Net (t2v.pt, 4.1B parameters). It makes the first frame "
                    "(Kandinsky 3.0 image mode) and the keyframes.")
 
@@ -119,7 +121,7 @@ class KandinskyVideoInterpolationUNetLoader(_NetworkLoader):
     NODE_ID = "KandinskyVideoInterpolationUNetLoader"
     TITLE = "Load Kandinsky Video Interpolation U-Net"
     INPUT = "unet_name"
-    OUTPUT = common.InterpolationUNet
+    OUTPUT = sockets.InterpolationUNet
     DESCRIPTION = "Loads the interpolation U-Net (interpolation.pt, 4.0B parameters) for the 8 and 32 fps passes."
 
     @classmethod
@@ -132,7 +134,7 @@ class KandinskyVideoMoVQLoader(_NetworkLoader):
     NODE_ID = "KandinskyVideoMoVQLoader"
     TITLE = "Load Kandinsky Video Image MoVQ"
     INPUT = "movq_name"
-    OUTPUT = common.MoVQ
+    OUTPUT = sockets.MoVQ
     DESCRIPTION = "Loads the image MoVQ (movq.pt): decodes the first frame and encodes the conditioning image."
 
     @classmethod
@@ -145,7 +147,7 @@ class KandinskyVideoVideoMoVQLoader(_NetworkLoader):
     NODE_ID = "KandinskyVideoVideoMoVQLoader"
     TITLE = "Load Kandinsky Video Video MoVQ"
     INPUT = "movq_name"
-    OUTPUT = common.VideoMoVQ
+    OUTPUT = sockets.VideoMoVQ
     DESCRIPTION = "Loads the video MoVQ (video_movq.pt), whose temporal decoder turns video latents into frames."
 
     @classmethod
@@ -226,7 +228,7 @@ def _text_settings(projections_path: str) -> tuple[int, int | None, str | None]:
     return value, context_dim, configs
 
 
-def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtype: str) -> common.Network:
+def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtype: str) -> Network:
     encoder_path = resolve_text_encoder(text_encoder_name)
     projections_path = resolve_model_file(projections_name, ckpt.TEXT_PROJECTIONS)
     tokens_length, context_dim, configs = _text_settings(projections_path)  # a bad configs.json fails fast
@@ -276,15 +278,15 @@ class KandinskyVideoTextEncoderLoader(io.ComfyNode):
             description=("Loads the Flan-UL2 text encoder (only its encoder half is read) and the two "
                          "Kandinsky Video text projections (t5_projections.pt)."),
             inputs=[
-                io.Combo.Input("text_encoder_name", options=common.text_encoder_choices(),
+                io.Combo.Input("text_encoder_name", options=model_files.text_encoder_choices(),
                                tooltip="A google/flan-ul2 folder (config.json, weights, tokenizer) or our "
                                        "encoder-only .safetensors, in models/kandinsky_video/ or "
                                        "models/text_encoders/."),
-                io.Combo.Input("projections_name", options=common.model_files(),
+                io.Combo.Input("projections_name", options=model_files.model_files(),
                                tooltip="t5_projections.pt of the release, in models/kandinsky_video/."),
                 _dtype_input(),
             ],
-            outputs=[common.TextEncoder.Output(display_name="text_encoder")],
+            outputs=[sockets.TextEncoder.Output(display_name="text_encoder")],
         )
 
     @classmethod
@@ -292,7 +294,7 @@ class KandinskyVideoTextEncoderLoader(io.ComfyNode):
         if text_encoder_name is not None:
             try:
                 resolve_text_encoder(text_encoder_name)
-            except common.ModelFileError as err:
+            except model_files.ModelFileError as err:
                 return str(err)
         return check_model_name(projections_name, ckpt.TEXT_PROJECTIONS)
 

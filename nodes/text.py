@@ -1,4 +1,5 @@
-"""Text encode: prompt and negative prompt -> the Kandinsky Video conditioning.
+"""Text encode: prompt and negative prompt -> the Kandinsky Video conditioning (an
+adapter of ``kv_core.pipeline.encode_prompt``).
 
 What the encoder reads of each prompt (tokens read, unknown, dropped; see
 ``kv_core.text.PromptReport``) is shown on the node, kept as its ``text`` UI output (in
@@ -13,32 +14,24 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io, ui
 
-from ..kv_core.text import PROJECTION_LABELS, PromptReport
-from . import common
-from .common import CATEGORY
+from ..kv_core.pipeline import TextCondition, encode_prompt
+from ..kv_core.text import PromptReport
+from . import sockets
+from .inputs import CATEGORY
+from .networks import Network, stage
+from .progress import StepProgress
 
 logger = logging.getLogger(__name__)
 
 
-def encode_texts(network: common.Network, prompts: list[str]) -> list[dict]:
-    """``[{label: (context [1, L, D], mask [1, L])}]`` for each prompt, on the intermediate
-    device. Runs the Flan-UL2 encoder on its load device (partially loaded if needed)."""
-    text = network.module.text_encoder
-    out = []
-    bar = common.StepProgress(len(prompts))
-    with common.stage(network) as device:
-        for i, prompt in enumerate(prompts):
-            ids, mask = text.tokenize(prompt, warn=False)  # the node reports (prompt_reports)
-            mask = mask.to(device)
-            hidden = text.encoder(input_ids=ids.to(device), attention_mask=mask).last_hidden_state
-            projected = text.project(hidden, mask, PROJECTION_LABELS)
-            out.append({label: (ctx.float().to(mm.intermediate_device()), m.to(mm.intermediate_device()))
-                        for label, (ctx, m) in projected.items()})
-            bar(i + 1, len(prompts))
-    return out
+def _on_host(cond: TextCondition) -> TextCondition:
+    """The condition's contexts as float32 and its masks, on the intermediate device."""
+    device = mm.intermediate_device()
+    return TextCondition(*(None if t is None else t.to(device, torch.float32 if t.is_floating_point() else t.dtype)
+                           for t in (cond.context, cond.context_mask, cond.negative_context, cond.negative_mask)))
 
 
-def prompt_reports(network: common.Network, prompts: dict[str, str]) -> tuple[str, dict[str, PromptReport]]:
+def prompt_reports(network: Network, prompts: dict[str, str]) -> tuple[str, dict[str, PromptReport]]:
     """``(text shown on the node, {label: report})`` for ``{label: prompt}``; logs a warning
     for each prompt the encoder reads only in part."""
     text = network.module.text_encoder
@@ -75,7 +68,7 @@ class KandinskyVideoTextEncode(io.ComfyNode):
                          "negative prompt gives the release's null-text guidance; a negative prompt "
                          "replaces it in every unconditional pass (the release ignores it)."),
             inputs=[
-                common.TextEncoder.Input("text_encoder", tooltip="From Load Kandinsky Video Text Encoder."),
+                sockets.TextEncoder.Input("text_encoder", tooltip="From Load Kandinsky Video Text Encoder."),
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="What the video shows, in English (Flan-UL2 was trained on English). "
                                         "Up to 127 tokens are read (tokens_length 128); the node shows how "
@@ -84,7 +77,7 @@ class KandinskyVideoTextEncode(io.ComfyNode):
                                 tooltip="What to steer away from. Leave empty for the release's behaviour "
                                         "(null-text guidance)."),
             ],
-            outputs=[common.Conditioning.Output(display_name="conditioning")],
+            outputs=[sockets.Conditioning.Output(display_name="conditioning")],
             hidden=[io.Hidden.unique_id],
         )
 
@@ -93,10 +86,12 @@ class KandinskyVideoTextEncode(io.ComfyNode):
         negative = negative_prompt if negative_prompt and negative_prompt.strip() else None
         shown, _ = prompt_reports(text_encoder, {"prompt": prompt, **({"negative prompt": negative} if negative else {})})
         show_text(cls.hidden.unique_id if cls.hidden is not None else None, shown)
-        with torch.inference_mode():
-            encoded = encode_texts(text_encoder, [prompt] + ([negative] if negative else []))
-        return io.NodeOutput(common.TextConditioning(prompt, negative_prompt or "", encoded[0],
-                                                     encoded[1] if negative else None),
+        bar = StepProgress(2 if negative else 1)
+        with torch.inference_mode(), stage(text_encoder) as device:
+            # the node reports what the encoder reads (above): no PromptWarning from kv_core
+            cond = encode_prompt(text_encoder.module.text_encoder, prompt, negative, device=device, warn=False,
+                                 progress=bar)
+        return io.NodeOutput(sockets.TextConditioning(prompt, negative_prompt or "", _on_host(cond)),
                              ui=ui.PreviewText(shown))
 
 

@@ -480,42 +480,100 @@ def test_weight_dtypes_load_and_run(kv, weight_dtype):
     assert len(result.outputs["900"]["images"]) == 12
 
 
-def test_nodes_reproduce_the_kv_core_pipeline(kv, kv_release):
-    """The text-to-video workflow with one seed on every node gives the latents of
-    ``KandinskyVideoPipeline(..., noise=seed)`` (fp32 on the CPU, same steps and size)."""
+def _tiny_networks(release: Path) -> dict:
+    """The tiny release's networks loaded in this process, fp32 on the CPU (as the host
+    runs them), to call the kv_core stages with."""
+    from kv_core import checkpoints as ckpt
+    from kv_core.text import TextEncoder
+
+    configs = release / "configs.json"
+    unet, null = ckpt.load_keyframe_unet(release / "t2v.pt", configs)
+    interp, interp_null = ckpt.load_interpolation_unet(release / "interpolation.pt", configs)
+    tokens = json.loads(configs.read_text())["text_encoder"]["tokens_length"]
+    return dict(unet=unet.eval(), null=null, interp=interp.eval(), interp_null=interp_null,
+                movq=ckpt.load_movq(release / "movq.pt", configs, video=False).eval(),
+                video_movq=ckpt.load_movq(release / "video_movq.pt", configs, video=True).eval(),
+                text=TextEncoder.from_files(release / "flan-ul2", release / "t5_projections.pt", tokens_length=tokens))
+
+
+def _picture(host, item: dict) -> np.ndarray:
+    """An image a node reported (Preview Image writes lossless PNG into temp/) as int RGB."""
+    root = {"output": host.output_dir, "temp": host.base_dir / "temp"}[item["type"]]
+    return np.asarray(Image.open(root / item["subfolder"] / item["filename"])).astype(int)
+
+
+def test_each_node_is_an_adapter_of_its_kv_core_stage(kv, kv_release):
+    """Every stage node gives what its ``kv_core.pipeline`` stage gives for the same
+    inputs (fp32 on the CPU, one seed): the nodes add only the host's hooks. Each stage
+    here gets the node chain's own intermediate values where the host lets them out
+    (Save Latent, the pictures), so a mismatch points at one node."""
     import torch
     from safetensors.torch import load_file
 
-    from kv_core import checkpoints as ckpt
-    from kv_core.pipeline import KandinskyVideoPipeline
-    from kv_core.text import TextEncoder
+    from kv_core.pipeline import (decode_first_frame, decode_frames, encode_first_frame, encode_prompt,
+                                  generate_first_frame, generate_keyframes, interpolate_frames)
 
-    seed = 1234
-    prompt = fast(kv.to_api(shipped_workflow("kandinsky_video_text_to_video_8fps")), seed=seed)
-    keyframes = node_of(prompt, "KandinskyVideoKeyframes")
-    interpolate = node_of(prompt, "KandinskyVideoInterpolate")
+    seed, steps = 1234, 2
+    prompt = fast(kv.to_api(shipped_workflow("kandinsky_video_text_to_video_8fps")), seed=seed, steps=steps)
+    first, keyframes, interpolate, decode = (node_of(prompt, c) for c in (
+        "KandinskyVideoFirstFrame", "KandinskyVideoKeyframes", "KandinskyVideoInterpolate", "KandinskyVideoDecode"))
     prefix = f"latents/kv_eq_{uuid.uuid4().hex[:8]}"
     prompt["901"] = {"class_type": "SaveLatent", "inputs": {"samples": [keyframes, 0], "filename_prefix": prefix + "_k"}}
     prompt["902"] = {"class_type": "SaveLatent", "inputs": {"samples": [interpolate, 0], "filename_prefix": prefix + "_i"}}
+    prompt["903"] = {"class_type": "PreviewImage", "inputs": {"images": [first, 0]}}
+    prompt["904"] = {"class_type": "PreviewImage", "inputs": {"images": [decode, 0]}}
     text = prompt[node_of(prompt, "KandinskyVideoTextEncode")]["inputs"]["prompt"]
+    motion = prompt[keyframes]["inputs"]["motion"]
     result = kv.run(prompt, timeout=900, check=True)
     saved = {p.name.split("_")[-3]: load_file(str(p))["latent_tensor"][0].movedim(0, 1)
              for p in kv.output_files(result) if p.suffix == ".latent"}
 
-    configs = kv_release / "configs.json"
-    unet, null = ckpt.load_keyframe_unet(kv_release / "t2v.pt", configs)
-    interp, interp_null = ckpt.load_interpolation_unet(kv_release / "interpolation.pt", configs)
-    tokens = json.loads(configs.read_text())["text_encoder"]["tokens_length"]
-    pipe = KandinskyVideoPipeline(
-        unet=unet, null_embedding=null, interpolation_unet=interp, interpolation_null_embedding=interp_null,
-        movq=ckpt.load_movq(kv_release / "movq.pt", configs, video=False),
-        video_movq=ckpt.load_movq(kv_release / "video_movq.pt", configs, video=True),
-        text_encoder=TextEncoder.from_files(kv_release / "flan-ul2", kv_release / "t5_projections.pt",
-                                            tokens_length=tokens))
-    ref = pipe(text, width=SIZE, height=SIZE, fps="medium", noise=seed, first_frame_steps=2, keyframes_steps=2,
-               interpolation_steps=2, return_intermediates=True).intermediates
-    torch.testing.assert_close(saved["k"], ref["base_frames"].float(), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(saved["i"], ref["interpolated_1"].float(), atol=1e-4, rtol=1e-4)
+    n = _tiny_networks(kv_release)
+    kw = dict(sampler="ddpm", steps=steps, noise=seed)
+    cond = encode_prompt(n["text"], text)  # Text Encode
+    picture = decode_first_frame(n["movq"], generate_first_frame(n["unet"], n["null"], cond, width=SIZE, height=SIZE,
+                                                                  movq=n["movq"], **kw))  # First Frame
+    # an IMAGE holds k/255; Preview Image truncates 255 * k/255, which may give k - 1
+    [shown] = result.outputs["903"]["images"]
+    assert np.abs(_picture(kv, shown) - picture.numpy().astype(int)).max() <= 1
+    key = encode_first_frame(n["movq"], picture.float() / 255, width=SIZE, height=SIZE)  # Encode First Frame
+    frames = generate_keyframes(n["unet"], n["null"], cond, key, motion=motion, **kw)  # Keyframes
+    torch.testing.assert_close(saved["k"], frames, atol=1e-4, rtol=1e-4)
+    frames = interpolate_frames(n["interp"], n["interp_null"], cond, saved["k"], **kw)  # Interpolate, on its input
+    torch.testing.assert_close(saved["i"], frames, atol=1e-4, rtol=1e-4)
+    video = decode_frames(n["video_movq"], saved["i"])  # Decode, on its input
+    images = result.outputs["904"]["images"]
+    assert len(images) == video.shape[0] == 45
+    for i in (0, 22, 44):
+        assert np.abs(_picture(kv, images[i]) - (video[i].permute(1, 2, 0) * 255).numpy().astype(int)).max() <= 1
+
+
+def test_a_workflow_saved_by_the_previous_release_still_converts_and_runs(kv):
+    """The 8 fps text-to-video workflow as release 98a84ec saved it (node ids, widget
+    values in input order) loads into this pack's nodes and makes its 45-frame video."""
+    from test_workflows import check_video
+
+    workflow = json.loads((REPO / "tests" / "data" / "previous_release_text_to_video_8fps.json").read_text())
+    prompt = fast(kv.to_api(workflow), seed=3)
+    result = kv.run(prompt, timeout=900)
+    assert result.ok, result.describe()
+    check_video(kv, result, "kandinsky_video_text_to_video_8fps", SIZE)
+
+
+def test_a_second_run_does_not_load_the_networks_again(kv):
+    """ComfyUI keeps the networks loaded between stages and prompts while memory allows:
+    a second run that re-runs the sampling and decoding nodes (another seed; identical
+    inputs would be served from the cache) loads nothing (``load_models_gpu`` logs
+    "Requested to load" for each model it has to load)."""
+    assert kv.run(i2v_prompt(kv, seed=21), timeout=600).ok
+    mark = kv.log_mark()
+    result = kv.run(i2v_prompt(kv, seed=22), timeout=600)
+    assert result.ok, result.describe()
+    prompt = result.history["prompt"][2]
+    for stage in ("KandinskyVideoKeyframes", "KandinskyVideoDecode"):
+        assert node_of(prompt, stage) in result.executed
+    loads = [line for line in kv.log_since(mark).splitlines() if "Requested to load" in line]
+    assert loads == [], loads
 
 
 # --------------------------------------------------------------------------- interrupt, memory
