@@ -1,4 +1,4 @@
-"""Progress bars that are also interrupt points, and latent previews on them."""
+"""Progress bars that are also interrupt points, with the host's latent previews."""
 from __future__ import annotations
 
 import contextlib
@@ -7,58 +7,74 @@ from typing import Callable, Optional
 
 import torch
 
+import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.utils
-from comfy.cli_args import LatentPreviewMethod, args
+import latent_preview
 
 
-def previews_enabled() -> bool:
-    return args.preview_method != LatentPreviewMethod.NoPreviews
+class MoVQLatentFormat(comfy.latent_formats.LatentFormat):
+    """The Kandinsky Video MoVQ latents (4 channels, unscaled) for ComfyUI's previewers.
+
+    ``latent_rgb_factors`` is an approximation, not fitted on the release's MoVQ: channels
+    1-3 are shown as red, green and blue and channel 4 as brightness, each at half
+    strength (Latent2RGB then maps ``[-1, 1]`` to black..white). It shows where and how
+    the picture forms; colours are not the decoded ones. There is no TAESD for these
+    latents, so ``--preview-method taesd`` falls back to this, as for core models
+    without one."""
+
+    latent_channels = 4
+    latent_rgb_factors = [
+        #  R     G     B
+        [0.5, 0.0, 0.0],
+        [0.0, 0.5, 0.0],
+        [0.0, 0.0, 0.5],
+        [0.25, 0.25, 0.25],
+    ]
 
 
-def latent_preview(latent: torch.Tensor, max_size: Optional[int] = None):
-    """A quick RGB view of MoVQ latents ``[N, 4, h, w]`` (frames tiled in a grid): the
-    first three channels, each normalised to its own range (no decoder is run)."""
-    from PIL import Image
-
-    x = latent.detach().float()
+def tile_frames(frames: torch.Tensor) -> torch.Tensor:
+    """Frames ``[N, C, h, w]`` tiled row by row into one latent ``[1, C, rows*h, cols*w]``
+    (a near-square grid, unused cells zero), so a previewer that shows the first item of
+    a batch shows the whole video; a linear previewer maps each cell as its frame."""
+    x = frames.detach()
     if x.ndim == 3:
         x = x[None]
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    rgb = x[:, :3]
-    lo = rgb.amin(dim=(0, 2, 3), keepdim=True)
-    hi = rgb.amax(dim=(0, 2, 3), keepdim=True)
-    rgb = ((rgb - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
-    grid = torch.zeros(3, rows * h, cols * w, device=rgb.device)
-    for i in range(n):  # a handful of frames, once per step
-        r, c = divmod(i, cols)
-        grid[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = rgb[i]
-    img = Image.fromarray((grid.permute(1, 2, 0) * 255).to(torch.uint8).cpu().numpy())
-    scale = max(1, min(8, (max_size or args.preview_size) // max(img.width, img.height)))
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    return ("JPEG", img, max_size or args.preview_size)
+    grid = x.new_zeros(rows * cols, c, h, w)
+    grid[:n] = x
+    return grid.reshape(rows, cols, c, h, w).permute(2, 0, 3, 1, 4).reshape(1, c, rows * h, cols * w)
 
 
 class StepProgress:
-    """ComfyUI progress bar for one sampling loop; every step is an interrupt point and,
-    when previews are on, shows the current latent. ``to_frames`` maps the loop's latent
-    to ``[N, 4, h, w]`` frames for the preview."""
+    """ComfyUI progress bar for one sampling loop; every step is an interrupt point and
+    shows the current latent through the host's previewer (``latent_preview``: the
+    user's ``--preview-method``, none by default). ``to_frames`` maps the loop's latent
+    to ``[N, 4, h, w]`` frames for the preview (None: no preview)."""
 
     def __init__(self, total: int, to_frames: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         self.bar = comfy.utils.ProgressBar(total)
-        self.to_frames = to_frames if previews_enabled() else None
+        self.to_frames = to_frames
+        self.previewer = None
+        if to_frames is not None:
+            self.previewer = latent_preview.get_previewer(mm.get_torch_device(), MoVQLatentFormat())
 
     def cancel(self) -> bool:
         mm.throw_exception_if_processing_interrupted()
         return False
 
+    def preview(self, latent: torch.Tensor):
+        """The host's preview (``(format, PIL image, max size)``) of a loop latent, or None."""
+        if self.previewer is None:
+            return None
+        return self.previewer.decode_latent_to_preview_image("JPEG", tile_frames(self.to_frames(latent).float()))
+
     def __call__(self, step: int, total: int, latent: Optional[torch.Tensor] = None) -> None:
         preview = None
-        if self.to_frames is not None and latent is not None:
+        if latent is not None:
             with contextlib.suppress(Exception):  # a preview must never break a run
-                preview = latent_preview(self.to_frames(latent))
+                preview = self.preview(latent)
         self.bar.update_absolute(step, total, preview)
         mm.throw_exception_if_processing_interrupted()

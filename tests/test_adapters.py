@@ -93,3 +93,62 @@ def test_node_modules_do_not_import_each_other_in_a_circle():
     # a stage's node module does not import another stage's for shared inputs
     stages = {"text", "first_frame", "keyframes", "interpolation", "decode"}
     assert {name: graph[name] & stages for name in stages} == {name: set() for name in stages}
+
+
+# --- previews through the host's mechanism (in a subprocess with ComfyUI's modules) -----------
+
+PREVIEW_SCRIPT = r"""
+import importlib.util, json, sys
+sys.argv = ["main.py", "--cpu", "--preview-method", sys.argv[1]]
+sys.path.insert(0, {comfyui!r})
+import comfy.options
+comfy.options.enable_args_parsing()
+import torch
+spec = importlib.util.spec_from_file_location("kvpack", {init!r}, submodule_search_locations=[{repo!r}])
+pack = importlib.util.module_from_spec(spec)
+sys.modules["kvpack"] = pack
+spec.loader.exec_module(pack)
+from kvpack.nodes import progress
+frames = torch.zeros(3, 4, 2, 2)
+frames[0, 0] = 2.0    # red
+frames[1, 1] = 2.0    # green
+frames[2, 3] = -4.0   # dark
+bar = progress.StepProgress(1, lambda x: x)
+shown = bar.preview(frames)
+out = {{"previewer": type(bar.previewer).__name__}}
+if shown is not None:
+    fmt, image, size = shown
+    out.update(format=fmt, size=list(image.size), pixels=[list(image.getpixel((x, y))) for x, y in ((0, 0), (2, 0), (0, 2), (2, 2))])
+print(json.dumps(out))
+"""
+
+
+def _preview(method: str) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    comfyui = Path(os.environ.get("KV_CACHE_DIR", NODES.parent / ".cache")) / "comfyui"
+    if not (comfyui / "latent_preview.py").exists():
+        pytest.skip(f"no ComfyUI at {comfyui} (scripts/test.sh installs it)")
+    script = PREVIEW_SCRIPT.format(comfyui=str(comfyui), init=str(NODES.parent / "__init__.py"),
+                                   repo=str(NODES.parent))
+    run = subprocess.run([sys.executable, "-c", script, method], capture_output=True, text=True, timeout=300,
+                         cwd=comfyui)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_previews_follow_the_users_preview_method():
+    """The sampling nodes' previews come from ComfyUI's ``latent_preview`` with the MoVQ
+    latent format: ``--preview-method none`` shows none; latent2rgb (and auto) maps the
+    channels with the format's factors; the frames are tiled into one picture."""
+    assert _preview("none") == {"previewer": "NoneType"}
+    shown = _preview("latent2rgb")
+    assert shown["previewer"] == "Latent2RGBPreviewer" and shown["format"] == "JPEG"
+    assert shown["size"] == [4, 4]  # 3 frames of 2x2 in a 2x2 grid
+    red, green, dark, empty = shown["pixels"]
+    assert red[0] > 200 and max(red[1:]) < 160
+    assert green[1] > 200 and green[0] < 160 and green[2] < 160
+    assert max(dark) < 40 and all(100 < v < 160 for v in empty)
