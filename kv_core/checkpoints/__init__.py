@@ -31,7 +31,7 @@ from .configs import (config_from, detect_config, network_class, official_config
                       resolve_config)
 from .contents import NetworkTensors, describe_file, identify, network_tensors
 from .formats import (CONFIG_SECTIONS, FORMAT_VERSION, INTERPOLATION_UNET, KEYFRAME_UNET, META_CONFIG,
-                      META_DTYPE, META_FORMAT, META_NETWORK, META_SOURCE, META_TOKENIZER, MOVQ, NETWORK_KINDS,
+                      META_DTYPE, META_FORMAT, META_NETWORK, META_SOURCE, META_TOKENIZER, MOVQ,
                       NULL_EMBEDDING_KEY, SAFETENSORS_DTYPES, T5_ENCODER, TEXT_PROJECTIONS, VIDEO_MOVQ,
                       CheckpointError, TensorFile, open_tensor_file)
 from .networks import (LoadedNetwork, assign_state_dict, build_network, check_state_dict, expected_shapes,
@@ -42,7 +42,7 @@ from .t5 import (TOKENIZER_FILES, TOKENIZER_PROBE, check_t5_tokenizer, load_t5_e
 
 __all__ = [
     "CONFIG_SECTIONS", "FORMAT_VERSION", "INTERPOLATION_UNET", "KEYFRAME_UNET", "META_CONFIG", "META_DTYPE",
-    "META_FORMAT", "META_NETWORK", "META_SOURCE", "META_TOKENIZER", "MOVQ", "NETWORK_KINDS", "NULL_EMBEDDING_KEY",
+    "META_FORMAT", "META_NETWORK", "META_SOURCE", "META_TOKENIZER", "MOVQ", "NULL_EMBEDDING_KEY",
     "SAFETENSORS_DTYPES", "T5_ENCODER", "TEXT_PROJECTIONS", "TOKENIZER_FILES", "TOKENIZER_PROBE", "VIDEO_MOVQ",
     "CheckpointError", "LoadedNetwork", "NetworkTensors", "TensorFile",
     "assign_state_dict", "build_network", "check_state_dict", "check_t5_tokenizer", "config_from",

@@ -38,7 +38,6 @@ MOVQ = "movq"
 VIDEO_MOVQ = "video_movq"
 TEXT_PROJECTIONS = "text_projections"
 T5_ENCODER = "t5_encoder"
-NETWORK_KINDS = (KEYFRAME_UNET, INTERPOLATION_UNET, MOVQ, VIDEO_MOVQ, TEXT_PROJECTIONS, T5_ENCODER)
 
 # section of configs.json for each network
 CONFIG_SECTIONS = {KEYFRAME_UNET: "t2v", INTERPOLATION_UNET: "interpolation",
