@@ -36,6 +36,7 @@ from comfy.cli_args import LatentPreviewMethod, args
 from comfy_api.latest import io
 
 from ..kv_core import checkpoints as ckpt
+from ..kv_core import dtypes
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ WEIGHT_DTYPE_TOOLTIP = (
     "fp8_e4m3fn halves the memory of bf16; layers compute in fp16/bf16 (fp32 on a CPU).")
 _NAMED = {"bf16": torch.bfloat16, "fp16": torch.float16,
           "fp8_e4m3fn": getattr(torch, "float8_e4m3fn", None)}
-FP8 = tuple(d for d in (getattr(torch, "float8_e4m3fn", None), getattr(torch, "float8_e5m2", None)) if d)
+FP8 = dtypes.FP8_DTYPES
 
 
 def file_params(path: str) -> int:
@@ -226,33 +227,16 @@ def weight_and_compute_dtype(choice: str, role: str, load_device, params: int = 
         weight = _NAMED[choice]
         if weight is None:
             raise ValueError(f"this PyTorch has no {choice}")
+    host = None
     if role == "unet":
-        compute = mm.unet_manual_cast(weight, load_device, [torch.float16, torch.bfloat16, torch.float32]) or weight
-    elif weight in FP8:
-        compute = torch.bfloat16 if mm.should_use_bf16(load_device) else torch.float32
-    else:
-        compute = weight
-    if weight in FP8 and compute in FP8:
-        compute = torch.float32
-    return weight, compute
+        host = mm.unet_manual_cast(weight, load_device, [torch.float16, torch.bfloat16, torch.float32]) or weight
+    bf16 = host is None and weight in FP8 and mm.should_use_bf16(load_device)
+    return weight, dtypes.compute_dtype_for_weights(weight, host, bf16_supported=bf16)
 
 
 def operations_for(weight: torch.dtype, compute: torch.dtype, load_device):
     """The ``comfy.ops`` namespace for these dtypes (casting layers when they differ)."""
     return comfy.ops.pick_operations(weight, compute, load_device=load_device)
-
-
-def store_fp8(module: torch.nn.Module, fp8: torch.dtype) -> torch.nn.Module:
-    """Store the matrices / kernels of the ``comfy.ops`` layers in fp8; norms, biases,
-    embeddings and learned scalars keep the compute dtype."""
-    for m in module.modules():
-        if not hasattr(m, "comfy_cast_weights") or isinstance(m, torch.nn.Embedding):
-            continue
-        w = getattr(m, "weight", None)
-        if isinstance(w, torch.nn.Parameter) and w.ndim >= 2 and w.is_floating_point():
-            m.weight = torch.nn.Parameter(w.detach().to(fp8), requires_grad=False)
-            m.comfy_cast_weights = True
-    return module
 
 
 # --------------------------------------------------------------------------- networks
@@ -559,13 +543,7 @@ def check_context_dim(conditioning: TextConditioning, network: Network) -> None:
                          "same release.")
 
 
-class ComputeDtype:
-    """Calls a network with its first input in the network's compute dtype (the sampling
-    loops keep latents in float32; kv_core networks compute in their input's dtype)."""
-
-    def __init__(self, network: Network):
-        self.module = network.module
-        self.dtype = network.compute_dtype
-
-    def __call__(self, x, *args, **kwargs):
-        return self.module(x.to(self.dtype), *args, **kwargs)
+def ComputeDtype(network: Network) -> dtypes.InputDtype:  # noqa: N802 - the stage nodes call it by this name
+    """The network's module called with its first input in the network's compute dtype
+    (:class:`kv_core.dtypes.InputDtype`)."""
+    return dtypes.InputDtype(network.module, network.compute_dtype)
