@@ -40,6 +40,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from .dtypes import InputDtype
 from .image import RESIZE_MODES, prepare_first_frame, to_pil
 from .movq import decode_video, to_uint8_frames, video_chunk_sizes
 from .noise import NoiseSource, as_noise_source, check_seed, interpolation_stage
@@ -308,12 +309,7 @@ def _in_dtype(network, dtype: Optional[torch.dtype]):
     """``network`` called with its first input cast to ``dtype`` (None: as it comes). The
     sampling loops keep latents in float32; a host whose layers cast their weights at run
     time (e.g. fp8 storage) gives the dtype the network computes in."""
-    if dtype is None:
-        return network
-
-    def call(x, *args, **kwargs):
-        return network(x.to(dtype), *args, **kwargs)
-    return call
+    return network if dtype is None else InputDtype(network, dtype)
 
 
 def _device(network, device) -> torch.device:

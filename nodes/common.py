@@ -1,5 +1,5 @@
 """Weight and compute dtypes of the networks the loaders make (the loaders' ``weight_dtype``
-choice, ComfyUI's per-device defaults, fp8 storage)."""
+choice and ComfyUI's per-device defaults; the rules are ``kv_core.dtypes``)."""
 from __future__ import annotations
 
 import os
@@ -9,6 +9,8 @@ import torch
 import comfy.model_management as mm
 import comfy.ops
 
+from ..kv_core import dtypes
+
 
 WEIGHT_DTYPES = ("default", "bf16", "fp16", "fp8_e4m3fn")
 WEIGHT_DTYPE_TOOLTIP = (
@@ -17,7 +19,7 @@ WEIGHT_DTYPE_TOOLTIP = (
     "fp8_e4m3fn halves the memory of bf16; layers compute in fp16/bf16 (fp32 on a CPU).")
 _NAMED = {"bf16": torch.bfloat16, "fp16": torch.float16,
           "fp8_e4m3fn": getattr(torch, "float8_e4m3fn", None)}
-FP8 = tuple(d for d in (getattr(torch, "float8_e4m3fn", None), getattr(torch, "float8_e5m2", None)) if d)
+FP8 = dtypes.FP8_DTYPES
 
 
 def file_params(path: str) -> int:
@@ -47,30 +49,13 @@ def weight_and_compute_dtype(choice: str, role: str, load_device, params: int = 
         weight = _NAMED[choice]
         if weight is None:
             raise ValueError(f"this PyTorch has no {choice}")
+    host = None
     if role == "unet":
-        compute = mm.unet_manual_cast(weight, load_device, [torch.float16, torch.bfloat16, torch.float32]) or weight
-    elif weight in FP8:
-        compute = torch.bfloat16 if mm.should_use_bf16(load_device) else torch.float32
-    else:
-        compute = weight
-    if weight in FP8 and compute in FP8:
-        compute = torch.float32
-    return weight, compute
+        host = mm.unet_manual_cast(weight, load_device, [torch.float16, torch.bfloat16, torch.float32]) or weight
+    bf16 = host is None and weight in FP8 and mm.should_use_bf16(load_device)
+    return weight, dtypes.compute_dtype_for_weights(weight, host, bf16_supported=bf16)
 
 
 def operations_for(weight: torch.dtype, compute: torch.dtype, load_device):
     """The ``comfy.ops`` namespace for these dtypes (casting layers when they differ)."""
     return comfy.ops.pick_operations(weight, compute, load_device=load_device)
-
-
-def store_fp8(module: torch.nn.Module, fp8: torch.dtype) -> torch.nn.Module:
-    """Store the matrices / kernels of the ``comfy.ops`` layers in fp8; norms, biases,
-    embeddings and learned scalars keep the compute dtype."""
-    for m in module.modules():
-        if not hasattr(m, "comfy_cast_weights") or isinstance(m, torch.nn.Embedding):
-            continue
-        w = getattr(m, "weight", None)
-        if isinstance(w, torch.nn.Parameter) and w.ndim >= 2 and w.is_floating_point():
-            m.weight = torch.nn.Parameter(w.detach().to(fp8), requires_grad=False)
-            m.comfy_cast_weights = True
-    return module
