@@ -13,5 +13,6 @@ Each stage has one obvious module:
 - ``dtypes``              the dtype policy: compute dtype and fp8 storage
 - ``schedulers``          DDPM (reference), DDIM and DPM-Solver++(2M)
 - ``sampling``            the three sampling loops
-- ``pipeline``            the stages assembled into text/image-to-video
+- ``rules``               sizes, settings, frame counts and rates (checked before any network runs)
+- ``pipeline``            the stages (the only orchestration; the nodes call them) and text/image-to-video
 """
