@@ -7,7 +7,9 @@ test-only pack ``tests/data/lazy_weights_pack`` beside this one: it swaps the la
 newer ComfyUI's ``unload_model_and_clones``. The text-to-video (8 fps) workflow then runs
 every loader (text encoder with its projections, keyframe and interpolation U-Nets, image
 and video MoVQ) and every stage, with each weight dtype the loaders offer, and each stage
-offloads its networks through the public unload call.
+offloads its networks through the public unload call: this host runs with the forced
+offload on (``KANDINSKY_VIDEO_OFFLOAD=1``; by default ComfyUI keeps the networks loaded,
+tests/test_nodes.py::test_a_second_run_does_not_load_the_networks_again).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from tools.harness import ComfyHost, HostError, REPO_ROOT
 
 LAZY_PACK = Path(__file__).resolve().parent / "data" / "lazy_weights_pack"
 OUR_MODULES = {"KeyframeUNet", "InterpolationUNet", "MoVQ", "_TextStack"}
+OFFLOAD_ENV = "KANDINSKY_VIDEO_OFFLOAD"  # nodes/networks.py: unload every network after its stage
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +33,17 @@ def lazy_host():
     if os.environ.get("KV_SKIP_COMFY") and os.environ.get("CI", "").lower() in ("", "0", "false"):
         pytest.skip("KV_SKIP_COMFY is set: the tests that need a real ComfyUI are skipped")
     host = ComfyHost(packs=(REPO_ROOT, LAZY_PACK))
+    previous = os.environ.get(OFFLOAD_ENV)
+    os.environ[OFFLOAD_ENV] = "1"  # the server inherits it: every stage unloads its networks
     try:
         host.start()
     except HostError as e:
         pytest.fail(f"ComfyUI did not start: {e}", pytrace=False)
+    finally:
+        if previous is None:
+            del os.environ[OFFLOAD_ENV]
+        else:
+            os.environ[OFFLOAD_ENV] = previous
     try:
         release = write_tiny_release(host.base_dir / "kv_tiny_release")
         for name in RELEASE_FILES:
