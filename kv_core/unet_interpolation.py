@@ -120,6 +120,16 @@ class _InterpolationBlocks(UNetBlocks):
                                                    self.head_dim, self.expansion_ratio, factory=self.factory)
 
 
+def _run_pairs(pairs: nn.ModuleList, x, emb, context, context_mask, frames: FrameAxis) -> torch.Tensor:
+    """ResNet -> cross-attention (when the level has it) -> ResNet, for every pair of a level."""
+    for resnet_in, cross_attention, resnet_out in pairs:
+        x = resnet_in(x, emb, frames)
+        if cross_attention is not None:
+            x = cross_attention(x, emb, context, context_mask)
+        x = resnet_out(x, emb, frames)
+    return x
+
+
 class InterpolationDownBlock(nn.Module):
     """Down level: self-attention -> temporal attention -> per pair [ResNet,
     cross-attention, ResNet]; ``resnet_attn_blocks[i] = [ResNet, cross-attention | None, ResNet]``."""
@@ -135,12 +145,7 @@ class InterpolationDownBlock(nn.Module):
             x = self.self_attention_block(x, emb)
         if self.temporal_attention_block is not None:
             x = self.temporal_attention_block(x, emb, frames)
-        for resnet_in, cross_attention, resnet_out in self.resnet_attn_blocks:
-            x = resnet_in(x, emb, frames)
-            if cross_attention is not None:
-                x = cross_attention(x, emb, context, context_mask)
-            x = resnet_out(x, emb, frames)
-        return x
+        return _run_pairs(self.resnet_attn_blocks, x, emb, context, context_mask, frames)
 
 
 class InterpolationUpBlock(nn.Module):
@@ -154,11 +159,7 @@ class InterpolationUpBlock(nn.Module):
         self.temporal_attention_block = blocks.temporal_attention(spec)
 
     def forward(self, x, emb, context, context_mask, frames: FrameAxis):
-        for resnet_in, cross_attention, resnet_out in self.resnet_attn_blocks:
-            x = resnet_in(x, emb, frames)
-            if cross_attention is not None:
-                x = cross_attention(x, emb, context, context_mask)
-            x = resnet_out(x, emb, frames)
+        x = _run_pairs(self.resnet_attn_blocks, x, emb, context, context_mask, frames)
         if self.self_attention_block is not None:
             x = self.self_attention_block(x, emb)
         if self.temporal_attention_block is not None:
