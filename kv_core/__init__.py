@@ -6,6 +6,9 @@ Each stage has one obvious module:
 - ``text``                text conditioning (T5 tokenizer, Flan-UL2 encoder, KV projections)
 - ``unet``                keyframe U-Net3D (video mode) and its Kandinsky 3.0 image mode
 - ``unet_interpolation``  interpolation U-Net
+- ``layers``              the layer factory every network builds with (``operations``/``device``/``dtype``)
+- ``unet_base``           the Kandinsky 3.0 blocks, levels and skip connections both U-Nets share
+- ``movq_blocks``         the blocks of the MoVQs
 - ``movq``                image MoVQ and the temporal (video) MoVQ decoder
 - ``checkpoints``         safe loading of the official files and of our safetensors form
 - ``schedulers``          DDPM (reference), DDIM and DPM-Solver++(2M)

@@ -124,8 +124,8 @@ class UNetResNetBlock(nn.Module):
     the width changes (quirk U10).
 
     ``resample="up"`` up-samples in the second block, ``"down"`` down-samples in the third.
-    Interpolation U-Net options: ``temporal`` (a InterpolationTemporalConv after every block conv) and
-    ``new_temporal_params`` (temporal convs after the resampling of the blocks and of the
+    Interpolation U-Net options: ``temporal`` (an :class:`InterpolationTemporalConv` after
+    every block conv) and ``new_temporal_params`` (temporal convs after the resampling of the blocks and of the
     shortcut). The official shortcut applies ``temporal_post_upsample`` twice (after the
     up-sampling and again after the down-sampling position) and never its
     ``temporal_post_downsample`` (quirk I5); ``fix_temporal_shortcut=True`` applies each once
@@ -143,7 +143,7 @@ class UNetResNetBlock(nn.Module):
         resamples = [None, "up" if resample == "up" else None, "down" if resample == "down" else None, None]
         self.resnet_blocks = nn.ModuleList([
             UNetConvBlock(cin, cout, embed_dim, k, groups, r, temporal=temporal,
-                  new_temporal_params=new_temporal_params, factory=factory)
+                          new_temporal_params=new_temporal_params, factory=factory)
             for (cin, cout), k, r in zip(widths, kernels, resamples)
         ])
         self.shortcut_up_sample = (factory.conv_transpose2d(in_channels, in_channels, 2, stride=2)
