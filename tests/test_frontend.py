@@ -70,6 +70,26 @@ def test_a_dialog_that_will_not_close_is_an_error(chromium):
         page.close_dialogs(timeout=2)
 
 
+# Toasts as the two frontends show them: PrimeVue's (pinned) and 1.58.1's open alert item of a
+# notification region; a closed item and an alert outside a region are not toasts.
+TOAST_PAGE = """<!doctype html><html><body>
+<div class="p-toast-message">Updated (pinned)</div>
+<div role="region"><ol><li role="alert" data-state="open">Updated (1.58.1)</li>
+  <li role="alert" data-state="closed">gone</li></ol></div>
+<div role="alert">a form error, not a toast</div>
+<script>setTimeout(() => document.querySelectorAll('.p-toast-message, li').forEach(t => t.remove()), 500);</script>
+</body></html>"""
+
+
+def test_toasts_of_both_frontends_are_found_and_waited_out(chromium):
+    page = _page(chromium, TOAST_PAGE)
+    assert page.toasts() == ["Updated (pinned)", "Updated (1.58.1)"]
+    page.wait_toasts_gone(timeout=10)
+    assert page.toasts() == []
+    page = _page(chromium, TOAST_PAGE.replace("<script>", "<script>//"))
+    with pytest.raises(BrowserError, match="timed out"):
+        page.wait_toasts_gone(timeout=1)
+
 def test_script_errors_and_promises_that_never_settle_are_errors(chromium):
     chromium.navigate("data:text/html,<title>t</title>")
     assert chromium.call("(a, b) => a + b", 2, 3) == 5

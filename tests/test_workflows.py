@@ -226,7 +226,7 @@ def frontend(kv, comfy_browser):
     browser.evaluate("window.app.refreshComboInNodes ? window.app.refreshComboInNodes().then(() => true) : true")
     # the refresh announces itself in a toast over the canvas's top right: let it go, so
     # that what covers the graph afterwards is the template's doing
-    browser.wait_for("document.querySelectorAll('.p-toast-message').length === 0", timeout=30)
+    comfy_browser.wait_toasts_gone(timeout=30)
     return comfy_browser
 
 

@@ -234,6 +234,11 @@ _CLICK_CLOSE_JS = f"""(() => {{
     return !!button;
 }})()"""
 
+#: The notification toasts on screen: PrimeVue's in the pinned frontend, and 1.58.1's (an
+#: open ``role="alert"`` item of its ``role="region"`` notification list).
+_TOASTS_JS = """[...document.querySelectorAll('.p-toast-message, [role=region] [role=alert][data-state=open]')]
+    .filter(t => t.getClientRects().length > 0)"""
+
 #: A node's id as a number where it is one (1.58.1 keeps ids as strings, the pinned one as numbers).
 _NODE_ID_JS = "(n => /^\\d+$/.test(String(n.id)) ? Number(n.id) : n.id)"
 
@@ -297,6 +302,16 @@ class ComfyFrontend:
                 return False
             time.sleep(0.1)
         return True
+
+    def toasts(self) -> list[str]:
+        """The notification toasts on screen (both frontends), as their text."""
+        return self.browser.evaluate(f"{_TOASTS_JS}.map(t => (t.innerText || '').trim())")
+
+    def wait_toasts_gone(self, *, timeout: float = 30.0) -> None:
+        """Wait until no toast (:meth:`toasts`) covers the page, e.g. the "Node definitions
+        updated" one that a refresh shows over the canvas's top right; :class:`BrowserError`
+        after ``timeout`` seconds."""
+        self.browser.wait_for(f"{_TOASTS_JS}.length === 0", timeout=timeout)
 
     def load_workflow(self, workflow: dict) -> None:
         """Load a UI-format workflow as a user opening the file would."""
