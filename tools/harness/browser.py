@@ -4,9 +4,11 @@
 tools/requirements.txt): one page of a Chromium that Playwright launches with
 ``executable_path`` — Debian's ``chromium`` (:func:`find_chromium`), because Playwright's own
 browser download (``playwright install``) does not work offline. Measured here: the wheel
-(1.65.2) is a 53.5 MB download and 165 MB installed (it carries its Node.js driver), and
-starting the driver and Chromium takes about 1.4 s against 0.5 s for the hand-written
-DevTools client this replaces, once per browser session.
+(1.65.2) is a 53.5 MB download and 165 MB installed (it carries its Node.js driver). Against
+the hand-written DevTools client this replaces, on a loaded 2-core machine: starting takes
+1.9-4.7 s instead of 1.2-1.6 s (once per browser session), an :meth:`Browser.evaluate` about
+4-5 ms instead of 0.4 ms (Node.js in between, plus the timeout guard), and an idle open
+frontend costs the same CPU; the frontend tests' time is dominated by the workflow runs.
 
 The sync API runs its own asyncio loop in the calling thread: a :class:`Browser` must not be
 started inside a running event loop (it raises :class:`BrowserError` saying so), and it is
@@ -43,6 +45,18 @@ class BrowserError(RuntimeError):
     """Chromium failed, or JavaScript evaluated in the page threw or did not finish in time."""
 
 
+def _api():
+    """``playwright.sync_api``, imported when a browser starts (the rest of the harness works
+    without it); :class:`BrowserError` naming the fix when it cannot be imported."""
+    try:
+        from playwright import sync_api
+    except ImportError as e:
+        raise BrowserError(f"Playwright for Python cannot be imported ({e}): pip install -r tools/requirements.txt. "
+                           "(A folder named 'playwright' with an __init__.py, e.g. this repository checked out "
+                           "under that name and run by pytest, hides the package: rename the checkout.)") from None
+    return sync_api
+
+
 class _Driver(threading.local):
     """The Playwright driver of this thread, started by the first open :class:`Browser` and
     stopped when the last one closes (a second ``sync_playwright()`` in one thread fails)."""
@@ -59,11 +73,7 @@ class _Driver(threading.local):
             else:
                 raise BrowserError("Browser uses Playwright's sync API, which cannot run inside a running "
                                    "asyncio event loop: start it from plain (non-async) code or another thread")
-            try:
-                from playwright.sync_api import sync_playwright
-            except ImportError:
-                raise BrowserError("Playwright is not installed: pip install -r tools/requirements.txt") from None
-            self.playwright = sync_playwright().start()
+            self.playwright = _api().sync_playwright().start()
         self.users += 1
         return self.playwright
 
@@ -115,8 +125,6 @@ class Browser:
         self.console: list[str] = []
 
     def start(self) -> "Browser":
-        from playwright.sync_api import Error as PlaywrightError
-
         self._playwright = _DRIVER.acquire()
         try:
             self._browser = self._playwright.chromium.launch(
@@ -126,7 +134,7 @@ class Browser:
                 device_scale_factor=self.device_scale_factor)
         except BaseException as e:
             self.close()
-            if isinstance(e, PlaywrightError):
+            if isinstance(e, _api().Error):
                 raise BrowserError(f"Chromium ({self.executable}) did not start: {e}") from None
             raise
         self.page.set_default_timeout(self.timeout * 1000)
@@ -135,8 +143,6 @@ class Browser:
         return self
 
     def _run(self, body: str, args: list, timeout: float | None) -> Any:
-        from playwright.sync_api import Error as PlaywrightError
-
         if self.page is None:
             raise BrowserError("the browser is not started (Browser.start, or use it as a context manager)")
         seconds = timeout or self.timeout
@@ -144,7 +150,7 @@ class Browser:
                   .replace("BODY", body))
         try:
             return self.page.evaluate(script, args)
-        except PlaywrightError as e:
+        except _api().Error as e:
             raise BrowserError(f"JavaScript failed: {e.message}") from None
 
     def evaluate(self, expression: str, *, timeout: float | None = None) -> Any:
@@ -160,16 +166,14 @@ class Browser:
     def wait_for(self, expression: str, *, timeout: float | None = None, interval: float = 0.25) -> Any:
         """Poll a JavaScript expression every ``interval`` seconds until it is truthy; return
         its value. Raises :class:`BrowserError` with the console's last lines on timeout."""
-        from playwright.sync_api import Error as PlaywrightError, TimeoutError as PlaywrightTimeout
-
         if self.page is None:
             raise BrowserError("the browser is not started (Browser.start, or use it as a context manager)")
         try:
             handle = self.page.wait_for_function(f"() => ({expression}\n)", timeout=(timeout or self.timeout) * 1000,
                                                  polling=interval * 1000)
-        except PlaywrightTimeout:
+        except _api().TimeoutError:
             raise BrowserError(f"timed out waiting for {expression!r}; console:\n" + "\n".join(self.console[-20:])) from None
-        except PlaywrightError as e:
+        except _api().Error as e:
             raise BrowserError(f"waiting for {expression!r} failed: {e.message}") from None
         return handle.json_value()
 
@@ -179,11 +183,9 @@ class Browser:
 
     def navigate(self, url: str) -> None:
         """Open ``url`` and wait for its ``load`` event (``document.readyState === 'complete'``)."""
-        from playwright.sync_api import Error as PlaywrightError
-
         try:
             self.page.goto(url, wait_until="load")
-        except PlaywrightError as e:
+        except _api().Error as e:
             raise BrowserError(f"could not open {url[:200]}: {e.message}") from None
 
     def screenshot(self, path: Path | str | None = None, *, clip: dict | None = None) -> bytes:
