@@ -10,7 +10,6 @@ left to right, and a saved view that shows the whole graph when it opens.
 """
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 
