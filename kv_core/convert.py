@@ -19,7 +19,7 @@ biases, norm parameters, learned merge scalars, embedding tables (``skip_embeddi
 T5 token embedding and relative-attention biases), the input and output layers of each
 network (``in_layer``, ``image_in_layer``, ``out_layer``, MoVQ ``conv_in``/``conv_out``,
 ``quant_conv``/``post_quant_conv``) and any matrix whose plain fp8 cast would lose more than
-:data:`~kv_core.checkpoints.FP8_MAX_RELATIVE_ERROR` (25 %) of its norm (tiny-magnitude tensors that would flush to
+:data:`~kv_core.dtypes.FP8_MAX_RELATIVE_ERROR` (25 %) of its norm (tiny-magnitude tensors that would flush to
 zero). The fp8 tensors are plain casts (no scale), the form ComfyUI's fp8 weight storage
 uses: with ComfyUI's ops they stay fp8 in memory and are cast per layer at run time;
 elsewhere the loader casts them to the compute dtype.
@@ -51,14 +51,14 @@ from typing import Callable, Mapping
 
 import torch
 
-from .checkpoints import (  # noqa: F401  (FP8_MAX_RELATIVE_ERROR: re-exported for the docs)
-    CONFIG_SECTIONS, FORMAT_VERSION, FP8_DTYPES, FP8_MAX_RELATIVE_ERROR, INTERPOLATION_UNET,
-    KEYFRAME_UNET, META_CONFIG, META_DTYPE, META_FORMAT, META_NETWORK, META_SOURCE, META_TOKENIZER,
-    MOVQ, NULL_EMBEDDING_KEY, SAFETENSORS_DTYPES, T5_ENCODER, TEXT_PROJECTIONS, VIDEO_MOVQ,
-    CheckpointError, build_network, check_state_dict, dtype_name, fp8_candidate, identify,
-    load_t5_tokenizer, network_tensors, open_tensor_file, parse_dtype, resolve_config,
-    storage_dtype, t5_encoder_file, tokenizer_files,
+from .checkpoints import (
+    CONFIG_SECTIONS, FORMAT_VERSION, INTERPOLATION_UNET, KEYFRAME_UNET, META_CONFIG, META_DTYPE, META_FORMAT,
+    META_NETWORK, META_SOURCE, META_TOKENIZER, MOVQ, NULL_EMBEDDING_KEY, SAFETENSORS_DTYPES, T5_ENCODER,
+    TEXT_PROJECTIONS, VIDEO_MOVQ, CheckpointError, build_network, check_state_dict, identify,
+    load_t5_tokenizer, load_text_projections, network_tensors, open_tensor_file, resolve_config,
+    t5_encoder_file, tokenizer_files,
 )
+from .dtypes import FP8_DTYPES, dtype_name, fp8_candidate, parse_dtype, storage_dtype
 
 # official file names of a release, and the names the converter gives our files
 OFFICIAL_FILES = {KEYFRAME_UNET: "t2v.pt", INTERPOLATION_UNET: "interpolation.pt", MOVQ: "movq.pt",
@@ -185,8 +185,6 @@ def convert_network(src, dst, *, network: str | None = None, configs=None, dtype
 
 def convert_text_projections(src, dst, *, dtype="fp32") -> Path:
     """``t5_projections.pt`` -> safetensors (keys ``projection_base.0.weight``, ...)."""
-    from .checkpoints import load_text_projections
-
     dtype = parse_dtype(dtype)
     tf = src if not isinstance(src, (str, Path)) else open_tensor_file(src)
     load_text_projections(tf.path)  # validates layout and shapes

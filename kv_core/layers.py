@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dtypes import layer_compute_dtype
+
 __all__ = [
     "LayerFactory",
     "compute_dtype",
@@ -95,20 +97,12 @@ class LayerFactory:
         return nn.Parameter(torch.zeros(1, device=self.device, dtype=self.dtype))
 
 
-_COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
 def compute_dtype(layer: nn.Module, x: torch.Tensor) -> torch.dtype:
-    """The dtype a network runs in, judged from one of its weighted layers.
-
-    The weights' dtype, unless the layer casts its weights at run time (manual-cast
-    operations such as ComfyUI's, which set ``comfy_cast_weights``) or stores them in a
-    non-compute dtype (fp8): then the caller chose the compute dtype, and it is ``x``'s.
+    """The dtype a network runs in, judged from one of its weighted layers (the policy of
+    :func:`kv_core.dtypes.layer_compute_dtype`): the weights' dtype, unless the layer casts
+    its weights at run time or stores them in fp8; then the caller chose it, and it is ``x``'s.
     """
-    weight_dtype = layer.weight.dtype
-    if getattr(layer, "comfy_cast_weights", False) or weight_dtype not in _COMPUTE_DTYPES:
-        return x.dtype
-    return weight_dtype
+    return layer_compute_dtype(layer, x)
 
 
 @dataclass(frozen=True)

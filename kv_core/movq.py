@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dtypes import layer_compute_dtype
 from .layers import LayerFactory
 from .movq_blocks import (
     NORM_GROUPS,
@@ -230,10 +231,8 @@ class MoVQ(nn.Module):
         self.per_item_attention_norm = per_item_attention_norm
 
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
-        """The weights' dtype when it is a compute dtype (not e.g. fp8 storage), else x's."""
-        weight_dtype = self.post_quant_conv.weight.dtype
-        return weight_dtype if weight_dtype in (torch.float16, torch.bfloat16, torch.float32,
-                                                torch.float64) else x.dtype
+        """The compute dtype for input ``x`` (policy: :func:`kv_core.dtypes.layer_compute_dtype`)."""
+        return layer_compute_dtype(self.post_quant_conv, x)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, in_channels, H, W]`` in [-1, 1] -> latents ``[B, z_channels, H/8, W/8]``

@@ -4,23 +4,32 @@ Every random tensor of generation comes from a ``NoiseSource`` the caller passes
 a fixed order (initial latent, key-frame augmentation noise, per-step sampler noise):
 
 - ``SeededNoise(seed)``: draws on the CPU from a ``torch.Generator`` seeded with
-  ``seed`` and moves the result to the requested device, so a seed gives the same
-  video on any device and in any process.
+  ``seed`` (always float32, whatever the thread count) and moves the result to the
+  requested device, so a seed gives bit-identical noise on any device, with any number
+  of threads and in any process. The videos made from that noise are equal up to
+  floating-point rounding: different devices, thread counts or dtypes sum in different
+  orders (measured on a CPU with 1 and 2 threads: a few values 1/255 apart).
 - ``ReplayNoise(tensors)``: hands out recorded tensors in order (the golden vectors, or
   draws captured by ``RecordingNoise``), checking each shape.
 
 ``stage_seed(seed, stage)`` derives the seed of each pipeline stage from one user seed,
 so the stages of a pipeline draw independent streams and a stage run alone with the same
-seed reproduces the same stage of a full run.
+seed reproduces the same stage of a full run. An interpolation pass keys its stream on
+what its input carries, the number of frames it interpolates (``interpolation_stage``):
+the first pass over 12 keyframes and the second over 45 frames draw different streams,
+and a pass run on a saved latent draws the stream of the direct run, whatever the
+keyframe count and however many passes came before.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Protocol, Sequence
 
 import torch
 
-STAGES = ("first_frame", "keyframes", "interpolation_1", "interpolation_2")
+STAGES = ("first_frame", "keyframes")
+_INTERPOLATION = re.compile(r"interpolation_from_([0-9]+)")
 MAX_SEED = 2 ** 64 - 1
 
 
@@ -38,12 +47,25 @@ def check_seed(seed) -> int:
     return seed
 
 
+def interpolation_stage(num_frames: int) -> str:
+    """The noise stream of an interpolation pass over ``num_frames`` input frames
+    (``"interpolation_from_12"``): derived from the input tensor alone, so the pass draws
+    the same noise whether its input came straight from the previous stage or from a
+    saved latent."""
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 2:
+        raise ValueError(f"an interpolation pass needs at least 2 input frames, got {num_frames!r}")
+    return f"interpolation_from_{num_frames}"
+
+
 def stage_seed(seed: int, stage: str) -> int:
-    """The seed of one pipeline stage (one of ``STAGES``), derived from the user seed with
-    a hash so that neighbouring seeds and different stages never share a stream."""
+    """The seed of one pipeline stage (one of ``STAGES``, or ``interpolation_stage(N)``),
+    derived from the user seed with a hash so that neighbouring seeds and different stages
+    never share a stream."""
     check_seed(seed)
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    match = _INTERPOLATION.fullmatch(stage) if isinstance(stage, str) else None
+    if stage not in STAGES and not (match and int(match.group(1)) >= 2):
+        raise ValueError(f"stage must be one of {STAGES} or 'interpolation_from_<N>' (N >= 2 input frames), "
+                         f"got {stage!r}")
     digest = hashlib.blake2b(f"kandinsky-video:{stage}:{seed}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1  # torch.Generator takes < 2**63 safely
 

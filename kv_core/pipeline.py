@@ -17,9 +17,16 @@ either a prompt (with a text encoder) or a precomputed ``TextCondition`` and ret
 ``VideoResult`` (uint8 frames, frame rate and, on request, the intermediate values).
 
 Randomness: ``noise`` is a seed (int) or a ``kv_core.noise`` source. A seed is turned into
-one CPU generator per stage (``noise.stage_seed``), so a stage run alone with the seed of
-a full run reproduces that stage, on any device. A source is shared by all stages in
-order (the golden tests replay the reference's recorded draws that way).
+one CPU generator per stage (``noise.stage_seed``; an interpolation pass keys its stream on
+its input frame count), so a stage run alone with the seed of a full run reproduces that
+stage. What a seed guarantees: the same noise, bit for bit, on any device, with any thread
+count and in any process; the video made from it is equal up to floating-point rounding
+(other devices, thread counts and dtypes sum in other orders; on a CPU, 1 and 2 threads
+gave a few values 1/255 apart). A source is shared by all stages in order (the golden
+tests replay the reference's recorded draws that way).
+
+Sizes: which widths and heights run follows from the networks (``size_rule``: the MoVQ
+factor times the U-Nets' halvings, 64 for the release), checked before any network runs.
 """
 from __future__ import annotations
 
@@ -34,7 +41,7 @@ import torch
 
 from .image import RESIZE_MODES, prepare_first_frame, to_pil
 from .movq import decode_video, to_uint8_frames
-from .noise import NoiseSource, as_noise_source, check_seed
+from .noise import NoiseSource, as_noise_source, check_seed, interpolation_stage
 from .sampling import (CancelFn, ProgressFn, TextCondition, assemble_interpolated, check_cancel,
                        model_device, sample_first_frame, sample_interpolation, sample_keyframes)
 from .schedulers import NUM_TRAIN_TIMESTEPS, SAMPLERS, stage_sampler
@@ -44,7 +51,6 @@ FPS_PASSES = {"low": 0, "medium": 1, "high": 2}
 SKIP_FRAMES = {1: 3, 2: 1}  # interpolation pass -> skip_frames
 VIDEO_SECONDS = 5.5         # a 12-keyframe video spans 5.5 s at every fps setting
 REFERENCE_KEYFRAMES = 12
-SIZE_MULTIPLE = 64
 
 
 # --- validation -----------------------------------------------------------------------
@@ -58,10 +64,109 @@ def _is_real(value) -> bool:
 
 
 def check_size(width, height) -> None:
+    """Width and height are positive integers (what every release needs; which multiples
+    the networks take is :func:`size_rule`'s part)."""
     for name, value in (("width", width), ("height", height)):
-        if not _is_int(value) or value <= 0 or value % SIZE_MULTIPLE:
-            raise ValueError(f"{name} must be a positive multiple of {SIZE_MULTIPLE} "
-                             f"(64, 128, ..., 512, ...), got {value!r}")
+        if not _is_int(value) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer number of pixels, got {value!r}")
+
+
+RELEASE_MOVQ_FACTOR = 8  # the release's MoVQs: 4 levels, 3 halvings
+
+
+def movq_factor(movq) -> int:
+    """Spatial downsampling factor of a MoVQ: ``2^(L-1)`` for ``L = len(ch_mult)`` levels
+    (8 in the release), read from its encoder and decoder. A network that is not a
+    ``kv_core.movq.MoVQ`` may declare it as ``downsampling_factor``."""
+    declared = getattr(movq, "downsampling_factor", None)
+    if declared is not None:
+        return int(declared)
+    encoder, decoder = getattr(movq, "encoder", None), getattr(movq, "decoder", None)
+    if encoder is None or not hasattr(encoder, "down") or decoder is None or not hasattr(decoder, "up"):
+        raise TypeError(f"cannot tell the downsampling factor of {type(movq).__name__}: expected a "
+                        "kv_core.movq.MoVQ (or an object with a downsampling_factor attribute)")
+    down, up = 2 ** (len(encoder.down) - 1), 2 ** (len(decoder.up) - 1)
+    if down != up:
+        raise ValueError(f"this MoVQ's encoder downsamples by {down} but its decoder upsamples by {up}")
+    return down
+
+
+def unet_latent_multiple(unet) -> int:
+    """What a U-Net's latent sides must be a multiple of: ``2^(L-1)`` for its L levels
+    (``len(dim_mult)``; every level but the last halves the latent and the up path
+    concatenates the skips, so the sizes must halve exactly). 8 in the release. A network
+    that is not a kv_core U-Net may declare it as ``latent_multiple``."""
+    declared = getattr(unet, "latent_multiple", None)
+    if declared is not None:
+        return int(declared)
+    levels = getattr(unet, "down_samples", None)
+    if levels is None:
+        raise TypeError(f"cannot tell which latent sizes {type(unet).__name__} takes: expected a kv_core "
+                        "U-Net (or an object with a latent_multiple attribute)")
+    return 2 ** (len(levels) - 1)
+
+
+@dataclass(frozen=True)
+class SizeRule:
+    """The video sizes a set of networks can run, derived from them (:func:`size_rule`).
+
+    ``factor``: the MoVQ downsampling factor (pixels per latent cell; None when no MoVQ
+    was given). ``latent_multiple``: what each latent side must be a multiple of (the
+    U-Nets' halvings). ``multiple`` = factor * latent_multiple: the pixel rule. The first
+    frame is made at twice the size, which every accepted size also fits. ``reason``
+    names where the rule comes from, for the messages.
+    """
+
+    factor: Optional[int]
+    latent_multiple: int
+    reason: str
+
+    @property
+    def multiple(self) -> int:
+        return (self.factor or 1) * self.latent_multiple
+
+    def check(self, width, height) -> None:
+        """Raise ``ValueError`` naming the rule unless both are positive multiples."""
+        check_size(width, height)
+        for name, value in (("width", width), ("height", height)):
+            if value % self.multiple:
+                lo = value // self.multiple * self.multiple
+                near = [v for v in (lo, lo + self.multiple) if v > 0]
+                raise ValueError(
+                    f"{name} {value} does not fit these networks: it must be a multiple of {self.multiple} "
+                    f"({self.reason}); nearest: {' or '.join(map(str, near))}")
+
+    def check_latent(self, h, w, what: str = "latent") -> None:
+        """The same rule on latent sides (``[..., h, w]``), for stages that get a latent."""
+        for name, value in (("height", h), ("width", w)):
+            if value <= 0 or value % self.latent_multiple:
+                raise ValueError(
+                    f"the {what} is {h}x{w} (latent cells) but its {name} must be a multiple of "
+                    f"{self.latent_multiple} ({self.reason})")
+
+
+def _times(n: int) -> str:
+    return {0: "no times", 1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
+def size_rule(*, movq=None, video_movq=None, unet=None, interpolation_unet=None) -> SizeRule:
+    """The sizes the given networks can run: a multiple of the MoVQ factor times the
+    largest U-Net latent multiple (``lcm``), e.g. 8 x 2^3 = 64 for the release; tiny
+    networks with 3 U-Net levels give 8 x 2^2 = 32. Raises ``ValueError`` when the image
+    and video MoVQs downsample differently (they are then not from one release)."""
+    factors = {name: movq_factor(m) for name, m in (("image MoVQ", movq), ("video MoVQ", video_movq))
+               if m is not None}
+    if len(set(factors.values())) > 1:
+        raise ValueError(f"the image MoVQ downsamples by {factors['image MoVQ']} but the video MoVQ by "
+                         f"{factors['video MoVQ']}: the networks are not from one release")
+    factor = next(iter(factors.values()), None)
+    multiples = {name: unet_latent_multiple(u) for name, u in (("keyframe U-Net", unet),
+                                                             ("interpolation U-Net", interpolation_unet))
+                 if u is not None}
+    latent = math.lcm(*multiples.values()) if multiples else 1
+    parts = [f"the MoVQ downsamples by {factor}"] if factor else []
+    parts += [f"the {name} halves the latent {_times(int(math.log2(m)))} (x{m})" for name, m in multiples.items()]
+    return SizeRule(factor, latent, ", ".join(parts) or "no network constrains it")
 
 
 def check_guidance(name: str, value) -> float:
@@ -129,10 +234,41 @@ def frame_count(num_keyframes: int, fps: str) -> int:
     return n
 
 
-def frame_rate(num_frames: int, num_keyframes: int = REFERENCE_KEYFRAMES) -> float:
-    """Frames per second: a 12-keyframe video spans 5.5 s (12, 45, 177 frames -> 2.18,
-    8.18, 32.2 fps); other keyframe counts keep the duration per keyframe."""
+def interpolation_passes(num_frames: int, num_keyframes: int) -> int:
+    """How many interpolation passes turned ``num_keyframes`` keyframes into
+    ``num_frames`` frames (0 for K, 1 for 4K - 3, 2 for 16K - 15, ...). ``ValueError``
+    when no number of passes does: the frames are not a video of that many keyframes."""
+    num_keyframes = check_num_keyframes(num_keyframes)
+    if not _is_int(num_frames) or num_frames < 1:
+        raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
+    n, passes, counts = num_keyframes, 0, [num_keyframes]
+    while n < num_frames:
+        n, passes = 4 * n - 3, passes + 1
+        counts.append(n)
+    if n != num_frames:
+        raise ValueError(f"{num_frames} frames are not a video of {num_keyframes} keyframes (that has "
+                         f"{', '.join(map(str, counts[:3]))}, ... frames after 0, 1, 2, ... interpolation "
+                         "passes): set num_keyframes to the keyframe count the video was made with")
+    return passes
+
+
+def frame_rate(num_frames: int, num_keyframes: int) -> float:
+    """Frames per second of a video of ``num_frames`` frames made from ``num_keyframes``
+    keyframes: a 12-keyframe video spans 5.5 s (12, 45, 177 frames -> 2.18, 8.18, 32.2
+    fps); other keyframe counts keep the duration per keyframe (8 keyframes: 3.67 s, so
+    8, 29, 113 frames -> 2.18, 7.91, 30.8 fps). The keyframe count cannot be read from
+    the frames (45 frames are 12 keyframes after one pass or 45 keyframes), so it is an
+    argument; ``ValueError`` when the two do not fit (:func:`interpolation_passes`)."""
+    interpolation_passes(num_frames, num_keyframes)
     return num_frames / (VIDEO_SECONDS * num_keyframes / REFERENCE_KEYFRAMES)
+
+
+def _first_frame_rule(unet, movq) -> SizeRule:
+    if movq is not None:
+        return size_rule(unet=unet, movq=movq)
+    rule = size_rule(unet=unet)
+    return SizeRule(RELEASE_MOVQ_FACTOR, rule.latent_multiple,
+                    f"the release's MoVQ downsamples by {RELEASE_MOVQ_FACTOR}, " + rule.reason)
 
 
 def _stage_noise(noise, stage: str) -> NoiseSource:
@@ -174,15 +310,20 @@ def generate_first_frame(
     unet, null_embedding: torch.Tensor, cond: TextCondition, *, width: int = 512, height: int = 512,
     guidance_scale: float = 5.0, sampler: str = "ddpm", steps: Optional[int] = None, noise=None,
     progress: ProgressFn | None = None, cancel: CancelFn | None = None, trace: dict | None = None,
+    movq=None,
 ) -> torch.Tensor:
-    """First-frame latent ``[1, 4, height/4, width/4]`` (twice the video size) from the
+    """First-frame latent ``[1, 4, 2*height/f, 2*width/f]`` (twice the video size) from the
     keyframe U-Net in image mode; ``guidance_scale`` is the reference's
-    ``key_frame_guidance_scale``."""
-    check_size(width, height)
+    ``key_frame_guidance_scale``. ``movq``: the image MoVQ that decodes it, which sets
+    the factor f (None: the release's 8). Sizes the networks cannot run are refused
+    before anything runs (:func:`size_rule`)."""
+    rule = _first_frame_rule(unet, movq)
+    rule.check(width, height)
     guidance_scale = check_guidance("key_frame_guidance_scale", guidance_scale)
     check_sampler("first_frame", sampler, steps)
     noise = _stage_noise(noise, "first_frame")
-    return sample_first_frame(unet, cond, null_embedding, latent_size=(height // 4, width // 4),
+    return sample_first_frame(unet, cond, null_embedding, latent_size=(2 * height // rule.factor,
+                                                                       2 * width // rule.factor),
                               guidance_scale=guidance_scale, sampler=stage_sampler("first_frame", sampler, steps),
                               noise=noise, progress=progress, cancel=cancel, trace=trace)
 
@@ -201,8 +342,9 @@ def encode_first_frame(movq, image, *, width: int = 512, height: int = 512,
                        mode: str = "reference") -> torch.Tensor:
     """Conditioning latent ``[4, height/8, width/8]`` (float32) of a picture: reference
     resize/centre-crop (``mode="reference"``, small pictures padded black) or ``cover``
-    (scaled to cover the frame), then the image MoVQ encoder. See ``kv_core.image``."""
-    check_size(width, height)
+    (scaled to cover the frame), then the image MoVQ encoder. See ``kv_core.image``. The
+    size must be a multiple of the MoVQ's factor (``size_rule``)."""
+    size_rule(movq=movq).check(width, height)
     pixels = prepare_first_frame(image, width, height, mode)
     return movq.encode(pixels[None].to(model_device(movq)))[0].float()
 
@@ -219,6 +361,7 @@ def generate_keyframes(
     ``[4, h, w]`` (from ``encode_first_frame``). ``motion``: preset name or number."""
     if not isinstance(key_latent, torch.Tensor) or key_latent.ndim != 3:
         raise ValueError("key_latent must be a tensor [4, h, w] from encode_first_frame")
+    size_rule(unet=unet).check_latent(*key_latent.shape[-2:], "first-frame latent")
     num_keyframes = check_num_keyframes(num_keyframes)
     score = motion_score(motion)
     noise_augmentation = check_noise_augmentation(noise_augmentation)
@@ -243,15 +386,19 @@ def interpolate_frames(
     """One interpolation pass: ``frames`` ``[N, 4, h, w]`` -> ``[4N - 3, 4, h, w]``.
 
     ``pass_index`` 1 (skip_frames 3, after the keyframes) or 2 (skip_frames 1, after pass
-    1). ``trace["interpolated"]`` receives the ``[N - 1, 12, h, w]`` loop result."""
+    1) sets only the skip_frames the U-Net is told. A seed draws the noise stream of
+    ``interpolation_stage(N)``: keyed on the input frame count, which the frames carry, so
+    interpolating a saved latent gives the direct run's result for any keyframe count.
+    ``trace["interpolated"]`` receives the ``[N - 1, 12, h, w]`` loop result."""
     if pass_index not in SKIP_FRAMES:
         raise ValueError(f"pass_index must be 1 (first interpolation, skip_frames 3) or 2 "
                          f"(second, skip_frames 1), got {pass_index!r}")
     if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[0] < 2:
         raise ValueError("frames must be a tensor [N, 4, h, w] with N >= 2")
+    size_rule(interpolation_unet=unet).check_latent(*frames.shape[-2:], "video latent")
     guidance_scale = check_guidance("interpolation_guidance_scale", guidance_scale)
     check_sampler("interpolation", sampler, steps)
-    noise = _stage_noise(noise, f"interpolation_{pass_index}")
+    noise = _stage_noise(noise, interpolation_stage(int(frames.shape[0])))
     groups = sample_interpolation(unet, cond, null_embedding, frames, skip_frames=SKIP_FRAMES[pass_index],
                                   guidance_scale=guidance_scale,
                                   sampler=stage_sampler("interpolation", sampler, steps),
@@ -379,6 +526,12 @@ class KandinskyVideoPipeline:
                    video_movq=load_movq(folder / "video_movq.pt", configs, video=True, device=device).eval(),
                    text_encoder=text_encoder)
 
+    def size_rule(self, *, interpolation: bool = True) -> SizeRule:
+        """The video sizes these networks run (:func:`size_rule`); without
+        ``interpolation`` the interpolation U-Net (unused at fps "low") does not count."""
+        return size_rule(movq=self.movq, video_movq=self.video_movq, unet=self.unet,
+                         interpolation_unet=self.interpolation_unet if interpolation else None)
+
     def encode_prompt(self, prompt: str, negative_prompt: Optional[str] = None) -> TextCondition:
         if self.text_encoder is None:
             raise ValueError("this pipeline has no text encoder: pass conditioning=TextCondition(...)")
@@ -410,6 +563,7 @@ class KandinskyVideoPipeline:
             to_pil(image)  # fails fast on a wrong type or an empty image
         if _is_int(noise):
             check_seed(int(noise))
+        self.size_rule(interpolation=FPS_PASSES[s.fps] > 0).check(s.width, s.height)
 
         def hook(stage):
             if progress is None:
@@ -423,7 +577,8 @@ class KandinskyVideoPipeline:
                 latent = generate_first_frame(
                     self.unet, self.null_embedding, cond, width=s.width, height=s.height,
                     guidance_scale=s.key_frame_guidance_scale, sampler=s.first_frame_sampler,
-                    steps=s.first_frame_steps, noise=noise, progress=hook("first_frame"), cancel=cancel)
+                    steps=s.first_frame_steps, noise=noise, progress=hook("first_frame"), cancel=cancel,
+                    movq=self.movq)
                 image = decode_first_frame(self.movq, latent)
                 if return_intermediates:
                     info["first_frame_latent"], info["keyframe_image"] = latent, image
@@ -448,4 +603,4 @@ class KandinskyVideoPipeline:
             decode_hook = None if progress is None else (lambda done, total: progress("decode", done, total, None))
             video = decode_frames(self.video_movq, frames, progress=decode_hook, cancel=cancel)
             frames_uint8 = to_uint8_frames(video).cpu()
-        return VideoResult(frames_uint8, frame_rate(frames_uint8.shape[0], s.num_keyframes), info)
+        return VideoResult(frames_uint8, frame_rate(int(frames_uint8.shape[0]), s.num_keyframes), info)

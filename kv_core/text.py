@@ -37,36 +37,12 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from .layers import LayerFactory
-
-PROJECTION_BASE = "projection_base"
-PROJECTION_INTERPOLATION = "projection_interpolation"
-PROJECTION_LABELS = (PROJECTION_BASE, PROJECTION_INTERPOLATION)
+from .checkpoints import check_t5_tokenizer, load_t5_encoder, load_t5_tokenizer, load_text_projections
+from .dtypes import is_compute_dtype
+from .text_projection import (  # noqa: F401  (re-exported: the projections belong to the text stage)
+    PROJECTION_BASE, PROJECTION_INTERPOLATION, PROJECTION_LABELS, TextProjection)
 
 DEFAULT_TOKENS_LENGTH = 128
-DEFAULT_CONTEXT_DIM = 4096
-
-_COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-class TextProjection(nn.Sequential):
-    """``Linear(d_model, context_dim, bias=False)`` followed by ``LayerNorm(context_dim)``.
-
-    State-dict keys ``0.weight`` ``[context_dim, d_model]``, ``1.weight`` and ``1.bias``
-    ``[context_dim]``, as in each entry of ``t5_projections.pt``.
-    """
-
-    def __init__(self, d_model: int, context_dim: int, *, operations=None, device=None, dtype=None):
-        factory = LayerFactory(operations, device, dtype)
-        super().__init__(factory.linear(d_model, context_dim, bias=False), factory.layer_norm(context_dim))
-
-    @property
-    def d_model(self) -> int:
-        return self[0].in_features
-
-    @property
-    def context_dim(self) -> int:
-        return self[0].out_features
 
 
 def project_context(
@@ -85,7 +61,7 @@ def project_context(
         all ones.
     """
     weight = next(projection.parameters(), None)
-    if weight is not None and weight.dtype in _COMPUTE_DTYPES:
+    if weight is not None and is_compute_dtype(weight.dtype):
         # the encoder may run in another dtype than the projections (fp32 in the release)
         hidden_states = hidden_states.to(device=weight.device, dtype=weight.dtype)
     context = projection(hidden_states)
@@ -296,8 +272,6 @@ class TextEncoder(nn.Module):
         without tokenizer, a tokenizer with more ids than the encoder's embedding, and
         ``ValueError`` for projections whose input width is not the encoder's ``d_model``.
         """
-        from .checkpoints import check_t5_tokenizer, load_t5_encoder, load_t5_tokenizer, load_text_projections
-
         tokenizer_path = tokenizer_path if tokenizer_path is not None else encoder_path
         tokenizer = load_t5_tokenizer(tokenizer_path)  # first: fails before the encoder's big read
         encoder = load_t5_encoder(encoder_path, device=device, dtype=dtype)

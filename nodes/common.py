@@ -8,13 +8,17 @@
   storage work, plus :func:`stage`, which loads it with ``load_models_gpu`` for one stage
   and offloads it afterwards (also when the stage fails or is interrupted);
 * progress bars that are also interrupt points, and latent previews;
-* video latents as core ``LATENT`` dictionaries ``{"samples": [B, 4, T, h, w]}``.
+* video latents as core ``LATENT`` dictionaries ``{"samples": [B, 4, T, h, w]}``; the
+  keyframe count rides along for the frame rate, and what a stage needs otherwise comes
+  from the tensor or from the node's own inputs, so a saved and reloaded latent gives the
+  same video.
 
 Nothing here runs a network: the stages are ``kv_core`` functions.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import os
@@ -32,7 +36,7 @@ from comfy.cli_args import LatentPreviewMethod, args
 from comfy_api.latest import io
 
 from ..kv_core import checkpoints as ckpt
-from ..kv_core.pipeline import REFERENCE_KEYFRAMES, SIZE_MULTIPLE
+from ..kv_core import dtypes
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +197,7 @@ WEIGHT_DTYPE_TOOLTIP = (
     "fp8_e4m3fn halves the memory of bf16; layers compute in fp16/bf16 (fp32 on a CPU).")
 _NAMED = {"bf16": torch.bfloat16, "fp16": torch.float16,
           "fp8_e4m3fn": getattr(torch, "float8_e4m3fn", None)}
-FP8 = tuple(d for d in (getattr(torch, "float8_e4m3fn", None), getattr(torch, "float8_e5m2", None)) if d)
+FP8 = dtypes.FP8_DTYPES
 
 
 def file_params(path: str) -> int:
@@ -223,33 +227,16 @@ def weight_and_compute_dtype(choice: str, role: str, load_device, params: int = 
         weight = _NAMED[choice]
         if weight is None:
             raise ValueError(f"this PyTorch has no {choice}")
+    host = None
     if role == "unet":
-        compute = mm.unet_manual_cast(weight, load_device, [torch.float16, torch.bfloat16, torch.float32]) or weight
-    elif weight in FP8:
-        compute = torch.bfloat16 if mm.should_use_bf16(load_device) else torch.float32
-    else:
-        compute = weight
-    if weight in FP8 and compute in FP8:
-        compute = torch.float32
-    return weight, compute
+        host = mm.unet_manual_cast(weight, load_device, [torch.float16, torch.bfloat16, torch.float32]) or weight
+    bf16 = host is None and weight in FP8 and mm.should_use_bf16(load_device)
+    return weight, dtypes.compute_dtype_for_weights(weight, host, bf16_supported=bf16)
 
 
 def operations_for(weight: torch.dtype, compute: torch.dtype, load_device):
     """The ``comfy.ops`` namespace for these dtypes (casting layers when they differ)."""
     return comfy.ops.pick_operations(weight, compute, load_device=load_device)
-
-
-def store_fp8(module: torch.nn.Module, fp8: torch.dtype) -> torch.nn.Module:
-    """Store the matrices / kernels of the ``comfy.ops`` layers in fp8; norms, biases,
-    embeddings and learned scalars keep the compute dtype."""
-    for m in module.modules():
-        if not hasattr(m, "comfy_cast_weights") or isinstance(m, torch.nn.Embedding):
-            continue
-        w = getattr(m, "weight", None)
-        if isinstance(w, torch.nn.Parameter) and w.ndim >= 2 and w.is_floating_point():
-            m.weight = torch.nn.Parameter(w.detach().to(fp8), requires_grad=False)
-            m.comfy_cast_weights = True
-    return module
 
 
 # --------------------------------------------------------------------------- networks
@@ -392,16 +379,19 @@ class StepProgress:
 
 # --------------------------------------------------------------------------- LATENT format
 
-FRAME_RATE_KEY = "kandinsky_video_frame_rate"
 KEYFRAMES_KEY = "kandinsky_video_keyframes"
 
 
-def video_latent(frames: torch.Tensor, num_keyframes: int) -> dict:
+def video_latent(frames: torch.Tensor, num_keyframes: Optional[int]) -> dict:
     """Core LATENT dict of one video from kv_core frames ``[T, 4, h, w]``:
     ``samples`` ``[1, 4, T, h, w]`` (the layout of ComfyUI's video latents) on the
-    intermediate device, plus the keyframe count the frame rate derives from."""
+    intermediate device, plus the keyframe count the frame rate derives from when it is
+    known (None: not recorded, e.g. an Interpolate of a loaded latent)."""
     samples = frames.detach().float().movedim(0, 1).unsqueeze(0).contiguous()
-    return {"samples": samples.to(mm.intermediate_device()), KEYFRAMES_KEY: int(num_keyframes)}
+    out = {"samples": samples.to(mm.intermediate_device())}
+    if num_keyframes is not None:
+        out[KEYFRAMES_KEY] = int(num_keyframes)
+    return out
 
 
 def latent_videos(latent, what: str) -> list[torch.Tensor]:
@@ -416,46 +406,94 @@ def latent_videos(latent, what: str) -> list[torch.Tensor]:
     return [v.movedim(0, 1).float() for v in s]
 
 
-def latent_keyframes(latent: dict, num_frames: int) -> int:
-    """Keyframe count of a video latent: recorded by our nodes; after Save/Load Latent
-    (which keep only ``samples``) it is inferred, assuming the release's 12 keyframes
-    whenever the frame count fits (12, 45, 177), else the count itself."""
+def recorded_keyframes(latent: dict) -> Optional[int]:
+    """The keyframe count our nodes record in a LATENT; None when it is not there (core
+    Save Latent keeps only ``samples``, so a loaded latent never has it)."""
     recorded = latent.get(KEYFRAMES_KEY)
-    if isinstance(recorded, int) and recorded >= 2:
-        return recorded
-    n = REFERENCE_KEYFRAMES
-    while n < num_frames:
-        n = 4 * n - 3
-    return REFERENCE_KEYFRAMES if n == num_frames else num_frames
+    ok = isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 2
+    return recorded if ok else None
+
+
+def video_keyframes(latent: dict, num_frames: int, given: int, what: str) -> int:
+    """The keyframe count a video was made from, for its frame rate: ``given`` (a node
+    input, 0 = take it from the latent) or the latent's record, never guessed from the
+    frame count (45 frames are 12 keyframes after one pass, or 45 keyframes). Refuses,
+    saying what to set, when neither says it, when they disagree, or when the frame count
+    is no video of that many keyframes."""
+    from ..kv_core.pipeline import interpolation_passes
+
+    recorded = recorded_keyframes(latent)
+    if given and recorded is not None and given != recorded:
+        raise ValueError(f"{what}: num_keyframes is {given} but this latent was made from {recorded} "
+                         f"keyframes; set num_keyframes to 0 (the latent's count) or to {recorded}")
+    keyframes = given or recorded
+    if keyframes is None:
+        raise ValueError(f"{what}: this latent does not say how many keyframes it was made from (Save Latent "
+                         f"keeps only its {num_frames} frames) and the frame rate depends on it: set "
+                         "num_keyframes on this node to the Keyframes node's num_keyframes (12 in the release)")
+    try:
+        interpolation_passes(num_frames, keyframes)
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+    return keyframes
+
+
+def size_rule(**networks: Optional[Network]):
+    """kv_core's ``size_rule`` for loaded networks (``movq=``, ``video_movq=``, ``unet=``,
+    ``interpolation_unet=``): the sizes they can run. The nodes check it at run time
+    before anything runs; their ``validate_inputs`` cannot see the networks."""
+    from ..kv_core.pipeline import size_rule as rule
+
+    return rule(**{k: n.module for k, n in networks.items() if n is not None})
 
 
 # --------------------------------------------------------------------------- validation
 
-def check_size(width, height, label: str = "") -> bool | str:
-    """validate_inputs helper for a video size (None = linked, checked at run time)."""
-    for name, value in (("width", width), ("height", height)):
-        if value is None:
-            continue
-        if not isinstance(value, int) or value < SIZE_MULTIPLE or value > MAX_SIZE or value % SIZE_MULTIPLE:
-            return (f"{label}{name} {value} is not usable: Kandinsky Video needs a multiple of "
-                    f"{SIZE_MULTIPLE} from {SIZE_MULTIPLE} to {MAX_SIZE} (512 is the trained size)")
-    return True
+def _host_skips_v3_combos() -> bool:
+    """True on hosts whose prompt validation checks a combo's value only for legacy list
+    types (ComfyUI 0.3.75); newer ones also check V3 ``COMBO`` inputs, and they expand
+    input types by name (``DYNAMIC_INPUT_LOOKUP``), where a list type must not appear."""
+    try:
+        import execution
+        from comfy_api.latest import _io
+
+        source = inspect.getsource(execution.validate_inputs)
+    except Exception:  # unknown host: leave the types as they are (the nodes check at run time)
+        return False
+    return "Combo.io_type" not in source and not hasattr(_io, "DYNAMIC_INPUT_LOOKUP")
 
 
-def check_range(name: str, value, lo, hi) -> bool | str:
-    if value is None:
-        return True
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not lo <= value <= hi:
-        return f"{name} must be between {lo} and {hi}, got {value!r}"
-    return True
+LEGACY_COMBOS = _host_skips_v3_combos()
 
 
-def first_error(*checks) -> bool | str:
-    for c in checks:
-        if c is not True:
-            return c
-    return True
+class CheckedCombos:
+    """Mixin (before ``io.ComfyNode``) that has the host check every combo value on its own
+    input. ComfyUI 0.3.75 checks a combo's value only when its type is the legacy list of
+    options, not a V3 ``COMBO`` (newer hosts check both); a ``validate_inputs`` would show
+    its message under every input it takes. So on such a host the input types the
+    executor reads are given in the legacy form; ``/object_info`` (the frontend's view)
+    is unchanged, and newer hosts get the V3 types untouched."""
+
+    @classmethod
+    def INPUT_TYPES(cls, *args, **kwargs):
+        out = super().INPUT_TYPES(*args, **kwargs)
+        if not LEGACY_COMBOS:
+            return out
+        inputs = out[0] if isinstance(out, tuple) else out
+        for section in ("required", "optional"):
+            for name, spec in list(inputs.get(section, {}).items()):
+                opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                if spec[0] == "COMBO" and isinstance(opts.get("options"), list) and not opts.get("remote"):
+                    inputs[section][name] = (list(opts["options"]), opts)
+        return out
+
+
+def check_finite(name: str, value) -> float:
+    """A FLOAT input as a finite float. ComfyUI's min/max checks let NaN through
+    (every comparison with NaN is False), so the nodes call this before running."""
+    from ..kv_core.pipeline import check_guidance
+
+    return check_guidance(name, value)
 
 
 # --------------------------------------------------------------------------- values on sockets
@@ -505,13 +543,7 @@ def check_context_dim(conditioning: TextConditioning, network: Network) -> None:
                          "same release.")
 
 
-class ComputeDtype:
-    """Calls a network with its first input in the network's compute dtype (the sampling
-    loops keep latents in float32; kv_core networks compute in their input's dtype)."""
-
-    def __init__(self, network: Network):
-        self.module = network.module
-        self.dtype = network.compute_dtype
-
-    def __call__(self, x, *args, **kwargs):
-        return self.module(x.to(self.dtype), *args, **kwargs)
+def ComputeDtype(network: Network) -> dtypes.InputDtype:  # noqa: N802 - the stage nodes call it by this name
+    """The network's module called with its first input in the network's compute dtype
+    (:class:`kv_core.dtypes.InputDtype`)."""
+    return dtypes.InputDtype(network.module, network.compute_dtype)

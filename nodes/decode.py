@@ -11,6 +11,7 @@ from ..kv_core.pipeline import frame_rate
 from . import common
 from .common import CATEGORY
 from .first_frame import image_output
+from .keyframes import MAX_KEYFRAMES
 
 MAX_CHUNK = 256
 
@@ -35,6 +36,11 @@ class KandinskyVideoDecode(io.ComfyNode):
                              tooltip="Frames decoded together (they share the decoder's temporal layers). 0: as "
                                      "the release (N // 4 chunks, about 4-5 frames each). Smaller uses less "
                                      "memory but changes the result slightly."),
+                io.Int.Input("num_keyframes", default=0, min=0, max=MAX_KEYFRAMES, optional=True,
+                             tooltip="Keyframes the video was made from, for the frame rate. 0: as the latent "
+                                     "records it (straight from Keyframes / Interpolate). A latent from Load "
+                                     "Latent carries only its frames: set this to the Keyframes node's "
+                                     "num_keyframes (12 in the release), or the node says so."),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="The frames, [frames, H, W, 3] in 0..1."),
@@ -44,14 +50,10 @@ class KandinskyVideoDecode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, chunk_size=None):
-        return common.check_range("chunk_size", chunk_size, 0, MAX_CHUNK)
-
-    @classmethod
-    def execute(cls, video_movq, latent, chunk_size=0) -> io.NodeOutput:
+    def execute(cls, video_movq, latent, chunk_size=0, num_keyframes=0) -> io.NodeOutput:
         videos = common.latent_videos(latent, "Kandinsky Video Decode")
-        num_frames = videos[0].shape[0]
-        keyframes = common.latent_keyframes(latent, num_frames)
+        num_frames = int(videos[0].shape[0])
+        keyframes = common.video_keyframes(latent, num_frames, int(num_keyframes), "Kandinsky Video Decode")
         chunk = int(chunk_size) or None
         sizes = video_chunk_sizes(num_frames, chunk)
         bar = common.StepProgress(len(sizes) * len(videos))

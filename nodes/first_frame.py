@@ -17,20 +17,24 @@ from ..kv_core.schedulers import SAMPLERS, stage_sampler
 from . import common
 from .common import CATEGORY
 
-SIZE_TOOLTIP = ("{} of the video in pixels, a multiple of 64 (the release is trained at 512x512). "
-                "{}")
+SIZE_TOOLTIP = ("{} of the video in pixels. The networks set which sizes run: multiples of 64 for the "
+                "release (its MoVQ downsamples by 8 and its U-Nets halve the latent 3 times; it is trained "
+                "at 512x512); another size is refused before anything runs, naming the rule. {}")
+SIZE_STEP = 8  # the finest step a MoVQ-based release could take; the networks' rule is checked at run time
 SAMPLER_TOOLTIP = ("ddpm: the release's sampler (50 steps for the first frame and the keyframes, 10 for "
                    "interpolation). ddim and dpmpp_2m give usable results in fewer steps.")
 PICK_HINT = "choose one with the core Image From Batch node (batch_index, length 1) before this node"
 SEED_TOOLTIP = ("Seed of this stage's noise. Using one seed on every Kandinsky Video node reproduces "
-                "the kv_core pipeline run with that seed.")
+                "the kv_core pipeline run with that seed. A seed gives the same noise on every device; "
+                "the video is equal up to floating-point rounding (other devices or thread counts may "
+                "differ by about 1/255 in a few values).")
 
 
 def size_inputs(extra: str) -> list:
     return [
-        io.Int.Input("width", default=512, min=64, max=common.MAX_SIZE, step=64,
+        io.Int.Input("width", default=512, min=SIZE_STEP, max=common.MAX_SIZE, step=SIZE_STEP,
                      tooltip=SIZE_TOOLTIP.format("Width", extra)),
-        io.Int.Input("height", default=512, min=64, max=common.MAX_SIZE, step=64,
+        io.Int.Input("height", default=512, min=SIZE_STEP, max=common.MAX_SIZE, step=SIZE_STEP,
                      tooltip=SIZE_TOOLTIP.format("Height", extra)),
     ]
 
@@ -44,20 +48,12 @@ def sampler_inputs(steps: int) -> list:
     ]
 
 
-def check_sampling(steps=None, sampler=None, seed=None):
-    return common.first_error(
-        common.check_range("steps", steps, 1, 1000),
-        True if sampler is None or sampler in SAMPLERS else f"sampler must be one of {SAMPLERS}, got {sampler!r}",
-        common.check_range("seed", seed, 0, MAX_SEED),
-    )
-
-
 def image_output(frames: torch.Tensor) -> torch.Tensor:
     """kv_core float frames ``[N, 3, H, W]`` in [0, 1] -> ComfyUI IMAGE ``[N, H, W, 3]``."""
     return frames.float().clamp(0, 1).movedim(1, -1).contiguous().to(mm.intermediate_device())
 
 
-class KandinskyVideoFirstFrame(io.ComfyNode):
+class KandinskyVideoFirstFrame(common.CheckedCombos, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -80,22 +76,20 @@ class KandinskyVideoFirstFrame(io.ComfyNode):
             outputs=[io.Image.Output(display_name="image", tooltip="The first frame, at twice the video size.")],
         )
 
-    @classmethod
-    def validate_inputs(cls, width=None, height=None, guidance_scale=None, steps=None, sampler=None, seed=None):
-        return common.first_error(common.check_size(width, height),
-                                  common.check_range("guidance_scale", guidance_scale, 0.0, 30.0),
-                                  check_sampling(steps, sampler, seed))
+    # No validate_inputs: the schema's min/max/options check each input on its own (a
+    # validate_inputs would get its message attached to every input it takes), and which
+    # sizes run depends on the networks, which only execute sees.
 
     @classmethod
     def execute(cls, keyframe_unet, movq, conditioning, width, height, guidance_scale, steps, sampler,
                 seed) -> io.NodeOutput:
-        size_ok = common.check_size(width, height)
-        if size_ok is not True:
-            raise ValueError(size_ok)
+        rule = common.size_rule(unet=keyframe_unet, movq=movq)
+        rule.check(width, height)
+        guidance_scale = common.check_finite("guidance_scale", guidance_scale)
         common.check_context_dim(conditioning, keyframe_unet)
         loop = stage_sampler("first_frame", sampler, steps)
         progress = common.StepProgress(loop.num_steps, lambda x: x)
-        h, w = height // 4, width // 4
+        h, w = 2 * height // rule.factor, 2 * width // rule.factor
         with torch.inference_mode():
             memory = common.activation_memory(2, h, w, keyframe_unet.compute_dtype, 15)
             with common.stage(keyframe_unet, memory_required=memory) as device:
@@ -112,7 +106,7 @@ class KandinskyVideoFirstFrame(io.ComfyNode):
         return io.NodeOutput(pixels.to(mm.intermediate_device()))
 
 
-class KandinskyVideoEncodeFirstFrame(io.ComfyNode):
+class KandinskyVideoEncodeFirstFrame(common.CheckedCombos, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -136,17 +130,8 @@ class KandinskyVideoEncodeFirstFrame(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, width=None, height=None, resize_mode=None):
-        return common.first_error(
-            common.check_size(width, height),
-            True if resize_mode is None or resize_mode in RESIZE_MODES
-            else f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
-
-    @classmethod
     def execute(cls, movq, image, width, height, resize_mode) -> io.NodeOutput:
-        size_ok = common.check_size(width, height)
-        if size_ok is not True:
-            raise ValueError(size_ok)
+        common.size_rule(movq=movq).check(width, height)
         picture, note = image_batch_picture(image, pick_hint=PICK_HINT)
         if note:
             logging.warning("Kandinsky Video Encode First Frame: %s", note)

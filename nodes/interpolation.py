@@ -5,24 +5,18 @@ import torch
 
 from comfy_api.latest import io
 
-from ..kv_core.noise import SeededNoise
+from ..kv_core.noise import SeededNoise, interpolation_stage
 from ..kv_core.pipeline import SKIP_FRAMES
 from ..kv_core.sampling import assemble_interpolated, sample_interpolation
 from ..kv_core.schedulers import stage_sampler
 from . import common
 from .common import CATEGORY
-from .first_frame import check_sampling, sampler_inputs
+from .first_frame import sampler_inputs
 
 MAX_SKIP_FRAMES = 19  # the U-Net's skip-frames embedding has 20 entries
 
 
-def pass_stage(num_frames: int, num_keyframes: int) -> str:
-    """Noise stream of a pass: the first pass works on the keyframes, later ones on
-    interpolated frames (so one seed on every node reproduces a kv_core pipeline run)."""
-    return "interpolation_1" if num_frames <= num_keyframes else "interpolation_2"
-
-
-class KandinskyVideoInterpolate(io.ComfyNode):
+class KandinskyVideoInterpolate(common.CheckedCombos, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -50,13 +44,7 @@ class KandinskyVideoInterpolate(io.ComfyNode):
             outputs=[io.Latent.Output(display_name="latent", tooltip="Video latent with 4N-3 frames.")],
         )
 
-    @classmethod
-    def validate_inputs(cls, skip_frames=None, guidance_scale=None, steps=None, sampler=None, seed=None):
-        return common.first_error(
-            common.check_range("skip_frames", skip_frames, 0, MAX_SKIP_FRAMES),
-            common.check_range("guidance_scale", guidance_scale, 0.0, 30.0),
-            check_sampling(steps, sampler, seed),
-        )
+    # No validate_inputs: the schema's min/max/options check each input on its own.
 
     @classmethod
     def execute(cls, interpolation_unet, conditioning, latent, skip_frames, guidance_scale, steps, sampler,
@@ -66,7 +54,11 @@ class KandinskyVideoInterpolate(io.ComfyNode):
         num_frames = videos[0].shape[0]
         if num_frames < 2:
             raise ValueError("Kandinsky Video Interpolate needs a video of at least 2 frames")
-        keyframes = common.latent_keyframes(latent, num_frames)
+        common.size_rule(interpolation_unet=interpolation_unet).check_latent(*videos[0].shape[-2:], "video latent")
+        guidance_scale = common.check_finite("guidance_scale", guidance_scale)
+        # the noise stream follows from the input frame count, which survives Save/Load
+        # Latent, so a pass on a loaded latent draws what the direct run drew (kv_core's rule)
+        stream = interpolation_stage(num_frames)
         loop = stage_sampler("interpolation", sampler, steps)
         groups, (h, w) = num_frames - 1, videos[0].shape[-2:]
         progress = common.StepProgress(loop.num_steps * len(videos),
@@ -81,10 +73,11 @@ class KandinskyVideoInterpolate(io.ComfyNode):
                         common.ComputeDtype(interpolation_unet), conditioning.text_condition(),
                         interpolation_unet.null_embedding, frames, skip_frames=int(skip_frames),
                         guidance_scale=float(guidance_scale), sampler=loop,
-                        noise=SeededNoise.for_stage(seed, pass_stage(num_frames, keyframes)), device=device,
+                        noise=SeededNoise.for_stage(seed, stream), device=device,
                         progress=lambda step, total, x: progress(done + step, progress.bar.total, x),
                         cancel=progress.cancel)
                     out.append(assemble_interpolated(frames.to(new.device), new).cpu())
+        keyframes = common.recorded_keyframes(latent)  # passed on for Decode's frame rate, if known
         result = common.video_latent(out[0], keyframes)
         if len(out) > 1:
             result["samples"] = torch.cat([common.video_latent(v, keyframes)["samples"] for v in out])

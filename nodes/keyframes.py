@@ -6,17 +6,17 @@ import torch
 from comfy_api.latest import io
 
 from ..kv_core.noise import SeededNoise
-from ..kv_core.pipeline import MOTION_PRESETS, REFERENCE_KEYFRAMES
+from ..kv_core.pipeline import MOTION_PRESETS, REFERENCE_KEYFRAMES, motion_score
 from ..kv_core.sampling import sample_keyframes
 from ..kv_core.schedulers import NUM_TRAIN_TIMESTEPS, stage_sampler
 from . import common
 from .common import CATEGORY
-from .first_frame import check_sampling, sampler_inputs
+from .first_frame import sampler_inputs
 
 MAX_KEYFRAMES = 64
 
 
-class KandinskyVideoKeyframes(io.ComfyNode):
+class KandinskyVideoKeyframes(common.CheckedCombos, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -50,35 +50,28 @@ class KandinskyVideoKeyframes(io.ComfyNode):
                                       tooltip="Keyframe latents [1, 4, frames, h, w].")],
         )
 
-    @classmethod
-    def validate_inputs(cls, motion=None, noise_augmentation=None, guidance_weight_prompt=None,
-                        guidance_weight_image=None, steps=None, sampler=None, seed=None, num_keyframes=None):
-        return common.first_error(
-            True if motion is None or motion in MOTION_PRESETS
-            else f"motion must be one of {tuple(MOTION_PRESETS)}, got {motion!r}",
-            common.check_range("noise_augmentation", noise_augmentation, 0, NUM_TRAIN_TIMESTEPS - 1),
-            common.check_range("guidance_weight_prompt", guidance_weight_prompt, -30.0, 30.0),
-            common.check_range("guidance_weight_image", guidance_weight_image, -30.0, 30.0),
-            check_sampling(steps, sampler, seed),
-            common.check_range("num_keyframes", num_keyframes, 2, MAX_KEYFRAMES),
-        )
+    # No validate_inputs: the schema's min/max/options give one error on the input at
+    # fault (a validate_inputs would have its message shown under every input it takes).
 
     @classmethod
     def execute(cls, keyframe_unet, conditioning, first_frame, motion, noise_augmentation,
                 guidance_weight_prompt, guidance_weight_image, steps, sampler, seed,
                 num_keyframes) -> io.NodeOutput:
+        score = motion_score(motion)  # hosts that do not check combo values get a clear error here
+        wp = common.check_finite("guidance_weight_prompt", guidance_weight_prompt)
+        wi = common.check_finite("guidance_weight_image", guidance_weight_image)
         common.check_context_dim(conditioning, keyframe_unet)
+        h, w = first_frame.latent.shape[-2:]
+        common.size_rule(unet=keyframe_unet).check_latent(h, w, "first frame's latent")
         loop = stage_sampler("keyframes", sampler, steps)
         progress = common.StepProgress(loop.num_steps, lambda x: x)
-        h, w = first_frame.latent.shape[-2:]
         with torch.inference_mode():
             memory = common.activation_memory(3 * num_keyframes, h, w, keyframe_unet.compute_dtype, 15)
             with common.stage(keyframe_unet, memory_required=memory) as device:
                 frames = sample_keyframes(
                     common.ComputeDtype(keyframe_unet), conditioning.text_condition(),
                     keyframe_unet.null_embedding, first_frame.latent, num_frames=num_keyframes,
-                    guidance_weight_prompt=float(guidance_weight_prompt),
-                    guidance_weight_image=float(guidance_weight_image), motion_score=MOTION_PRESETS[motion],
+                    guidance_weight_prompt=wp, guidance_weight_image=wi, motion_score=score,
                     noise_augmentation=int(noise_augmentation), sampler=loop,
                     noise=SeededNoise.for_stage(seed, "keyframes"), device=device,
                     progress=progress, cancel=progress.cancel)

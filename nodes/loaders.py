@@ -8,7 +8,6 @@ safetensors, or the official one adapted to the checkpoint's shapes, is used.
 from __future__ import annotations
 
 import json
-import os
 
 import torch
 
@@ -17,10 +16,11 @@ import comfy.ops
 from comfy_api.latest import io
 
 from ..kv_core import checkpoints as ckpt
+from ..kv_core import dtypes
 from ..kv_core.text import DEFAULT_TOKENS_LENGTH, TextEncoder as KVTextEncoder
 from . import common
 from .common import (CATEGORY, FP8, WEIGHT_DTYPE_TOOLTIP, WEIGHT_DTYPES, check_model_name, file_params,
-                     operations_for, release_configs, resolve_model_file, resolve_text_encoder, store_fp8,
+                     operations_for, release_configs, resolve_model_file, resolve_text_encoder,
                      weight_and_compute_dtype, wrap)
 
 LOADERS = f"{CATEGORY}/loaders"
@@ -59,7 +59,7 @@ def load_network(network: str, name: str, weight_dtype: str) -> common.Network:
     except ckpt.CheckpointError as err:
         raise _load_error(network, name, path, err) from None
     if fp8 is not None:
-        store_fp8(module, fp8)
+        dtypes.store_fp8(module, fp8)
     return wrap(module, network, name, compute, load_device=load_device, offload_device=offload_device,
                 null_embedding=None if null is None else null.float().cpu(), configs=configs)
 
@@ -164,13 +164,12 @@ class _TextStack(torch.nn.Module):
         self.text_encoder = text_encoder
 
 
-def adopt_operations(module: torch.nn.Module, operations, *, fp8=None, compute=None,
-                     fp32_names=(), keep_names=()) -> None:
+def adopt_operations(module: torch.nn.Module, operations, *, compute=None, fp32_names=()) -> None:
     """Replace the ``torch.nn.Linear``/``Embedding`` layers of a transformers model by the
-    ``comfy.ops`` classes (same parameters), so ComfyUI can load it partially and store
-    its matrices in fp8. Layers named in ``keep_names`` keep the compute dtype when the
-    rest goes fp8, those in ``fp32_names`` are stored in fp32 (T5's ``wo`` in fp16, as
-    transformers does)."""
+    ``comfy.ops`` classes (same parameters), so ComfyUI can load it partially and
+    :func:`kv_core.dtypes.store_fp8` can store its matrices in fp8. Layers named in
+    ``fp32_names`` are stored in fp32 (T5's ``wo`` in fp16, as transformers does); layers
+    whose weights are not in ``compute`` cast them at run time."""
     replaced: dict[int, torch.nn.Module] = {}  # shared layers (T5's token embedding) stay shared
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
@@ -188,8 +187,6 @@ def adopt_operations(module: torch.nn.Module, operations, *, fp8=None, compute=N
             w = child.weight.detach()
             if name in fp32_names:
                 w = w.float()
-            elif fp8 is not None and isinstance(child, torch.nn.Linear) and name not in keep_names:
-                w = w.to(fp8)
             new.weight = torch.nn.Parameter(w, requires_grad=False)
             if getattr(child, "bias", None) is not None:
                 new.bias = torch.nn.Parameter(child.bias.detach(), requires_grad=False)
@@ -259,8 +256,10 @@ def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtyp
         raise ValueError(f"The text projections '{projections_name}' take {proj_in}-wide encoder states but "
                          f"the text encoder '{text_encoder_name}' makes {d_model}-wide ones: they are not "
                          "from the same release (Kandinsky Video needs google/flan-ul2, d_model 4096).")
-    adopt_operations(encoder, operations_for(weight, compute, load_device), fp8=fp8, compute=compute,
-                     fp32_names=("wo",) if weight == torch.float16 else (), keep_names=("wo",))
+    adopt_operations(encoder, operations_for(weight, compute, load_device), compute=compute,
+                     fp32_names=("wo",) if weight == torch.float16 else ())
+    if fp8 is not None:  # T5's feed-forward output (wo) keeps the compute dtype
+        dtypes.store_fp8(encoder, fp8, keep_names=("wo",))
     text = KVTextEncoder(encoder, projections, tokenizer, tokens_length)
     return wrap(_TextStack(text), ckpt.T5_ENCODER, text_encoder_name, compute, load_device=load_device,
                 offload_device=offload_device)

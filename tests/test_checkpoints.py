@@ -10,6 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from golden_support import golden_dir
 from kv_core import checkpoints as ck
+from kv_core.checkpoints import networks
+from kv_core.dtypes import supports_fp8_weights
 from kv_core.tiny import write_tiny_release
 
 GOLDEN = golden_dir()
@@ -50,7 +52,8 @@ def _attention_levels(cfg):
 @pytest.mark.parametrize("network,name,section", OFFICIAL)
 def test_golden_official_files_load_with_configs_json(network, name, section):
     configs = json.loads((GOLDEN / "configs.json").read_text())
-    net = _load(network, GOLDEN / name, GOLDEN / "configs.json")
+    loaded = ck.load_network(network, GOLDEN / name, GOLDEN / "configs.json")
+    net = loaded.module
     sd = torch.load(GOLDEN / name, weights_only=True)
     sd = sd["unet"] if "unet" in sd else sd
     got = net.state_dict()
@@ -58,7 +61,7 @@ def test_golden_official_files_load_with_configs_json(network, name, section):
     assert all(torch.equal(got[k], sd[k]) for k in sd)
     assert not any(t.is_meta for t in [*net.parameters(), *net.buffers()])
     assert not any(p.requires_grad for p in net.parameters()) and not net.training
-    assert net.kv_config == ck.config_from(configs, network)
+    assert loaded.config == ck.config_from(configs, network)
     counts = json.loads((GOLDEN / "manifest.json").read_text())["param_counts"]
     key = {ck.KEYFRAME_UNET: "t2v", ck.INTERPOLATION_UNET: "interp", ck.MOVQ: "movq",
            ck.VIDEO_MOVQ: "video_movq"}[network]
@@ -71,9 +74,9 @@ def test_golden_unet_null_embeddings_and_new_params_variant():
     want = torch.load(GOLDEN / "t2v.pt", weights_only=True)["null_embedding"]
     assert torch.equal(null, want) and null.dtype == torch.float32
     configs = json.loads((GOLDEN / "configs.json").read_text())
-    net, _ = ck.load_interpolation_unet(GOLDEN / "interpolation_new_params.pt",
-                                        configs["interpolation_new_params"])
-    assert net.kv_config["add_new_temporal_params"] is True
+    loaded = ck.load_network(ck.INTERPOLATION_UNET, GOLDEN / "interpolation_new_params.pt",
+                             configs["interpolation_new_params"])
+    assert loaded.config["add_new_temporal_params"] is True
     assert torch.equal(ck.load_null_embedding(GOLDEN / "interpolation.pt"),
                        torch.load(GOLDEN / "interpolation.pt", weights_only=True)["null_embedding"])
 
@@ -179,8 +182,8 @@ def test_detected_config_loads_without_configs_json_when_official_values_fit(tmp
     cfg = {**ck.official_config(ck.VIDEO_MOVQ), "ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1}
     net = ck.build_network(ck.VIDEO_MOVQ, cfg, device="cpu")
     torch.save(net.state_dict(), tmp_path / "video_movq.pt")
-    loaded = ck.load_movq(tmp_path / "video_movq.pt")
-    assert loaded.kv_config == cfg
+    loaded = ck.load_network(ck.VIDEO_MOVQ, tmp_path / "video_movq.pt")
+    assert loaded.config == cfg
 
 
 def test_configs_argument_forms(release):
@@ -403,7 +406,7 @@ def test_fp8_weights_kept_with_casting_operations(tmp_path, release):
     from kv_core.convert import convert_network
 
     path = convert_network(release.movq, tmp_path / "movq_fp8.safetensors", configs=release.configs, dtype="fp8")
-    assert ck.supports_fp8_weights(CastOps) and not ck.supports_fp8_weights(torch.nn)
+    assert supports_fp8_weights(CastOps) and not supports_fp8_weights(torch.nn)
     kept = ck.load_movq(path, operations=CastOps, dtype=torch.float32)
     upcast = ck.load_movq(path, dtype=torch.float32)
     dtypes = {p.dtype for p in kept.parameters()}
@@ -425,7 +428,7 @@ def test_fp8_at_load_time_from_an_official_file(release):
 
 def test_networks_are_built_on_meta_and_assigned(monkeypatch, release):
     seen = {}
-    real = ck.network_class
+    real = networks.network_class
 
     def spy(network):
         cls = real(network)
@@ -442,7 +445,7 @@ def test_networks_are_built_on_meta_and_assigned(monkeypatch, release):
 
         return Spied
 
-    monkeypatch.setattr(ck, "network_class", spy)
+    monkeypatch.setattr(networks, "network_class", spy)
     net = ck.load_movq(release.video_movq, release.configs)
     assert seen == {"device": "meta", "param_devices": {"meta"}, "assign": True, "strict": True}
     # the values are the file's

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from kv_core import checkpoints as ck
+from kv_core.dtypes import store_fp8
 from kv_core.tiny import write_tiny_release
 from lazy_comfy_ops import is_lazy, lazy_operations
 from test_checkpoints import CastOps
@@ -35,7 +36,7 @@ FP8 = torch.float8_e4m3fn
 # (case, operations namespace, dtype passed to the kv_core loader, fp8 stored afterwards)
 # default on a CPU: fp32 weights and compute (disable_weight_init); on a GPU: fp16/bf16
 # the same way; bf16/fp16 on a CPU: casting layers (manual_cast) computing in fp32;
-# fp8_e4m3fn: casting layers, loaded in the compute dtype then stored as fp8 (store_fp8);
+# fp8_e4m3fn: casting layers, loaded in the compute dtype then stored as fp8 (kv_core.dtypes.store_fp8);
 # kv_core's dtype="fp8" keeps the fp8 policy at load time.
 CASES = [
     ("default-cpu", PlainOps, LAZY_PLAIN, torch.float32, False),
@@ -56,13 +57,8 @@ def release(tmp_path_factory):
 
 
 def _store_fp8(module):
-    """What nodes/common.py store_fp8 does after a load: matrices of casting layers in fp8."""
-    for m in module.modules():
-        if getattr(m, "comfy_cast_weights", False) and not isinstance(m, torch.nn.Embedding):
-            w = getattr(m, "weight", None)
-            if isinstance(w, torch.nn.Parameter) and w.ndim >= 2:
-                m.weight = torch.nn.Parameter(w.detach().to(FP8), requires_grad=False)
-    return module
+    """What the loader nodes do after a load: matrices of casting layers in fp8."""
+    return store_fp8(module, FP8)
 
 
 def _load(network, release, operations, dtype):

@@ -16,11 +16,12 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 import websocket
+from PIL import Image
 
-from kv_core.pipeline import frame_rate
 from kv_core.tiny import write_tiny_release
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ INTERFACE = {
                                  "num_keyframes"], ["LATENT"]),
     "KandinskyVideoInterpolate": (["interpolation_unet", "conditioning", "latent", "skip_frames", "guidance_scale",
                                    "steps", "sampler", "seed"], ["LATENT"]),
-    "KandinskyVideoDecode": (["video_movq", "latent", "chunk_size"], ["IMAGE", "FLOAT"]),
+    "KandinskyVideoDecode": (["video_movq", "latent", "chunk_size", "num_keyframes"], ["IMAGE", "FLOAT"]),
 }
 
 
@@ -174,16 +175,29 @@ def test_shipped_workflows_are_listed_as_templates(kv):
 
 # --------------------------------------------------------------------------- errors
 
-def test_invalid_size_is_rejected_before_the_run_then_a_valid_prompt_runs(kv):
+def test_sizes_follow_from_the_networks(kv):
+    """The tiny release's networks (MoVQ x8, U-Nets with 3 levels: x4) run every multiple
+    of 32: 96 (no multiple of 64) runs, 100 is refused by the node, before its network
+    runs, with the rule named. validate_inputs cannot see the networks, so the node checks."""
     prompt = i2v_prompt(kv)
     bad = copy.deepcopy(prompt)
     encode = node_of(bad, "KandinskyVideoEncodeFirstFrame")
     bad[encode]["inputs"]["width"] = 100
-    result = kv.run(bad, timeout=120)
-    assert result.status == "rejected"
-    assert encode in result.node_errors
-    assert "multiple of 64" in error_text(result) and "width 100" in error_text(result)
-    assert kv.run(prompt, timeout=600).ok
+    result = kv.run(bad, timeout=300)
+    assert result.status == "error" and result.error["node_id"] == encode
+    message = result.error["exception_message"]
+    assert "width 100 does not fit" in message and "multiple of 8 " in message  # the image MoVQ alone: x8
+    assert "the MoVQ downsamples by 8" in message and "nearest: 96 or 104" in message
+    odd = copy.deepcopy(prompt)
+    odd[encode]["inputs"]["width"] = 104  # fits the MoVQ, not the keyframe U-Net's 2 halvings
+    result = kv.run(odd, timeout=300)
+    assert result.status == "error" and result.error["node_id"] == node_of(odd, "KandinskyVideoKeyframes")
+    assert "multiple of 4 (the keyframe U-Net halves the latent twice" in result.error["exception_message"]
+    good = copy.deepcopy(prompt)
+    good[encode]["inputs"]["width"] = 96
+    result = kv.run(good, timeout=600, check=True)
+    images = [p for p in kv.output_files(result) if p.suffix == ".png"]
+    assert images and Image.open(images[0]).size == (96, SIZE)
 
 
 def test_missing_model_file_names_file_network_and_folders(kv):
@@ -296,11 +310,98 @@ def test_a_file_of_another_model_family_is_described(kv, tmp_path_factory):
     assert "keyframe U-Net" in message and "image_in_layer.weight" in message
 
 
-def test_video_latent_survives_save_latent_and_load_latent(kv):
+def _save_latent(prompt: dict, node: str, key: str, prefix: str) -> None:
+    prompt[key] = {"class_type": "SaveLatent", "inputs": {"samples": [node, 0], "filename_prefix": prefix}}
+
+
+def _decoded(prompt: dict, latent: list, key: str, prefix: str, num_keyframes: int | None = None) -> None:
+    """Decode ``latent`` (a link) and keep its frames (SaveImage) and fps (PreviewAny)."""
+    movq = node_of(prompt, "KandinskyVideoVideoMoVQLoader")
+    inputs = {"video_movq": [movq, 0], "latent": latent, "chunk_size": 0}
+    if num_keyframes is not None:
+        inputs["num_keyframes"] = num_keyframes
+    prompt[key] = {"class_type": "KandinskyVideoDecode", "inputs": inputs}
+    prompt[key + "1"] = {"class_type": "SaveImage", "inputs": {"images": [key, 0], "filename_prefix": prefix}}
+    prompt[key + "2"] = {"class_type": "PreviewAny", "inputs": {"source": [key, 1]}}
+
+
+def _video(host, result, key: str) -> tuple[np.ndarray, float]:
+    """Frames (uint8 [F, H, W, 3]) and fps of a ``_decoded`` output."""
+    items = result.outputs[key + "1"]["images"]
+    files = sorted(host.output_dir / i.get("subfolder", "") / i["filename"] for i in items)
+    frames = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
+    return frames, float(result.outputs[key + "2"]["text"][0])
+
+
+def _interpolate(prompt: dict, like: dict, latent: list, key: str, skip_frames: int) -> None:
+    """An Interpolate with the inputs of ``like`` but another latent and skip_frames."""
+    prompt[key] = {"class_type": "KandinskyVideoInterpolate",
+                   "inputs": dict(like["inputs"], latent=latent, skip_frames=skip_frames)}
+
+
+@pytest.mark.parametrize("num_keyframes", [8, 12])
+def test_saved_latent_gives_the_direct_run(kv, num_keyframes):
+    """Keyframes -> Interpolate -> Interpolate -> Decode directly, and the same from
+    latents saved after each stage: Load Latent -> Decode (1 and 2 passes) and Load
+    Latent -> Interpolate (once or twice) -> Decode give the direct run's frames and fps.
+    Before: Decode after a load guessed 12 keyframes (8 keyframes: 2.18 fps instead of
+    7.91) and an Interpolate after a load guessed its noise stream (frames 20/255 off)."""
+    seed = 21
+    prompt = fast(kv.to_api(shipped_workflow("kandinsky_video_text_to_video_8fps")), seed=seed)
+    for key in [k for k, v in prompt.items() if v["class_type"] in ("KandinskyVideoDecode", "CreateVideo",
+                                                                   "SaveVideo")]:
+        del prompt[key]
+    keyframes = node_of(prompt, "KandinskyVideoKeyframes")
+    first = node_of(prompt, "KandinskyVideoInterpolate")
+    prompt[keyframes]["inputs"]["num_keyframes"] = num_keyframes
+    assert prompt[first]["inputs"]["skip_frames"] == 3
+    like = copy.deepcopy(prompt[first])
+    _interpolate(prompt, like, [first, 0], "800", 1)
+    tag = f"kv_path_{num_keyframes}_{uuid.uuid4().hex[:6]}"
+    _save_latent(prompt, keyframes, "810", f"latents/{tag}_k")
+    _save_latent(prompt, first, "811", f"latents/{tag}_i")
+    _decoded(prompt, [first, 0], "820", f"{tag}/direct1")
+    _decoded(prompt, ["800", 0], "830", f"{tag}/direct2")
+    direct = kv.run(prompt, timeout=900, check=True)
+    saved = {}
+    for p in kv.output_files(direct):
+        if p.suffix == ".latent":
+            shutil.copy(p, kv.input_dir / p.name)
+            saved[p.name.split("_")[-3]] = p.name
+    assert set(saved) == {"k", "i"}
+    one, fps1 = _video(kv, direct, "820")
+    two, fps2 = _video(kv, direct, "830")
+    n1, n2 = 4 * num_keyframes - 3, 16 * num_keyframes - 15
+    assert (len(one), len(two)) == (n1, n2)
+    assert fps1 == pytest.approx(n1 / (5.5 * num_keyframes / 12)) and fps2 == pytest.approx(n2 / (5.5 * num_keyframes / 12))
+
+    loaded = {k: v for k, v in prompt.items() if v["class_type"] in (
+        "KandinskyVideoTextEncoderLoader", "KandinskyVideoTextEncode", "KandinskyVideoInterpolationUNetLoader",
+        "KandinskyVideoVideoMoVQLoader")}
+    loaded["700"] = {"class_type": "LoadLatent", "inputs": {"latent": saved["k"]}}
+    loaded["701"] = {"class_type": "LoadLatent", "inputs": {"latent": saved["i"]}}
+    _interpolate(loaded, like, ["700", 0], "710", 3)  # keyframes -> pass 1 after a load
+    _interpolate(loaded, like, ["710", 0], "711", 1)  # -> pass 2
+    _interpolate(loaded, like, ["701", 0], "712", 1)  # pass 1 -> pass 2 after a load
+    for key, link in (("720", ["701", 0]), ("730", ["710", 0])):
+        _decoded(loaded, link, key, f"{tag}/{key}", num_keyframes)
+    for key, link in (("740", ["711", 0]), ("750", ["712", 0])):
+        _decoded(loaded, link, key, f"{tag}/{key}", num_keyframes)
+    after = kv.run(loaded, timeout=900, check=True)
+    for key, (frames, fps) in (("720", (one, fps1)), ("730", (one, fps1)), ("740", (two, fps2)),
+                               ("750", (two, fps2))):
+        got, got_fps = _video(kv, after, key)
+        assert got_fps == pytest.approx(fps), key
+        assert np.array_equal(got, frames), (key, int(np.abs(got.astype(int) - frames).max()))
+
+
+def test_decode_of_a_loaded_latent_asks_for_the_keyframe_count(kv):
+    """A loaded latent carries only its frames: Decode refuses to guess the frame rate and
+    says what to set; a count that contradicts the latent's record is refused too."""
     prompt = i2v_prompt(kv, seed=3)
     keyframes = node_of(prompt, "KandinskyVideoKeyframes")
     prefix = f"latents/kv_{uuid.uuid4().hex[:8]}"
-    prompt["901"] = {"class_type": "SaveLatent", "inputs": {"samples": [keyframes, 0], "filename_prefix": prefix}}
+    _save_latent(prompt, keyframes, "901", prefix)
     result = kv.run(prompt, timeout=600, check=True)
     saved = [p for p in kv.output_files(result) if p.suffix == ".latent"]
     assert len(saved) == 1
@@ -311,12 +412,59 @@ def test_video_latent_survives_save_latent_and_load_latent(kv):
                                                                        "weight_dtype": "default"}},
         "3": {"class_type": "KandinskyVideoDecode", "inputs": {"video_movq": ["2", 0], "latent": ["1", 0],
                                                               "chunk_size": 0}},
-        "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 1]}},
         "5": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
     }
-    result = kv.run(decode, timeout=600, check=True)
-    assert float(result.outputs["4"]["text"][0]) == pytest.approx(frame_rate(12, 12))
-    assert len(result.outputs["5"]["images"]) == 12
+    result = kv.run(decode, timeout=600)
+    assert result.status == "error" and result.error["node_id"] == "3"
+    assert "set num_keyframes on this node" in result.error["exception_message"]
+    decode["3"]["inputs"]["num_keyframes"] = 5  # 12 frames are no video of 5 keyframes
+    result = kv.run(decode, timeout=600)
+    assert result.status == "error" and "12 frames are not a video of 5 keyframes" in result.error["exception_message"]
+    direct = copy.deepcopy(prompt)
+    direct[node_of(direct, "KandinskyVideoDecode")]["inputs"]["num_keyframes"] = 6
+    result = kv.run(direct, timeout=600)
+    assert result.status == "error"
+    assert "num_keyframes is 6 but this latent was made from 12 keyframes" in result.error["exception_message"]
+
+
+@pytest.mark.parametrize("class_type,name,value", [
+    ("KandinskyVideoKeyframes", "num_keyframes", 1),
+    ("KandinskyVideoKeyframes", "motion", "fast"),
+    ("KandinskyVideoKeyframes", "guidance_weight_image", 99.0),
+    ("KandinskyVideoKeyframes", "steps", 0),
+    ("KandinskyVideoEncodeFirstFrame", "width", 5000),
+    ("KandinskyVideoEncodeFirstFrame", "resize_mode", "stretch"),
+    ("KandinskyVideoDecode", "chunk_size", -1),
+    ("KandinskyVideoDecode", "num_keyframes", 65),
+])
+def test_a_bad_value_gives_one_error_on_its_input(kv, class_type, name, value):
+    """ComfyUI attaches a validate_inputs message to every input the method takes; the
+    schema's own min/max/options checks give one error on the input at fault."""
+    prompt = i2v_prompt(kv)
+    node = node_of(prompt, class_type)
+    prompt[node]["inputs"][name] = value
+    result = kv.run(prompt, timeout=120)
+    assert result.status == "rejected"
+    assert list(result.node_errors) == [node], result.node_errors
+    errors = result.node_errors[node]["errors"]
+    assert [e["extra_info"]["input_name"] for e in errors] == [name], errors
+
+
+def test_two_bad_values_give_one_error_each_and_nan_is_refused(kv):
+    prompt = i2v_prompt(kv)
+    keyframes = node_of(prompt, "KandinskyVideoKeyframes")
+    bad = copy.deepcopy(prompt)
+    bad[keyframes]["inputs"].update(num_keyframes=1, sampler="euler")
+    result = kv.run(bad, timeout=120)
+    assert result.status == "rejected"
+    errors = result.node_errors[keyframes]["errors"]
+    assert sorted(e["extra_info"]["input_name"] for e in errors) == ["num_keyframes", "sampler"], errors
+    # NaN passes every min/max comparison: the node refuses it before sampling
+    bad = copy.deepcopy(prompt)
+    bad[keyframes]["inputs"]["guidance_weight_image"] = "nan"  # the host converts it with float()
+    result = kv.run(bad, timeout=300)
+    assert result.status == "error" and result.error["node_id"] == keyframes
+    assert "guidance_weight_image must be a finite number" in result.error["exception_message"]
 
 
 # fp16 also runs (checked by hand) but CPU fp16 kernels are slow: it is left to GPU runs

@@ -152,9 +152,10 @@ def test_pip_install_installs_kv_core_alone(tmp_path):
     assert f"{dist.name}/licenses/LICENSE" in installed
     for name in ("nodes", "bench", "tools", "tests", "workflows"):
         assert not (purelib / name).exists(), name
-    modules = sorted(p.stem for p in (REPO / "kv_core").glob("*.py") if p.stem != "__init__")
+    modules = sorted(".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+                     for p in (REPO / "kv_core").rglob("*.py"))
     check = ("import importlib, kv_core\n"
-             f"for m in {modules!r}: importlib.import_module('kv_core.' + m)\n"
+             f"for m in {modules!r}: importlib.import_module(m)\n"
              "print(kv_core.__file__)")
     proc = subprocess.run([py, "-I", "-c", check], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -168,7 +169,7 @@ def test_kv_core_imports_only_itself_the_stdlib_and_its_dependencies():
     declared = {IMPORT_NAMES.get(n, n) for n in _names(_pyproject()["project"]["dependencies"])}
     allowed = set(sys.stdlib_module_names) | declared | {"torch", "kv_core"}
     bad = []
-    for path in sorted((REPO / "kv_core").glob("*.py")):
+    for path in sorted((REPO / "kv_core").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 tops = [a.name.split(".")[0] for a in node.names]

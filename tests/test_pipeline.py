@@ -1,6 +1,7 @@
 """The pipeline and its stages on tiny random networks: validation (every error before any
 network runs), frame counts and rates, determinism (also across processes), stage-by-stage
 runs equal to the whole pipeline, image-to-video preprocessing, hooks."""
+import json
 import math
 import subprocess
 import sys
@@ -17,7 +18,8 @@ from kv_core.image import prepare_first_frame, resize_and_crop
 from kv_core.noise import ReplayNoise, RecordingNoise, SeededNoise
 from kv_core.pipeline import (KandinskyVideoPipeline, GenerationSettings, decode_first_frame, decode_frames,
                               encode_first_frame, encode_prompt, frame_count, frame_rate, generate_first_frame,
-                              generate_keyframes, interpolate_frames, motion_score, reference_motion_score)
+                              generate_keyframes, interpolate_frames, interpolation_passes, motion_score,
+                              reference_motion_score, size_rule)
 from kv_core.sampling import Interrupted, TextCondition
 from kv_core.tiny import randomize_, tiny_configs
 
@@ -66,7 +68,10 @@ def run(pipe, cond, **kw):
 # --- validation -----------------------------------------------------------------------------
 
 class Boom(torch.nn.Module):
-    """A network that must never run."""
+    """A network that must never run (it declares the release's size factors)."""
+
+    downsampling_factor = 8  # as a MoVQ
+    latent_multiple = 8      # as a U-Net
 
     def __init__(self):
         super().__init__()
@@ -86,11 +91,12 @@ def boom_pipe():
 
 
 BAD_SETTINGS = [
-    (dict(width=100), "width must be a positive multiple of 64"),
-    (dict(height=0), "height must be a positive multiple of 64"),
-    (dict(width=-64), "width must be a positive multiple of 64"),
-    (dict(width=64.0), "width must be a positive multiple of 64"),
-    (dict(height=True), "height must be a positive multiple of 64"),
+    (dict(width=100), "width 100 does not fit these networks: it must be a multiple of 64 \\(the MoVQ "
+                      "downsamples by 8, the keyframe U-Net halves the latent 3 times"),
+    (dict(height=0), "height must be a positive integer"),
+    (dict(width=-64), "width must be a positive integer"),
+    (dict(width=64.0), "width must be a positive integer"),
+    (dict(height=True), "height must be a positive integer"),
     (dict(key_frame_guidance_scale=float("nan")), "key_frame_guidance_scale must be a finite number"),
     (dict(guidance_weight_prompt=float("inf")), "guidance_weight_prompt must be a finite number"),
     (dict(guidance_weight_image=-float("inf")), "guidance_weight_image must be a finite number"),
@@ -154,10 +160,14 @@ def test_other_bad_calls_fail_before_any_network(boom_pipe):
         interpolate_frames(Boom(), torch.zeros(16), c, torch.zeros(1, 4, 8, 8))
     with pytest.raises(ValueError, match="key_latent must be a tensor"):
         generate_keyframes(Boom(), torch.zeros(16), c, torch.zeros(1, 4, 8, 8))
-    with pytest.raises(ValueError, match="width must be a positive multiple of 64"):
+    with pytest.raises(ValueError, match="width 96 does not fit these networks: it must be a multiple of 64"):
         generate_first_frame(Boom(), torch.zeros(16), c, width=96)
-    with pytest.raises(ValueError, match="height must be a positive multiple of 64"):
-        encode_first_frame(Boom(), np.zeros((8, 8, 3), np.uint8), width=64, height=32)
+    with pytest.raises(ValueError, match="height 36 does not fit .* multiple of 8 \\(the MoVQ downsamples by 8\\)"):
+        encode_first_frame(Boom(), np.zeros((8, 8, 3), np.uint8), width=64, height=36)
+    with pytest.raises(ValueError, match="latent is 6x8 .* multiple of 8"):
+        generate_keyframes(Boom(), torch.zeros(16), c, torch.zeros(4, 6, 8))
+    with pytest.raises(ValueError, match="video latent is 8x12 .* multiple of 8"):
+        interpolate_frames(Boom(), torch.zeros(16), c, torch.zeros(3, 4, 8, 12))
     with pytest.raises(ValueError, match="prompt must be a string"):
         encode_prompt(lambda p: None, 3)
 
@@ -168,8 +178,16 @@ def test_motion_and_frame_rates():
         assert reference_motion_score("normal") == 10
     assert reference_motion_score("high") == 50
     assert [frame_count(12, f) for f in ("low", "medium", "high")] == [12, 45, 177]
-    assert [round(frame_rate(n), 3) for n in (12, 45, 177)] == [round(n / 5.5, 3) for n in (12, 45, 177)]
+    assert [round(frame_rate(n, 12), 3) for n in (12, 45, 177)] == [round(n / 5.5, 3) for n in (12, 45, 177)]
     assert math.isclose(frame_rate(frame_count(6, "medium"), 6) * 5.5 / 2, frame_count(6, "medium"))
+    # the issue's numbers: 8 keyframes span 8 / 12 * 5.5 s
+    assert [round(frame_rate(n, 8), 2) for n in (8, 29, 113)] == [2.18, 7.91, 30.82]
+    assert [interpolation_passes(n, 8) for n in (8, 29, 113, 449)] == [0, 1, 2, 3]
+    # the keyframe count is never guessed: frames that no pass count explains are refused
+    with pytest.raises(ValueError, match="29 frames are not a video of 12 keyframes .* set num_keyframes"):
+        frame_rate(29, 12)
+    with pytest.raises(TypeError):
+        frame_rate(45)  # no default keyframe count: 45 frames are 12 keyframes + 1 pass, or 45 keyframes
     assert GenerationSettings().validate().motion == "medium"
 
 
@@ -341,3 +359,121 @@ def test_from_release_with_prompts(tmp_path):
     assert plain.frames.shape == negative.frames.shape == (5, 64, 64, 3)
     assert not torch.equal(plain.frames, negative.frames)
     assert torch.equal(pipe("a red car", **kw).frames, plain.frames)
+
+
+# --- sizes follow from the networks ---------------------------------------------------------
+
+def shaped_pipeline(movq_mult, unet_mult, seed=0):
+    """Tiny random networks of another shape: ``movq_mult`` sets the MoVQs' levels
+    (factor 2^(L-1)), ``unet_mult`` the U-Nets' levels (latent multiple 2^(L-1))."""
+    from kv_core.checkpoints import INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ, build_network
+    from kv_core.tiny import randomize_, tiny_configs
+
+    cfg, n = tiny_configs(), len(unet_mult)
+    for section in ("t2v", "interpolation"):
+        cfg[section]["configs"].update(dim_mult=list(unet_mult), num_blocks=[2] * n,
+                                       add_cross_attention=[False] + [True] * (n - 1),
+                                       add_self_attention=[False] + [True] * (n - 1))
+    cfg["interpolation"]["configs"]["time_downsample"] = [False] * n
+    for section in ("image_movq", "video_movq"):
+        cfg[section]["configs"]["ch_mult"] = list(movq_mult)
+    g = torch.Generator().manual_seed(seed)
+    roles = (("unet", KEYFRAME_UNET, "t2v"), ("interpolation_unet", INTERPOLATION_UNET, "interpolation"),
+             ("movq", MOVQ, "image_movq"), ("video_movq", VIDEO_MOVQ, "video_movq"))
+    nets = {role: randomize_(build_network(kind, cfg[section]["configs"], device="cpu"), g).eval()
+            for role, kind, section in roles}
+    dim = cfg["t2v"]["configs"]["context_dim"]
+    nulls = {k: torch.randn(dim, generator=g) for k in ("null_embedding", "interpolation_null_embedding")}
+    return KandinskyVideoPipeline(**nets, **nulls)
+
+
+def test_networks_of_another_shape_run_every_size_they_fit(cond):
+    """MoVQs of 3 levels (x4) and U-Nets of 2 levels (x2): every multiple of 8 runs, also
+    40x24 (no multiple of 64); 44 is refused before any network runs, naming the rule."""
+    pipe = shaped_pipeline([1, 1, 1], [1, 2])
+    rule = pipe.size_rule()
+    assert (rule.factor, rule.latent_multiple, rule.multiple) == (4, 2, 8)
+    video = run(pipe, cond, width=40, height=24, num_keyframes=2, fps="medium", noise=3)
+    assert video.frames.shape == (5, 24, 40, 3)
+    seen = []
+    with pytest.raises(ValueError, match="width 44 does not fit these networks: it must be a multiple of 8 "
+                                         "\\(the MoVQ downsamples by 4, the keyframe U-Net halves the latent once "
+                                         "\\(x2\\), the interpolation U-Net halves the latent once \\(x2\\)\\); "
+                                         "nearest: 40 or 48"):
+        run(pipe, cond, width=44, height=24, num_keyframes=2, fps="medium", noise=3,
+            progress=lambda *a: seen.append(a))
+    assert seen == []  # nothing ran
+    # the stages alone apply the part of the rule their networks set
+    with pytest.raises(ValueError, match="height 26 does not fit .* multiple of 4 \\(the MoVQ downsamples by 4\\)"):
+        encode_first_frame(pipe.movq, np.zeros((8, 8, 3), np.uint8), width=40, height=26)
+    with pytest.raises(ValueError, match="width 36 does not fit .* multiple of 8"):
+        generate_first_frame(pipe.unet, pipe.null_embedding, cond, width=36, height=24, movq=pipe.movq)
+
+
+def test_release_and_golden_shapes_give_their_rules():
+    """The golden configs (the release's shapes: MoVQ x8, U-Nets of 4 levels) need 64; its
+    interpolation variant with 2 levels alone needs 16; MoVQs that disagree are refused."""
+    from kv_core.checkpoints import INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ, build_network
+
+    cfg = json.loads((REPO / "tests" / "data" / "golden" / "configs.json").read_text())
+
+    def meta(kind, section):
+        return build_network(kind, cfg[section]["configs"], device="meta")
+
+    movq, video_movq = meta(MOVQ, "image_movq"), meta(VIDEO_MOVQ, "video_movq")
+    release = size_rule(movq=movq, video_movq=video_movq, unet=meta(KEYFRAME_UNET, "t2v"),
+                        interpolation_unet=meta(INTERPOLATION_UNET, "interpolation"))
+    assert release.multiple == 64 and "halves the latent 3 times (x8)" in release.reason
+    release.check(576, 320)
+    with pytest.raises(ValueError, match="width 96 does not fit .* multiple of 64"):
+        release.check(96, 64)
+    small = size_rule(movq=movq, interpolation_unet=meta(INTERPOLATION_UNET, "interpolation_new_params"))
+    assert small.multiple == 16
+    small.check(48, 80)
+    four = build_network(MOVQ, dict(cfg["image_movq"]["configs"], ch_mult=[1, 1, 1]), device="meta")
+    with pytest.raises(ValueError, match="image MoVQ downsamples by 4 but the video MoVQ by 8"):
+        size_rule(movq=four, video_movq=video_movq)
+
+
+# --- what a seed guarantees -----------------------------------------------------------------
+
+SEEDED_RUN = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+from kv_core.noise import SeededNoise, interpolation_stage
+from kv_core.pipeline import KandinskyVideoPipeline
+noise = {stage: SeededNoise.for_stage(77, stage).randn((3, 4, 64, 64))
+         for stage in ("first_frame", "keyframes", interpolation_stage(3), interpolation_stage(9))}
+result = KandinskyVideoPipeline.from_release(sys.argv[2])(
+    "a red car", width=64, height=64, num_keyframes=3, fps="medium", noise=77, return_intermediates=True,
+    first_frame_steps=3, keyframes_steps=3, interpolation_steps=3)
+torch.save({"noise": noise, "frames": result.frames, "latents": result.intermediates["interpolated_1"]}, sys.argv[3])
+"""
+
+
+def test_a_seed_gives_the_same_noise_and_outputs_equal_up_to_rounding(tmp_path):
+    """The README's promise, exactly: noise bit-identical with 1 and 2 threads and across
+    processes; the video equal up to floating-point rounding (stated tolerance: frames at
+    most 2/255 apart in under 5 % of values, latents within 1e-2), since other thread
+    counts sum in other orders."""
+    from kv_core.noise import SeededNoise, interpolation_stage
+    from kv_core.tiny import write_tiny_release
+
+    write_tiny_release(tmp_path / "release")
+    out = {}
+    for threads in (1, 2):
+        path = tmp_path / f"run{threads}.pt"
+        subprocess.run([sys.executable, "-c", SEEDED_RUN, str(threads), str(tmp_path / "release"), str(path)],
+                       check=True, cwd=REPO, capture_output=True)
+        out[threads] = torch.load(path, weights_only=True)
+    for stage, x in out[1]["noise"].items():
+        here = SeededNoise.for_stage(77, stage).randn((3, 4, 64, 64))
+        assert torch.equal(x, here) and torch.equal(out[2]["noise"][stage], here), stage
+    assert len({x.sum().item() for x in out[1]["noise"].values()}) == 4  # four distinct streams
+    assert interpolation_stage(3) != interpolation_stage(9)
+    # measured: latents (|x| <= 1) at most 3.7e-3 apart (mean 2e-4), frames at most 1/255
+    # apart in 1.0 % of values; a different noise stream would change nearly every value
+    torch.testing.assert_close(out[1]["latents"], out[2]["latents"], atol=1e-2, rtol=0)
+    diff = (out[1]["frames"].int() - out[2]["frames"].int()).abs()
+    assert int(diff.max()) <= 2 and float((diff > 0).float().mean()) < 0.05, \
+        f"{int(diff.max())}/255 apart in {float((diff > 0).float().mean()):.2%} of values"

@@ -141,7 +141,6 @@ def test_project_context_casts_hidden_states_to_the_projection_dtype():
 # --- what the encoder cannot read (issue 9 §1) ------------------------------------------------
 
 RUSSIAN = "красная машина едет по прибрежной дороге"        # "a red car drives along a coastal road"
-RUSSIAN_OTHER = "синее море и белые облака над горами"       # "a blue sea and white clouds over mountains"
 
 
 @pytest.fixture(scope="module")

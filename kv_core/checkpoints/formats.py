@@ -1,0 +1,187 @@
+"""File formats of Kandinsky Video checkpoints and how they are read safely.
+
+Official ``.pt`` files are read only with ``torch.load(weights_only=True)`` (a file carrying
+any pickled Python object other than tensors is refused and nothing in it runs);
+safetensors are read lazily, key by key. Our safetensors form stores the network's tensors
+under their official state-dict names and, in its metadata (``META_*``), the format version,
+the network kind, its constructor config, dtype, source and (T5) tokenizer.
+
+Also here: the network kinds (``KEYFRAME_UNET``...), :class:`CheckpointError`, and
+:func:`aligned`, the copy that makes tensors read from a file start on a 64-byte boundary.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+from ..dtypes import NULL_EMBEDDING_KEY  # noqa: F401  (part of the file format)
+
+# --- our safetensors format --------------------------------------------------------------
+
+FORMAT_VERSION = "1"
+META_FORMAT = "kandinsky_video.format_version"
+META_NETWORK = "kandinsky_video.network"
+META_CONFIG = "kandinsky_video.config"
+META_DTYPE = "kandinsky_video.dtype"
+META_SOURCE = "kandinsky_video.source"
+META_TOKENIZER = "kandinsky_video.tokenizer"
+
+KEYFRAME_UNET = "keyframe_unet"
+INTERPOLATION_UNET = "interpolation_unet"
+MOVQ = "movq"
+VIDEO_MOVQ = "video_movq"
+TEXT_PROJECTIONS = "text_projections"
+T5_ENCODER = "t5_encoder"
+
+# section of configs.json for each network
+CONFIG_SECTIONS = {KEYFRAME_UNET: "t2v", INTERPOLATION_UNET: "interpolation",
+                   MOVQ: "image_movq", VIDEO_MOVQ: "video_movq"}
+
+# what each network is called in messages
+DESCRIPTIONS = {
+    KEYFRAME_UNET: "keyframe U-Net (t2v.pt)",
+    INTERPOLATION_UNET: "interpolation U-Net (interpolation.pt)",
+    MOVQ: "image MoVQ (movq.pt)",
+    VIDEO_MOVQ: "video MoVQ (video_movq.pt)",
+    TEXT_PROJECTIONS: "text projections (t5_projections.pt)",
+    T5_ENCODER: "T5 text encoder",
+}
+
+_MAX_LISTED = 5
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read or does not match the network it should hold."""
+
+
+def listing(keys, limit: int = _MAX_LISTED) -> str:
+    keys = list(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+
+# --- reading files -------------------------------------------------------------------------
+
+@dataclass
+class TensorFile:
+    """The tensors of one checkpoint file, read lazily where the format allows.
+
+    ``shapes`` lists every tensor (flattened names: nested dicts joined with ``.``);
+    :meth:`get` reads one. ``metadata`` is the safetensors metadata (empty for ``.pt``).
+    """
+
+    path: Path
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, torch.dtype]
+    metadata: dict[str, str]
+    _get: Callable[[str], torch.Tensor] = field(repr=False)
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._get(key)
+
+    def keys(self):
+        return self.shapes.keys()
+
+    @property
+    def network(self) -> str | None:
+        """The network kind recorded in our safetensors metadata, if any."""
+        return self.metadata.get(META_NETWORK)
+
+    @property
+    def config(self) -> dict | None:
+        raw = self.metadata.get(META_CONFIG)
+        return json.loads(raw) if raw else None
+
+
+#: safetensors dtype names -> torch dtypes
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                      "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                      "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+for _name, _st in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
+    if hasattr(torch, _name):
+        SAFETENSORS_DTYPES[_st] = getattr(torch, _name)
+
+
+def _flatten(obj, prefix: str, out: dict, path: Path):
+    if isinstance(obj, torch.Tensor):
+        out[prefix] = obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out, path)
+    else:
+        raise CheckpointError(f"{path}: unexpected {type(obj).__name__} at {prefix or 'top level'!r} "
+                              "(a checkpoint holds tensors and dicts of tensors only)")
+
+
+def torch_load(path: Path):
+    mmap = zipfile.is_zipfile(path)  # the legacy (non-zip) torch format cannot be memory-mapped
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refused to load {path}: it contains pickled Python objects that are not tensors, "
+            "and checkpoints are only read with torch.load(weights_only=True). Nothing in the "
+            f"file was executed. ({str(err).splitlines()[0]})") from None
+    except Exception as err:  # noqa: BLE001 - every reader failure becomes one error class
+        raise CheckpointError(f"could not read {path} (truncated, damaged or not a torch "
+                              f"checkpoint): {type(err).__name__}: {err}") from err
+
+
+def open_tensor_file(path) -> TensorFile:
+    """Open a ``.pt``/``.pth``/``.bin`` (weights only) or ``.safetensors`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes), e.g. an interrupted download or copy: "
+                              "download or copy it again")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            handle = safe_open(str(path), framework="pt", device="cpu")
+            metadata = dict(handle.metadata() or {})
+            shapes, dtypes = {}, {}
+            for key in handle.keys():
+                sl = handle.get_slice(key)
+                shapes[key] = tuple(sl.get_shape())
+                dtypes[key] = SAFETENSORS_DTYPES.get(sl.get_dtype(), torch.float32)
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointError(f"could not read {path} (truncated, damaged or not a "
+                                  f"safetensors file): {type(err).__name__}: {err}") from err
+
+        def get(key: str) -> torch.Tensor:
+            try:
+                return handle.get_tensor(key)
+            except Exception as err:  # noqa: BLE001
+                raise CheckpointError(f"{path}: could not read tensor {key!r}: {err}") from err
+
+        return TensorFile(path, shapes, dtypes, metadata, get)
+
+    flat: dict[str, torch.Tensor] = {}
+    _flatten(torch_load(path), "", flat, path)
+    return TensorFile(path, {k: tuple(v.shape) for k, v in flat.items()},
+                      {k: v.dtype for k, v in flat.items()}, {}, flat.__getitem__)
+
+
+
+_ALIGNMENT = 64  # bytes: what torch's CPU allocator gives and its vectorised kernels expect
+
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in memory aligned to 64 bytes. Tensors read from a safetensors file (or an
+    mmap'd .pt) can start at any byte of the file; CPU kernels then take other code paths
+    whose last-bit rounding differs, so the same weights would compute slightly different
+    outputs depending on the file format they came from. A copy (one tensor at a time)
+    makes results independent of the file and keeps the fast paths."""
+    if t.device.type == "cpu" and t.numel() and t.data_ptr() % _ALIGNMENT:
+        return t.clone()
+    return t
+
