@@ -13,4 +13,6 @@ import importlib.util
 if importlib.util.find_spec("comfy_api") is not None:
     from .nodes import comfy_entrypoint
 
-    __all__ = ["comfy_entrypoint"]
+    #: Frontend extension: web/token_report.js keeps the Text Encode token report on the node.
+    WEB_DIRECTORY = "./web"
+    __all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]

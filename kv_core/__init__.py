@@ -7,6 +7,9 @@ Each stage has one obvious module:
 - ``text_projection``     the two learned text projections
 - ``unet``                keyframe U-Net3D (video mode) and its Kandinsky 3.0 image mode
 - ``unet_interpolation``  interpolation U-Net
+- ``layers``              the layer factory every network builds with (``operations``/``device``/``dtype``)
+- ``unet_base``           the Kandinsky 3.0 blocks, levels and skip connections both U-Nets share
+- ``movq_blocks``         the blocks of the MoVQs
 - ``movq``                image MoVQ and the temporal (video) MoVQ decoder
 - ``checkpoints``         safe loading of the official files and of our safetensors form (a
                           package: formats, contents, configs, networks, t5)

@@ -1,7 +1,7 @@
-"""Building blocks shared by the keyframe U-Net (:mod:`.unet`) and the interpolation U-Net
-(:mod:`.unet_interpolation`) of Kandinsky Video 1.1.
-
-Both networks are Kandinsky 3.0 U-Nets. Conventions used throughout:
+"""Layers shared by the networks of Kandinsky Video 1.1: the layer factory every network
+builds its weighted layers with, and the embeddings, norms and attention of the two
+Kandinsky 3.0 U-Nets (:mod:`.unet`, :mod:`.unet_interpolation`; their blocks and levels are
+in :mod:`.unet_base`). Conventions used throughout:
 
 * feature maps are ``[N, C, H, W]``; for video ``N = b * t`` with the frame (or, in the
   interpolation U-Net, the group) axis ``t`` *inner*;
@@ -10,16 +10,20 @@ Both networks are Kandinsky 3.0 U-Nets. Conventions used throughout:
   the layers cast their weights at run time (manual-cast operations, fp8 storage); inputs,
   embeddings, contexts and learned scalars are cast to it.
 
-Every layer with weights is created through :class:`LayerFactory`, i.e. from an
-``operations`` namespace (``torch.nn`` by default, ``comfy.ops.*`` under ComfyUI) on the
-requested device and dtype, so the networks also build on the meta device. Attribute names
-follow the official checkpoints exactly (they are the state-dict keys).
+Every layer with weights, in every network of ``kv_core`` (U-Nets, MoVQ, text
+projections), is created through :class:`LayerFactory`, i.e. from an ``operations``
+namespace (``torch.nn`` by default, ``comfy.ops.*`` under ComfyUI, whose layers cast or
+store fp8 or load lazily) on the requested device and dtype, so the networks also build on
+the meta device. A network's public constructor takes ``operations``/``device``/``dtype``
+and hands one factory down; its blocks take ``factory``. Attribute names follow the
+official checkpoints exactly (they are the state-dict keys); an optional sub-module is
+``None`` when absent.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,21 +41,10 @@ __all__ = [
     "ConditionalGroupNorm",
     "Attention",
     "AttentionPooling",
-    "AttentionBlock",
     "feed_forward",
     "attention_over_frames",
     "conv_over_frames",
-    "TemporalConv3D",
-    "Block",
-    "ResNetBlock",
-    "LevelSpec",
-    "plan_levels",
-    "down_level_channels",
-    "up_level_channels",
 ]
-
-Resample = Optional[Literal["up", "down"]]
-
 
 # --------------------------------------------------------------------------- factories
 
@@ -61,7 +54,8 @@ class LayerFactory:
     """Creates the weighted layers of a network from an ``operations`` namespace.
 
     ``operations`` provides ``Linear, Conv2d, Conv3d, ConvTranspose2d, GroupNorm,
-    Embedding`` (``torch.nn`` when None); every layer is built on ``device``/``dtype``.
+    LayerNorm, Embedding`` (``torch.nn`` when None), e.g. ``comfy.ops.manual_cast``; every
+    layer is built on ``device``/``dtype`` (``"meta"`` for a network loaded later).
     """
 
     operations: Any = None
@@ -89,8 +83,11 @@ class LayerFactory:
     def conv_transpose2d(self, in_channels: int, out_channels: int, kernel_size, stride=1) -> nn.Module:
         return self.ops.ConvTranspose2d(in_channels, out_channels, kernel_size, stride=stride, **self._kw())
 
-    def group_norm(self, groups: int, channels: int) -> nn.Module:
-        return self.ops.GroupNorm(groups, channels, affine=True, **self._kw())
+    def group_norm(self, groups: int, channels: int, eps: float = 1e-5) -> nn.Module:
+        return self.ops.GroupNorm(groups, channels, eps=eps, affine=True, **self._kw())
+
+    def layer_norm(self, channels: int) -> nn.Module:
+        return self.ops.LayerNorm(channels, **self._kw())
 
     def embedding(self, num_embeddings: int, dim: int) -> nn.Module:
         return self.ops.Embedding(num_embeddings, dim, **self._kw())
@@ -282,27 +279,6 @@ def feed_forward(channels: int, expansion_ratio: int, *, factory: LayerFactory) 
     )
 
 
-class AttentionBlock(nn.Module):
-    """Spatial self-attention (``context_dim`` None) or cross-attention to the text, then a
-    feed-forward; both pre-normed by ConditionalGroupNorm and residual. ``[N, C, H, W]``."""
-
-    def __init__(self, channels: int, embed_dim: int, context_dim: Optional[int] = None, groups: int = 32,
-                 head_dim: int = 64, expansion_ratio: int = 4, *, factory: LayerFactory):
-        super().__init__()
-        self.in_norm = ConditionalGroupNorm(groups, channels, embed_dim, factory=factory)
-        self.attention = Attention(channels, channels, context_dim or channels, head_dim, factory=factory)
-        self.out_norm = ConditionalGroupNorm(groups, channels, embed_dim, factory=factory)
-        self.feed_forward = feed_forward(channels, expansion_ratio, factory=factory)
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: Optional[torch.Tensor] = None,
-                context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        n, c, h, w = x.shape
-        tokens = self.in_norm(x, emb).flatten(2).transpose(1, 2).contiguous()  # [N, HW, C]
-        out = self.attention(tokens, context, context_mask)
-        x = x + out.transpose(1, 2).unflatten(2, (h, w))
-        return x + self.feed_forward(self.out_norm(x, emb))
-
-
 def attention_over_frames(attention: Attention, x: torch.Tensor, num_frames: int) -> torch.Tensor:
     """Unmasked self-attention along the frame axis at every spatial position.
 
@@ -314,179 +290,3 @@ def attention_over_frames(attention: Attention, x: torch.Tensor, num_frames: int
     out = attention(tokens)
     out = out.view(b, h * w, num_frames, -1).permute(0, 2, 3, 1)
     return out.reshape(n, -1, h, w)
-
-
-# ----------------------------------------------------------------------- ResNet blocks
-
-
-class TemporalConv3D(nn.Module):
-    """Interpolation U-Net temporal mixing: a ``(3, 1, 1)`` Conv3d over the frame axis,
-    merged as ``(1 - w) x + w conv(x)`` with ``w = temporal_merge * mask`` (quirk I3)."""
-
-    def __init__(self, in_channels: int, out_channels: int, *, factory: LayerFactory):
-        super().__init__()
-        self.temporal_merge = factory.scalar()
-        self.temporal_projection = factory.conv3d(in_channels, out_channels, (3, 1, 1), padding=(1, 0, 0))
-
-    def forward(self, x: torch.Tensor, frames: FrameAxis) -> torch.Tensor:
-        out = conv_over_frames(self.temporal_projection, x, frames.num_frames)
-        return frames.merge(x, out, self.temporal_merge)
-
-
-class Block(nn.Module):
-    """ConditionalGroupNorm -> SiLU -> [2x2 transposed-conv up] -> conv -> [2x2/2 conv down]
-    (quirk U10).
-
-    The interpolation U-Net adds :class:`TemporalConv3D` layers (quirk I6):
-    ``temporal_projection_new`` after the conv (``temporal``), and with
-    ``new_temporal_params`` ``temporal_post_upsample`` / ``temporal_post_downsample`` after
-    the resampling. Those need a :class:`FrameAxis` in ``forward``.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, embed_dim: int, kernel_size: int = 3,
-                 groups: int = 32, resample: Resample = None, *, temporal: bool = False,
-                 new_temporal_params: bool = False, factory: LayerFactory):
-        super().__init__()
-        self.group_norm = ConditionalGroupNorm(groups, in_channels, embed_dim, factory=factory)
-        self.up_sample = (factory.conv_transpose2d(in_channels, in_channels, 2, stride=2)
-                          if resample == "up" else None)
-        self.projection = factory.conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
-        self.down_sample = (factory.conv2d(out_channels, out_channels, 2, stride=2)
-                            if resample == "down" else None)
-        new_up = new_temporal_params and resample == "up"
-        new_down = new_temporal_params and resample == "down"
-        self.temporal_post_upsample = (TemporalConv3D(out_channels, out_channels, factory=factory)
-                                       if new_up else None)
-        self.temporal_projection_new = (TemporalConv3D(out_channels, out_channels, factory=factory)
-                                        if temporal else None)
-        self.temporal_post_downsample = (TemporalConv3D(out_channels, out_channels, factory=factory)
-                                         if new_down else None)
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, frames: Optional[FrameAxis] = None) -> torch.Tensor:
-        x = F.silu(self.group_norm(x, emb))
-        if self.up_sample is not None:
-            x = self.up_sample(x)
-        if self.temporal_post_upsample is not None:
-            x = self.temporal_post_upsample(x, frames)
-        x = self.projection(x)
-        if self.temporal_projection_new is not None:
-            x = self.temporal_projection_new(x, frames)
-        if self.down_sample is not None:
-            x = self.down_sample(x)
-        if self.temporal_post_downsample is not None:
-            x = self.temporal_post_downsample(x, frames)
-        return x
-
-
-class ResNetBlock(nn.Module):
-    """Four :class:`Block` s (kernels 1, 3, 3, 1; hidden width ``max(in, out) //
-    compression_ratio``) plus a shortcut with the same resampling and a 1x1 projection when
-    the width changes (quirk U10).
-
-    ``resample="up"`` up-samples in the second block, ``"down"`` down-samples in the third.
-    Interpolation U-Net options: ``temporal`` (a TemporalConv3D after every block conv) and
-    ``new_temporal_params`` (temporal convs after the resampling of the blocks and of the
-    shortcut). The official shortcut applies ``temporal_post_upsample`` twice (after the
-    up-sampling and again after the down-sampling position) and never its
-    ``temporal_post_downsample`` (quirk I5); ``fix_temporal_shortcut=True`` applies each once
-    where it belongs instead.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, embed_dim: int, groups: int = 32,
-                 compression_ratio: int = 2, resample: Resample = None, *, temporal: bool = False,
-                 new_temporal_params: bool = False, fix_temporal_shortcut: bool = False,
-                 factory: LayerFactory):
-        super().__init__()
-        hidden = max(in_channels, out_channels) // compression_ratio
-        widths = [(in_channels, hidden), (hidden, hidden), (hidden, hidden), (hidden, out_channels)]
-        kernels = [1, 3, 3, 1]
-        resamples = [None, "up" if resample == "up" else None, "down" if resample == "down" else None, None]
-        self.resnet_blocks = nn.ModuleList([
-            Block(cin, cout, embed_dim, k, groups, r, temporal=temporal,
-                  new_temporal_params=new_temporal_params, factory=factory)
-            for (cin, cout), k, r in zip(widths, kernels, resamples)
-        ])
-        self.shortcut_up_sample = (factory.conv_transpose2d(in_channels, in_channels, 2, stride=2)
-                                   if resample == "up" else None)
-        self.shortcut_projection = (factory.conv2d(in_channels, out_channels, 1)
-                                    if in_channels != out_channels else None)
-        self.shortcut_down_sample = (factory.conv2d(out_channels, out_channels, 2, stride=2)
-                                     if resample == "down" else None)
-        self.temporal_post_upsample = (TemporalConv3D(in_channels, out_channels, factory=factory)
-                                       if new_temporal_params and resample == "up" else None)
-        self.temporal_post_downsample = (TemporalConv3D(out_channels, out_channels, factory=factory)
-                                         if new_temporal_params and resample == "down" else None)
-        self.fix_temporal_shortcut = fix_temporal_shortcut
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, frames: Optional[FrameAxis] = None) -> torch.Tensor:
-        out = x
-        for block in self.resnet_blocks:
-            out = block(out, emb, frames)
-
-        if self.shortcut_up_sample is not None:
-            x = self.shortcut_up_sample(x)
-        if self.temporal_post_upsample is not None:
-            x = self.temporal_post_upsample(x, frames)
-        if self.shortcut_projection is not None:
-            x = self.shortcut_projection(x)
-        if self.shortcut_down_sample is not None:
-            x = self.shortcut_down_sample(x)
-        second = self.temporal_post_downsample if self.fix_temporal_shortcut else self.temporal_post_upsample
-        if second is not None:
-            x = second(x, frames)
-        return x + out
-
-
-# ------------------------------------------------------------------------ U-Net levels
-
-
-@dataclass(frozen=True)
-class LevelSpec:
-    """One resolution level of a Kandinsky 3.0 U-Net.
-
-    ``in_channels``/``out_channels`` are those of the down path (the up path runs from
-    ``out`` back to ``in``); ``skip_channels`` are concatenated at the start of the level's
-    up path (0 at the bottom level); ``resample`` is False at the bottom level.
-    """
-
-    in_channels: int
-    out_channels: int
-    num_blocks: int
-    context_dim: Optional[int]
-    self_attention: bool
-    skip_channels: int
-    resample: bool
-
-
-def plan_levels(model_channels: int, init_channels: int, dim_mult, num_blocks, add_cross_attention,
-                add_self_attention, context_dim: Optional[int]) -> list[LevelSpec]:
-    """Per-level widths and options, from the official config values."""
-    widths = [init_channels] + [model_channels * m for m in dim_mult]
-    count = len(dim_mult)
-    if not (len(num_blocks) == len(add_cross_attention) == len(add_self_attention) == count):
-        raise ValueError("dim_mult, num_blocks, add_cross_attention and add_self_attention "
-                         "must have one entry per level")
-    levels = []
-    for i in range(count):
-        last = i == count - 1
-        levels.append(LevelSpec(
-            in_channels=widths[i], out_channels=widths[i + 1], num_blocks=int(num_blocks[i]),
-            context_dim=context_dim if add_cross_attention[i] else None,
-            self_attention=bool(add_self_attention[i]),
-            skip_channels=0 if last else widths[i + 1], resample=not last,
-        ))
-    return levels
-
-
-def down_level_channels(level: LevelSpec) -> list[tuple[int, int]]:
-    """(in, out) of each ResNet pair of a down level."""
-    return [(level.in_channels, level.out_channels)] + [(level.out_channels,) * 2] * (level.num_blocks - 1)
-
-
-def up_level_channels(level: LevelSpec) -> list[tuple[int, int]]:
-    """(in, out) of each ResNet pair of an up level, from ``out_channels + skip`` back to
-    ``in_channels``. As in the official code the list is cut to ``num_blocks`` entries, so a
-    one-block level keeps its input width (quirk U8)."""
-    cin, cout, n = level.out_channels, level.in_channels, level.num_blocks
-    pairs = [(cin + level.skip_channels, cin)] + [(cin, cin)] * (n - 2) + [(cin, cout)]
-    return pairs[:n]

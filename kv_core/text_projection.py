@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from .layers import LayerFactory
+
 PROJECTION_BASE = "projection_base"
 PROJECTION_INTERPOLATION = "projection_interpolation"
 PROJECTION_LABELS = (PROJECTION_BASE, PROJECTION_INTERPOLATION)
@@ -18,11 +20,8 @@ class TextProjection(nn.Sequential):
     """
 
     def __init__(self, d_model: int, context_dim: int, *, operations=None, device=None, dtype=None):
-        ops = operations or nn
-        super().__init__(
-            ops.Linear(d_model, context_dim, bias=False, device=device, dtype=dtype),
-            ops.LayerNorm(context_dim, device=device, dtype=dtype),
-        )
+        factory = LayerFactory(operations, device, dtype)
+        super().__init__(factory.linear(d_model, context_dim, bias=False), factory.layer_norm(context_dim))
 
     @property
     def d_model(self) -> int:

@@ -33,21 +33,16 @@ from torch import nn
 
 from .layers import (
     Attention,
-    AttentionBlock,
     AttentionPooling,
     ConditionalGroupNorm,
     LayerFactory,
-    LevelSpec,
-    ResNetBlock,
     TimestepEmbedding,
     attention_over_frames,
     compute_dtype,
     conv_over_frames,
-    down_level_channels,
     feed_forward,
-    plan_levels,
-    up_level_channels,
 )
+from .unet_base import LevelSpec, ResNetPair, UNetBase, UNetBlocks, plan_levels
 
 __all__ = ["KeyframeUNet", "OFFICIAL_CONFIG"]
 
@@ -72,7 +67,7 @@ OFFICIAL_CONFIG = {
 }
 
 
-class TemporalResNetBlock(nn.Module):
+class KeyframeTemporalResNetBlock(nn.Module):
     """Residual stack of [ConditionalGroupNorm -> SiLU -> Conv3d (k, 1, 1) over frames] with
     kernels 1, 3, 3, 1 and hidden width ``channels // compression_ratio`` (quirk U9).
     ``x [(b t), C, H, W]`` -> same shape."""
@@ -98,7 +93,7 @@ class TemporalResNetBlock(nn.Module):
         return x + out
 
 
-class TemporalAttentionBlock(nn.Module):
+class KeyframeTemporalAttentionBlock(nn.Module):
     """Self-attention over the T frames at every spatial position (no mask), then a
     feed-forward; both pre-normed and residual. ``x [(b t), C, H, W]``."""
 
@@ -115,39 +110,31 @@ class TemporalAttentionBlock(nn.Module):
         return x + self.feed_forward(self.ff_norm(x, emb))
 
 
-def _attention_block(channels: int, config: dict, factory: LayerFactory, context_dim=None) -> AttentionBlock:
-    return AttentionBlock(channels, config["time_embed_dim"], context_dim, config["groups"], config["head_dim"],
-                          config["expansion_ratio"], factory=factory)
+class _KeyframeBlocks(UNetBlocks):
+    """The blocks of a keyframe level: the shared ones plus the temporal ResNet and
+    temporal attention blocks of video mode."""
+
+    def temporal_resnets(self, pair: ResNetPair) -> list[KeyframeTemporalResNetBlock]:
+        """Two temporal ResNet blocks at the cross-attention width of ``pair`` (quirk U7)."""
+        return [KeyframeTemporalResNetBlock(pair.channels, self.time_embed_dim, self.groups, self.compression_ratio,
+                                            factory=self.factory) for _ in range(2)]
+
+    def temporal_attention(self, spec: LevelSpec) -> Optional[KeyframeTemporalAttentionBlock]:
+        if not spec.self_attention:
+            return None
+        return KeyframeTemporalAttentionBlock(spec.in_channels, self.time_embed_dim, self.groups, self.head_dim,
+                                              self.expansion_ratio, factory=self.factory)
 
 
-def _temporal_attention_block(channels: int, config: dict, factory: LayerFactory) -> TemporalAttentionBlock:
-    return TemporalAttentionBlock(channels, config["time_embed_dim"], config["groups"], config["head_dim"],
-                                  config["expansion_ratio"], factory=factory)
-
-
-class DownSampleBlock(nn.Module):
+class KeyframeDownBlock(nn.Module):
     """One level of the down path; ``resnet_attn_blocks[i]`` holds
     ``[ResNet, cross-attention | None, ResNet, temporal ResNet, temporal ResNet]``."""
 
-    def __init__(self, spec: LevelSpec, config: dict, *, factory: LayerFactory):
+    def __init__(self, spec: LevelSpec, blocks: _KeyframeBlocks):
         super().__init__()
-        emb, groups, ratio = config["time_embed_dim"], config["groups"], config["compression_ratio"]
-        self.self_attention_block = (_attention_block(spec.in_channels, config, factory)
-                                     if spec.self_attention else None)
-        self.temporal_attention_block = (_temporal_attention_block(spec.in_channels, config, factory)
-                                         if spec.self_attention else None)
-        pairs = down_level_channels(spec)
-        self.resnet_attn_blocks = nn.ModuleList()
-        for i, (cin, cout) in enumerate(pairs):
-            resample = "down" if spec.resample and i == len(pairs) - 1 else None
-            self.resnet_attn_blocks.append(nn.ModuleList([
-                ResNetBlock(cin, cout, emb, groups, ratio, factory=factory),
-                (_attention_block(cout, config, factory, spec.context_dim)
-                 if spec.context_dim is not None else None),
-                ResNetBlock(cout, cout, emb, groups, ratio, resample, factory=factory),
-                TemporalResNetBlock(cout, emb, groups, ratio, factory=factory),
-                TemporalResNetBlock(cout, emb, groups, ratio, factory=factory),
-            ]))
+        self.self_attention_block = blocks.self_attention(spec)
+        self.temporal_attention_block = blocks.temporal_attention(spec)
+        self.resnet_attn_blocks = blocks.resnet_attn_blocks(spec, up=False, extra=blocks.temporal_resnets)
 
     def forward(self, x, emb, context, context_mask, temporal_emb=None, num_frames=None):
         video = temporal_emb is not None
@@ -167,28 +154,15 @@ class DownSampleBlock(nn.Module):
         return x
 
 
-class UpSampleBlock(nn.Module):
+class KeyframeUpBlock(nn.Module):
     """One level of the up path (input: previous level concatenated with the skip); the
     temporal ResNet blocks act on the input width of their ResNet pair (quirk U7)."""
 
-    def __init__(self, spec: LevelSpec, config: dict, *, factory: LayerFactory):
+    def __init__(self, spec: LevelSpec, blocks: _KeyframeBlocks):
         super().__init__()
-        emb, groups, ratio = config["time_embed_dim"], config["groups"], config["compression_ratio"]
-        self.resnet_attn_blocks = nn.ModuleList()
-        for i, (cin, cout) in enumerate(up_level_channels(spec)):
-            resample = "up" if spec.resample and i == 0 else None
-            self.resnet_attn_blocks.append(nn.ModuleList([
-                ResNetBlock(cin, cin, emb, groups, ratio, resample, factory=factory),
-                (_attention_block(cin, config, factory, spec.context_dim)
-                 if spec.context_dim is not None else None),
-                ResNetBlock(cin, cout, emb, groups, ratio, factory=factory),
-                TemporalResNetBlock(cin, emb, groups, ratio, factory=factory),
-                TemporalResNetBlock(cin, emb, groups, ratio, factory=factory),
-            ]))
-        self.temporal_attention_block = (_temporal_attention_block(spec.in_channels, config, factory)
-                                         if spec.self_attention else None)
-        self.self_attention_block = (_attention_block(spec.in_channels, config, factory)
-                                     if spec.self_attention else None)
+        self.resnet_attn_blocks = blocks.resnet_attn_blocks(spec, up=True, extra=blocks.temporal_resnets)
+        self.temporal_attention_block = blocks.temporal_attention(spec)
+        self.self_attention_block = blocks.self_attention(spec)
 
     def forward(self, x, emb, context, context_mask, temporal_emb=None, num_frames=None):
         video = temporal_emb is not None
@@ -208,7 +182,7 @@ class UpSampleBlock(nn.Module):
         return x
 
 
-class KeyframeUNet(nn.Module):
+class KeyframeUNet(UNetBase):
     """Keyframe / first-frame U-Net of Kandinsky Video 1.1 (see the module docstring).
 
     Constructor keywords are those of ``configs.json["t2v"]["configs"]``
@@ -229,9 +203,6 @@ class KeyframeUNet(nn.Module):
         factory = LayerFactory(operations, device, dtype)
         init_channels = init_channels or model_channels
         out_channels = out_channels or num_channels
-        config = {"time_embed_dim": time_embed_dim, "groups": groups, "head_dim": head_dim,
-                  "expansion_ratio": expansion_ratio, "compression_ratio": compression_ratio}
-
         self.to_time_embed = TimestepEmbedding(init_channels, time_embed_dim, factory=factory)
         self.feature_pooling = AttentionPooling(time_embed_dim, context_dim, head_dim, factory=factory)
         self.to_temporal_embed = TimestepEmbedding(init_channels, time_embed_dim, factory=factory)
@@ -243,15 +214,11 @@ class KeyframeUNet(nn.Module):
         self.in_layer = factory.conv2d(num_channels, init_channels, 3, padding=1)
         self.image_in_layer = factory.conv2d(num_channels, init_channels, 3, padding=1)
 
+        blocks = _KeyframeBlocks(factory, time_embed_dim, groups, head_dim, expansion_ratio, compression_ratio)
         levels = plan_levels(model_channels, init_channels, dim_mult, num_blocks, add_cross_attention,
                              add_self_attention, context_dim)
-        self.down_samples = nn.ModuleList([DownSampleBlock(s, config, factory=factory) for s in levels])
-        self.up_samples = nn.ModuleList([UpSampleBlock(s, config, factory=factory) for s in reversed(levels)])
-        self.out_layer = nn.Sequential(
-            factory.group_norm(groups, init_channels),
-            nn.SiLU(),
-            factory.conv2d(init_channels, out_channels, 3, padding=1),
-        )
+        self._build_levels(levels, lambda spec: KeyframeDownBlock(spec, blocks),
+                           lambda spec: KeyframeUpBlock(spec, blocks), init_channels, out_channels, groups, factory)
 
     def forward(self, x: torch.Tensor, time: torch.Tensor, context: torch.Tensor,
                 context_mask: Optional[torch.Tensor], *, mode: Literal["image", "video"],
@@ -305,13 +272,5 @@ class KeyframeUNet(nn.Module):
             temporal_emb = emb + frame_emb
             h = self.in_layer(x)
 
-        skips = []
-        for level, block in enumerate(self.down_samples):
-            h = block(h, emb, context, context_mask, temporal_emb, num_frames)
-            if level < len(self.down_samples) - 1:
-                skips.append(h)
-        for level, block in enumerate(self.up_samples):
-            if level > 0:
-                h = torch.cat([h, skips.pop()], dim=1)
-            h = block(h, emb, context, context_mask, temporal_emb, num_frames)
+        h = self._run_levels(h, emb, context, context_mask, temporal_emb, num_frames)
         return self.out_layer(h)

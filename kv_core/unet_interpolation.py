@@ -7,7 +7,7 @@ keyframe (16-19); rows are ``b`` blocks (in the sampler: cond, uncond) of ``G`` 
 groups inner. Output ``[b * G, 12, h, w]``: the v-prediction of the three frames.
 
 Structure: the Kandinsky 3.0 U-Net where every ResNet sub-block conv is followed by a
-:class:`~.layers.TemporalConv3D` (a ``(3, 1, 1)`` Conv3d over the *group* axis merged
+:class:`~.unet_base.InterpolationTemporalConv` (a ``(3, 1, 1)`` Conv3d over the *group* axis merged
 through a learned scalar), and a temporal self-attention block (over the groups, merged
 likewise) follows every self-attention block. Every temporal merge weight is multiplied by
 ``temporal_mask`` per row (0 lets a row bypass the temporal layers). With
@@ -27,6 +27,7 @@ is not supported.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -34,23 +35,17 @@ from torch import nn
 
 from .layers import (
     Attention,
-    AttentionBlock,
     AttentionPooling,
     ConditionalGroupNorm,
     FrameAxis,
     LayerFactory,
-    LevelSpec,
-    ResNetBlock,
-    TemporalConv3D,
     TimestepEmbedding,
     attention_over_frames,
     compute_dtype,
-    down_level_channels,
     feed_forward,
-    plan_levels,
     sinusoidal_embedding,
-    up_level_channels,
 )
+from .unet_base import InterpolationTemporalConv, LevelSpec, UNetBase, UNetBlocks, plan_levels
 
 __all__ = ["InterpolationUNet", "OFFICIAL_CONFIG", "NUM_SKIP_FRAMES"]
 
@@ -89,7 +84,7 @@ DEFAULT_PERTURBATION_TIME = 25.0
 DEFAULT_SKIP_FRAMES = 1
 
 
-class TemporalAttentionBlock(nn.Module):
+class InterpolationTemporalAttentionBlock(nn.Module):
     """Self-attention over the groups at every spatial position, then a feed-forward; each
     pre-normed and merged into ``x`` through a learned scalar times the temporal mask
     (quirks I3, I4). ``x [(b G), C, H, W]``."""
@@ -111,86 +106,60 @@ class TemporalAttentionBlock(nn.Module):
         return frames.merge(x, out, self.temporal_merge2)
 
 
-class _LevelFactory:
-    """Builds the blocks of one level with the network-wide options."""
+@dataclass(frozen=True)
+class _InterpolationBlocks(UNetBlocks):
+    """The blocks of an interpolation level: the shared ones (with temporal convolutions)
+    plus the temporal attention block."""
 
-    def __init__(self, config: dict, factory: LayerFactory):
-        self.config = config
-        self.factory = factory
+    add_temporal_attention: bool = True
 
-    def resnet(self, cin: int, cout: int, resample=None) -> ResNetBlock:
-        c = self.config
-        return ResNetBlock(cin, cout, c["time_embed_dim"], c["groups"], c["compression_ratio"], resample,
-                           temporal=c["temporal"], new_temporal_params=c["new_temporal_params"],
-                           fix_temporal_shortcut=c["fix_temporal_shortcut"], factory=self.factory)
-
-    def attention(self, channels: int, context_dim=None) -> AttentionBlock:
-        c = self.config
-        return AttentionBlock(channels, c["time_embed_dim"], context_dim, c["groups"], c["head_dim"],
-                              c["expansion_ratio"], factory=self.factory)
-
-    def temporal_attention(self, channels: int, spec: LevelSpec) -> Optional[TemporalAttentionBlock]:
-        c = self.config
-        if not (spec.self_attention and c["add_temporal_attention"]):
+    def temporal_attention(self, spec: LevelSpec) -> Optional[InterpolationTemporalAttentionBlock]:
+        if not (spec.self_attention and self.add_temporal_attention):
             return None
-        return TemporalAttentionBlock(channels, c["time_embed_dim"], c["groups"], c["head_dim"],
-                                      c["expansion_ratio"], factory=self.factory)
+        return InterpolationTemporalAttentionBlock(spec.in_channels, self.time_embed_dim, self.groups,
+                                                   self.head_dim, self.expansion_ratio, factory=self.factory)
 
 
-class DownSampleBlock(nn.Module):
+def _run_pairs(pairs: nn.ModuleList, x, emb, context, context_mask, frames: FrameAxis) -> torch.Tensor:
+    """ResNet -> cross-attention (when the level has it) -> ResNet, for every pair of a level."""
+    for resnet_in, cross_attention, resnet_out in pairs:
+        x = resnet_in(x, emb, frames)
+        if cross_attention is not None:
+            x = cross_attention(x, emb, context, context_mask)
+        x = resnet_out(x, emb, frames)
+    return x
+
+
+class InterpolationDownBlock(nn.Module):
     """Down level: self-attention -> temporal attention -> per pair [ResNet,
     cross-attention, ResNet]; ``resnet_attn_blocks[i] = [ResNet, cross-attention | None, ResNet]``."""
 
-    def __init__(self, spec: LevelSpec, build: _LevelFactory):
+    def __init__(self, spec: LevelSpec, blocks: _InterpolationBlocks):
         super().__init__()
-        self.self_attention_block = build.attention(spec.in_channels) if spec.self_attention else None
-        self.temporal_attention_block = build.temporal_attention(spec.in_channels, spec)
-        pairs = down_level_channels(spec)
-        self.resnet_attn_blocks = nn.ModuleList([
-            nn.ModuleList([
-                build.resnet(cin, cout),
-                build.attention(cout, spec.context_dim) if spec.context_dim is not None else None,
-                build.resnet(cout, cout, "down" if spec.resample and i == len(pairs) - 1 else None),
-            ])
-            for i, (cin, cout) in enumerate(pairs)
-        ])
+        self.self_attention_block = blocks.self_attention(spec)
+        self.temporal_attention_block = blocks.temporal_attention(spec)
+        self.resnet_attn_blocks = blocks.resnet_attn_blocks(spec, up=False)
 
     def forward(self, x, emb, context, context_mask, frames: FrameAxis):
         if self.self_attention_block is not None:
             x = self.self_attention_block(x, emb)
         if self.temporal_attention_block is not None:
             x = self.temporal_attention_block(x, emb, frames)
-        for resnet_in, cross_attention, resnet_out in self.resnet_attn_blocks:
-            x = resnet_in(x, emb, frames)
-            if cross_attention is not None:
-                x = cross_attention(x, emb, context, context_mask)
-            x = resnet_out(x, emb, frames)
-        return x
+        return _run_pairs(self.resnet_attn_blocks, x, emb, context, context_mask, frames)
 
 
-class UpSampleBlock(nn.Module):
+class InterpolationUpBlock(nn.Module):
     """Up level: per pair [ResNet, cross-attention, ResNet] -> self-attention -> temporal
     attention (quirk I7)."""
 
-    def __init__(self, spec: LevelSpec, build: _LevelFactory):
+    def __init__(self, spec: LevelSpec, blocks: _InterpolationBlocks):
         super().__init__()
-        self.resnet_attn_blocks = nn.ModuleList([
-            nn.ModuleList([
-                build.resnet(cin, cin, "up" if spec.resample and i == 0 else None),
-                build.attention(cin, spec.context_dim) if spec.context_dim is not None else None,
-                build.resnet(cin, cout),
-            ])
-            for i, (cin, cout) in enumerate(up_level_channels(spec))
-        ])
-        self.self_attention_block = build.attention(spec.in_channels) if spec.self_attention else None
-        self.temporal_attention_block = build.temporal_attention(spec.in_channels, spec)
+        self.resnet_attn_blocks = blocks.resnet_attn_blocks(spec, up=True)
+        self.self_attention_block = blocks.self_attention(spec)
+        self.temporal_attention_block = blocks.temporal_attention(spec)
 
     def forward(self, x, emb, context, context_mask, frames: FrameAxis):
-        for resnet_in, cross_attention, resnet_out in self.resnet_attn_blocks:
-            x = resnet_in(x, emb, frames)
-            if cross_attention is not None:
-                x = cross_attention(x, emb, context, context_mask)
-            x = resnet_out(x, emb, frames)
+        x = _run_pairs(self.resnet_attn_blocks, x, emb, context, context_mask, frames)
         if self.self_attention_block is not None:
             x = self.self_attention_block(x, emb)
         if self.temporal_attention_block is not None:
@@ -198,7 +167,7 @@ class UpSampleBlock(nn.Module):
         return x
 
 
-class InterpolationUNet(nn.Module):
+class InterpolationUNet(UNetBase):
     """Interpolation U-Net of Kandinsky Video 1.1 (see the module docstring).
 
     Constructor keywords are those of ``configs.json["interpolation"]["configs"]``
@@ -234,47 +203,40 @@ class InterpolationUNet(nn.Module):
         self.context_dim = context_dim
 
         self.to_time_embed = TimestepEmbedding(init_channels, time_embed_dim, factory=factory)
-        self.merge_with_time = use_perturbation_time_embed and merge_perturbation_time_with_diffusion_time
-        if self.merge_with_time:
-            self.perturbation_to_time_embed = TimestepEmbedding(init_channels, time_embed_dim, factory=factory)
-            self.time_embed_merge = factory.scalar()
-        self.merge_with_context = use_perturbation_time_embed and merge_perturbation_time_with_context
-        if self.merge_with_context:
-            self.time_embed_context_merge = factory.scalar()
-        self.pass_skip_frames = pass_skip_frames
-        if pass_skip_frames:
-            self.skip_merge = factory.scalar()
-            self.skip_embeddings = factory.embedding(NUM_SKIP_FRAMES, time_embed_dim)
+        merge_with_time = use_perturbation_time_embed and merge_perturbation_time_with_diffusion_time
+        merge_with_context = use_perturbation_time_embed and merge_perturbation_time_with_context
+        self.perturbation_to_time_embed = (TimestepEmbedding(init_channels, time_embed_dim, factory=factory)
+                                           if merge_with_time else None)
+        self.time_embed_merge = factory.scalar() if merge_with_time else None
+        self.time_embed_context_merge = factory.scalar() if merge_with_context else None
+        self.skip_merge = factory.scalar() if pass_skip_frames else None
+        self.skip_embeddings = factory.embedding(NUM_SKIP_FRAMES, time_embed_dim) if pass_skip_frames else None
         self.feature_pooling = AttentionPooling(time_embed_dim, context_dim, head_dim, factory=factory)
 
         self.in_layer = factory.conv2d(num_channels, init_channels, 3, padding=1)
-        build = _LevelFactory({
-            "time_embed_dim": time_embed_dim, "groups": groups, "head_dim": head_dim,
-            "expansion_ratio": expansion_ratio, "compression_ratio": compression_ratio, "temporal": temporal,
-            "new_temporal_params": add_new_temporal_params, "fix_temporal_shortcut": fix_temporal_shortcut,
-            "add_temporal_attention": add_temporal_attention,
-        }, factory)
+        blocks = _InterpolationBlocks(
+            factory, time_embed_dim, groups, head_dim, expansion_ratio, compression_ratio, temporal=temporal,
+            new_temporal_params=add_new_temporal_params, fix_temporal_shortcut=fix_temporal_shortcut,
+            add_temporal_attention=add_temporal_attention)
         levels = plan_levels(model_channels, init_channels, dim_mult, num_blocks, add_cross_attention,
                              add_self_attention, context_dim)
-        self.down_samples = nn.ModuleList([DownSampleBlock(s, build) for s in levels])
-        self.up_samples = nn.ModuleList([UpSampleBlock(s, build) for s in reversed(levels)])
-        self.out_layer = nn.Sequential(
-            factory.group_norm(groups, init_channels),
-            nn.SiLU(),
-            factory.conv2d(init_channels, out_channels, 3, padding=1),
-        )
+        self._build_levels(levels, lambda spec: InterpolationDownBlock(spec, blocks),
+                           lambda spec: InterpolationUpBlock(spec, blocks), init_channels, out_channels, groups,
+                           factory)
         new = add_new_temporal_params
-        self.temporal_conv_in = TemporalConv3D(init_channels, init_channels, factory=factory) if new else None
-        self.temporal_conv_out = TemporalConv3D(init_channels, init_channels, factory=factory) if new else None
+        self.temporal_conv_in = (InterpolationTemporalConv(init_channels, init_channels, factory=factory)
+                                 if new else None)
+        self.temporal_conv_out = (InterpolationTemporalConv(init_channels, init_channels, factory=factory)
+                                  if new else None)
 
     def _time_embedding(self, time, perturbation_time, skip_frames, dtype):
         emb = self.to_time_embed(time, dtype)
-        if self.merge_with_time:
+        if self.perturbation_to_time_embed is not None:
             # learned scalars follow the activations' device and dtype: under ComfyUI's partial
             # loading a scalar parameter may stay on the offload device
             m = self.time_embed_merge.to(emb)
             emb = m * self.perturbation_to_time_embed(perturbation_time, dtype) + (1 - m) * emb
-        if self.pass_skip_frames:
+        if self.skip_embeddings is not None:
             skip = self.skip_embeddings(skip_frames.long()).to(dtype)
             emb = self.skip_merge.to(emb) * skip + emb
         return emb
@@ -315,7 +277,7 @@ class InterpolationUNet(nn.Module):
         context = context.to(dtype)
         if context_mask is not None:
             context_mask = context_mask.to(torch.bool)
-        if self.merge_with_context:
+        if self.time_embed_context_merge is not None:
             features = sinusoidal_embedding(perturbation_time, self.context_dim).to(dtype)
             context = context + self.time_embed_context_merge.to(context) * features[:, None]
         emb = self._time_embedding(time, perturbation_time, skip_frames, dtype)
@@ -324,15 +286,7 @@ class InterpolationUNet(nn.Module):
         h = self.in_layer(x)
         if self.temporal_conv_in is not None:
             h = self.temporal_conv_in(h, frames)
-        skips = []
-        for level, block in enumerate(self.down_samples):
-            h = block(h, emb, context, context_mask, frames)
-            if level < len(self.down_samples) - 1:
-                skips.append(h)
-        for level, block in enumerate(self.up_samples):
-            if level > 0:
-                h = torch.cat([h, skips.pop()], dim=1)
-            h = block(h, emb, context, context_mask, frames)
+        h = self._run_levels(h, emb, context, context_mask, frames)
         if self.temporal_conv_out is not None:
             h = self.temporal_conv_out(h, frames)
         return self.out_layer(h)

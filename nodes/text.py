@@ -46,8 +46,10 @@ def prompt_reports(network: Network, prompts: dict[str, str]) -> tuple[str, dict
 
 
 def show_text(node_id, text: str) -> None:
-    """Show ``text`` on the node in the ComfyUI frontend (the text preview that core API
-    nodes use); nothing when there is no server (or no node id)."""
+    """Show ``text`` on the node in the ComfyUI frontend (the progress-text preview that core
+    API nodes use); nothing when there is no server (or no node id). Frontends up to about
+    1.3x keep that preview after the run; newer ones (1.58.1) clear it when the run ends, and
+    there ``web/token_report.js`` shows the node's ``text`` UI output (ui.PreviewText) instead."""
     try:
         from server import PromptServer
     except ImportError:  # pragma: no cover - outside ComfyUI

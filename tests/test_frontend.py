@@ -7,10 +7,11 @@ current one (1.58.1) — the ``comfy_browser`` fixture runs each test once per f
 from __future__ import annotations
 
 import copy
+import io
 
 import pytest
 
-from tools.harness import BrowserError, ComfyFrontend
+from tools.harness import Browser, BrowserError, ComfyFrontend
 
 # --------------------------------------------------------------------------- a page of its own
 
@@ -67,6 +68,52 @@ def test_a_dialog_that_will_not_close_is_an_error(chromium):
     page = _page(chromium, STUCK_PAGE)
     with pytest.raises(BrowserError, match="Stuck dialog"):
         page.close_dialogs(timeout=2)
+
+
+# Toasts as the two frontends show them: PrimeVue's (pinned) and 1.58.1's open alert item of a
+# notification region; a closed item and an alert outside a region are not toasts.
+TOAST_PAGE = """<!doctype html><html><body>
+<div class="p-toast-message">Updated (pinned)</div>
+<div role="region"><ol><li role="alert" data-state="open">Updated (1.58.1)</li>
+  <li role="alert" data-state="closed">gone</li></ol></div>
+<div role="alert">a form error, not a toast</div>
+<script>setTimeout(() => document.querySelectorAll('.p-toast-message, li').forEach(t => t.remove()), 500);</script>
+</body></html>"""
+
+
+def test_toasts_of_both_frontends_are_found_and_waited_out(chromium):
+    page = _page(chromium, TOAST_PAGE)
+    assert page.toasts() == ["Updated (pinned)", "Updated (1.58.1)"]
+    page.wait_toasts_gone(timeout=10)
+    assert page.toasts() == []
+    page = _page(chromium, TOAST_PAGE.replace("<script>", "<script>//"))
+    with pytest.raises(BrowserError, match="timed out"):
+        page.wait_toasts_gone(timeout=1)
+
+def test_script_errors_and_promises_that_never_settle_are_errors(chromium):
+    chromium.navigate("data:text/html,<title>t</title>")
+    assert chromium.call("(a, b) => a + b", 2, 3) == 5
+    assert chromium.evaluate("Promise.resolve({x: [1, 'a']})") == {"x": [1, "a"]}
+    with pytest.raises(BrowserError, match="nope is not defined"):
+        chromium.evaluate("nope.x")
+    with pytest.raises(BrowserError, match="no result after 1 s"):
+        chromium.evaluate("new Promise(() => {})", timeout=1)
+    with pytest.raises(BrowserError, match="timed out waiting for 'false'"):
+        chromium.wait_for("false", timeout=1)
+
+
+def test_a_second_browser_at_device_scale_2_beside_the_first(chromium):
+    """Two browsers open at once in one thread share Playwright's driver (it allows one sync
+    instance per thread); tools/thumbnails.py takes its screenshots at device scale 2."""
+    from PIL import Image
+
+    with Browser(device_scale_factor=2) as second:
+        second.navigate("data:text/html,<body style='margin:0;background:rgb(255,0,0)'>")
+        assert second.evaluate("devicePixelRatio") == 2
+        shot = Image.open(io.BytesIO(second.screenshot(clip={"x": 0, "y": 0, "width": 10, "height": 6})))
+        assert shot.size == (20, 12)
+        assert shot.convert("RGB").getpixel((5, 5)) == (255, 0, 0)
+    assert chromium.evaluate("1 + 1") == 2  # the first one still works after the second closed
 
 
 # --------------------------------------------------------------------------- the real frontends

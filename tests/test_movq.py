@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from kv_core.movq import (OFFICIAL_IMAGE_CONFIG, OFFICIAL_VIDEO_CONFIG, MoVQ, SpatialNorm,
+from kv_core.layers import LayerFactory
+from kv_core.movq import (OFFICIAL_IMAGE_CONFIG, OFFICIAL_VIDEO_CONFIG, MoVQ,
                           decode_video, to_uint8_frames, video_chunk_sizes)
+from kv_core.movq_blocks import MoVQSpatialNorm
 
 # Two levels (factor 2), attention on level 1 of encoder and decoder, 32-channel groups.
 TINY = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), in_channels=3,
@@ -91,7 +93,7 @@ def test_encode_decode_shapes():
 
 def test_spatial_norm_broadcast_equals_resized_latent():
     torch.manual_seed(0)
-    norm = SpatialNorm(64, zq_channels=4)
+    norm = MoVQSpatialNorm(64, zq_channels=4, factory=LayerFactory())
     x, zq = torch.randn(3, 64, 16, 12), torch.randn(3, 4, 4, 3)
     with torch.no_grad():
         up = nn.functional.interpolate(zq, size=(16, 12), mode="nearest")

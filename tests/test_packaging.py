@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # what the registry archive ships: the package ComfyUI imports and what a user reads
-PACKED_TOP_LEVEL = {"__init__.py", "nodes", "kv_core", "workflows", "requirements.txt", "pyproject.toml",
+PACKED_TOP_LEVEL = {"__init__.py", "nodes", "kv_core", "web", "workflows", "requirements.txt", "pyproject.toml",
                     "README.md", "LICENSE"}
 # import names of the distributions in requirements.txt, where they differ
 IMPORT_NAMES = {"pillow": "PIL", "protobuf": "google"}

