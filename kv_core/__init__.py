@@ -17,5 +17,6 @@ Each stage has one obvious module:
 - ``schedulers``          DDPM (reference), DDIM and DPM-Solver++(2M)
 - ``sampling``            the three sampling loops
 - ``rules``               sizes, settings, frame counts and rates (checked before any network runs)
-- ``pipeline``            the stages (the only orchestration; the nodes call them) and text/image-to-video
+- ``stages``              the stage functions: the only orchestration (the nodes and the pipeline call them)
+- ``pipeline``            the whole text/image-to-video pipeline over the stages
 """

@@ -1,6 +1,6 @@
 """The rules of a Kandinsky Video generation, checked before any network runs: which
 sizes a set of networks runs (``size_rule``), the settings' ranges, motion presets, frame
-counts and frame rates. ``kv_core.pipeline`` (the stages) and the ComfyUI nodes both use
+counts and frame rates. ``kv_core.stages`` and the ComfyUI nodes both use
 them; nothing here runs a network.
 """
 from __future__ import annotations

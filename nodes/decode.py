@@ -1,13 +1,14 @@
 """Decode: the video MoVQ turns a video latent into frames, chunk by chunk.
 
-An adapter of ``kv_core.pipeline.decode_frames``, once per video of the LATENT batch."""
+An adapter of ``kv_core.stages.decode_frames``, once per video of the LATENT batch."""
 from __future__ import annotations
 
 import torch
 
 from comfy_api.latest import io
 
-from ..kv_core.pipeline import decode_chunk_sizes, decode_frames, frame_rate
+from ..kv_core.rules import frame_rate
+from ..kv_core.stages import decode_chunk_sizes, decode_frames
 from . import sockets
 from .inputs import CATEGORY, MAX_KEYFRAMES, image_output
 from .networks import activation_memory, stage

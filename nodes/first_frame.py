@@ -1,7 +1,7 @@
 """The first frame: Kandinsky 3.0 text-to-image through the keyframe U-Net (image mode),
 and the encoding of any picture into the first-frame condition of the keyframes.
 
-Adapters of ``kv_core.pipeline``'s ``generate_first_frame`` + ``decode_first_frame`` and
+Adapters of ``kv_core.stages``' ``generate_first_frame`` + ``decode_first_frame`` and
 ``encode_first_frame``: the nodes add the host's hooks (loading, device, dtype, progress,
 interrupt) and convert between sockets and kv_core values.
 """
@@ -15,7 +15,8 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..kv_core.image import RESIZE_MODES, image_batch_picture
-from ..kv_core.pipeline import decode_first_frame, encode_first_frame, first_frame_latent_size, generate_first_frame
+from ..kv_core.rules import first_frame_latent_size
+from ..kv_core.stages import decode_first_frame, encode_first_frame, generate_first_frame
 from . import sockets
 from .inputs import CATEGORY, CheckedCombos, sampler_inputs, size_inputs
 from .networks import activation_memory, stage

@@ -1,5 +1,5 @@
 """Inputs the stage nodes share (sizes, sampler and seed), their tooltips, and how the host
-checks combo values. The rules behind them live in ``kv_core.pipeline``; the schema's
+checks combo values. The rules behind them live in ``kv_core.rules``; the schema's
 min/max/options give one error on the input at fault, and the stages refuse anything the
 schema cannot express (the sizes the networks run, NaN) when they run.
 """
@@ -11,7 +11,7 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..kv_core.noise import MAX_SEED
-from ..kv_core.pipeline import SAMPLERS
+from ..kv_core.rules import SAMPLERS
 
 CATEGORY = "Kandinsky Video"
 MAX_SIZE = 4096

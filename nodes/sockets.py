@@ -17,7 +17,8 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..kv_core.pipeline import TextCondition, interpolation_passes
+from ..kv_core.rules import interpolation_passes
+from ..kv_core.stages import TextCondition
 
 KeyframeUNet = io.Custom("KV_KEYFRAME_UNET")
 InterpolationUNet = io.Custom("KV_INTERPOLATION_UNET")

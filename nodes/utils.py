@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..kv_core.pipeline import FPS_PASSES, REFERENCE_KEYFRAMES, check_num_keyframes, frame_count, frame_rate
+from ..kv_core.rules import FPS_PASSES, REFERENCE_KEYFRAMES, check_num_keyframes, frame_count, frame_rate
 
 
 class KandinskyVideoFrameInfo(io.ComfyNode):

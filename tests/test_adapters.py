@@ -1,6 +1,6 @@
 """The nodes are adapters of the kv_core stages, read from their source (no host needed).
 
-``kv_core.pipeline`` holds the only orchestration: a node module never imports the
+``kv_core.stages`` holds the only orchestration: a node module never imports the
 sampling loops, the MoVQ or the schedulers, and each stage node's ``execute`` calls its
 stage functions (and no other kv_core stage). What the nodes give equals what the stages
 give is checked through a real ComfyUI in tests/test_nodes.py
@@ -17,7 +17,7 @@ NODES = Path(__file__).resolve().parents[1] / "nodes"
 FORBIDDEN = ("kv_core.sampling", "kv_core.movq", "kv_core.schedulers")
 STAGES = {"encode_prompt", "generate_first_frame", "decode_first_frame", "encode_first_frame",
           "generate_keyframes", "interpolate_frames", "decode_frames"}
-# node class -> the kv_core.pipeline stages its execute calls
+# node class -> the kv_core.stages stages its execute calls
 EXPECTED = {
     "KandinskyVideoTextEncode": {"encode_prompt"},
     "KandinskyVideoFirstFrame": {"generate_first_frame", "decode_first_frame"},
@@ -52,7 +52,7 @@ def test_no_node_module_imports_the_sampling_layers(path):
     imported = _imported(ast.parse(path.read_text()), "pack.nodes")
     bad = sorted(name for name in imported for f in FORBIDDEN
                  if name.removeprefix("pack.") == f or name.removeprefix("pack.").startswith(f + "."))
-    assert not bad, f"nodes/{path.name} imports {bad}: call the kv_core.pipeline stages instead"
+    assert not bad, f"nodes/{path.name} imports {bad}: call the kv_core.stages stages instead"
 
 
 def test_the_import_check_sees_relative_and_absolute_imports():
