@@ -21,7 +21,7 @@ from ..kv_core.text import DEFAULT_TOKENS_LENGTH, TextEncoder as KVTextEncoder
 from . import model_files, sockets
 from .common import (FP8, WEIGHT_DTYPE_TOOLTIP, WEIGHT_DTYPES, file_params, operations_for,
                      weight_and_compute_dtype)
-from .inputs import CATEGORY
+from .inputs import CATEGORY, CheckedCombos
 from .model_files import check_model_name, release_configs, resolve_model_file, resolve_text_encoder
 from .networks import Network, wrap
 
@@ -66,12 +66,14 @@ def load_network(network: str, name: str, weight_dtype: str) -> Network:
                 null_embedding=None if null is None else null.float().cpu(), configs=configs)
 
 
-class _NetworkLoader(io.ComfyNode):
+class _NetworkLoader(CheckedCombos, io.ComfyNode):
     """Base of the four network loaders.
 
     Each subclass defines its own ``validate_inputs`` naming its file input: ComfyUI skips
     its built-in combo check only for the inputs a ``validate_inputs`` names, so a shared
     ``**kwargs`` version here would also switch off the host's check of ``weight_dtype``.
+    :class:`CheckedCombos` gives the host ``weight_dtype`` in the form it checks (0.3.75
+    checks only list-type combos), so a bad value is one error on that input.
     """
 
     NETWORK: str = ""
@@ -267,7 +269,7 @@ def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtyp
                 offload_device=offload_device)
 
 
-class KandinskyVideoTextEncoderLoader(io.ComfyNode):
+class KandinskyVideoTextEncoderLoader(CheckedCombos, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

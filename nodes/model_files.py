@@ -108,17 +108,29 @@ def resolve_model_file(name: str, network: str) -> str:
     return path
 
 
+def _inside(base: str, path: str) -> bool:
+    """``path`` lies inside ``base`` once both are resolved (``..``, absolute or drive names
+    and links that lead elsewhere do not; a model folder linked in as a whole is fine)."""
+    real_base = os.path.realpath(base)
+    real = os.path.realpath(path)
+    try:
+        return os.path.commonpath([real_base, real]) == real_base and real != real_base
+    except ValueError:  # another drive
+        return False
+
+
 def resolve_text_encoder(name: str) -> str:
     """Full path of a text encoder folder or file from :func:`text_encoder_choices`."""
     if isinstance(name, str) and name:
         rel = os.path.normpath(name.replace("/", os.sep))
-        if not rel.startswith("..") and not os.path.isabs(rel):
-            for base in _folders(TEXT_ENCODER_FOLDERS):
-                path = os.path.join(base, rel)
-                if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
-                    return path
-                if os.path.isfile(path):
-                    return path
+        for base in _folders(TEXT_ENCODER_FOLDERS):
+            path = os.path.join(base, rel)
+            if not _inside(base, path):
+                continue  # a name never leads out of the model folders
+            if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
+                return path
+            if os.path.isfile(path):
+                return path
     raise ModelFileError(missing_file_message(name, ckpt.T5_ENCODER, TEXT_ENCODER_FOLDERS))
 
 

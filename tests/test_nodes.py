@@ -463,6 +463,9 @@ def test_decode_of_a_loaded_latent_asks_for_the_keyframe_count(kv):
     ("KandinskyVideoEncodeFirstFrame", "resize_mode", "stretch"),
     ("KandinskyVideoDecode", "chunk_size", -1),
     ("KandinskyVideoDecode", "num_keyframes", 65),
+    ("KandinskyVideoKeyframeUNetLoader", "weight_dtype", "fp4"),
+    ("KandinskyVideoVideoMoVQLoader", "weight_dtype", "int8"),
+    ("KandinskyVideoTextEncoderLoader", "weight_dtype", "fp4"),
 ])
 def test_a_bad_value_gives_one_error_on_its_input(kv, class_type, name, value):
     """ComfyUI attaches a validate_inputs message to every input the method takes; the

@@ -38,7 +38,19 @@ WORKFLOWS = {
     "i2v": "kandinsky_video_image_to_video",
 }
 RELEASE = ("t2v.pt", "interpolation.pt", "movq.pt", "video_movq.pt", "t5_projections.pt")
-TEXT_ENCODERS = ("flan-ul2", "google/flan-ul2", "flan-ul2-encoder.safetensors")
+#: the text encoder as the README lays it out: the google/flan-ul2 folder, or the encoder-only
+#: file its step 3 writes; beside the release or in ComfyUI's models/text_encoders/
+TEXT_ENCODERS = ("flan-ul2", "google/flan-ul2", "flan_ul2_encoder_bf16.safetensors",
+                 "flan_ul2_encoder_fp8.safetensors", "flan-ul2-encoder.safetensors")
+
+
+def find_encoder(folder: Path) -> Path | None:
+    """The text encoder of the release in ``folder``: in it, or in ``../text_encoders/``."""
+    for where in (folder, folder.parent / "text_encoders"):
+        for name in TEXT_ENCODERS:
+            if (where / name).exists():
+                return where / name
+    return None
 
 
 def say(msg: str) -> None:
@@ -91,16 +103,19 @@ def find_release(explicit: str | None) -> Path | None:
     if os.environ.get("COMFYUI_PATH"):
         candidates.append(str(Path(os.environ["COMFYUI_PATH"]) / "models" / "kandinsky_video"))
     candidates.append(str(REPO / "models" / "kandinsky_video"))
+    if REPO.parent.name == "custom_nodes":  # the pack inside a ComfyUI: that ComfyUI's models/
+        candidates.append(str(REPO.parent.parent / "models" / "kandinsky_video"))
     for c in candidates:
         if not c:
             continue
         folder = Path(c).expanduser().resolve()
         missing = [n for n in RELEASE if not (folder / n).is_file()]
-        encoder = next((folder / t for t in TEXT_ENCODERS if (folder / t).exists()), None)
+        encoder = find_encoder(folder)
         if not missing and encoder is not None:
             return folder
         if explicit and c == explicit:
-            what = ", ".join(missing + ([] if encoder else ["flan-ul2/ (google/flan-ul2)"]))
+            what = ", ".join(missing + ([] if encoder else [
+                f"a text encoder ({' or '.join(TEXT_ENCODERS)}, here or in {folder.parent / 'text_encoders'})"]))
             raise SystemExit(f"{folder} lacks {what}")
     return None
 
@@ -108,7 +123,7 @@ def find_release(explicit: str | None) -> Path | None:
 def release_entries(folder: Path) -> tuple[list[Path], str]:
     """(files and folders to link into models/kandinsky_video/, the text encoder's name there)."""
     entries = [folder / n for n in (*RELEASE, "configs.json") if (folder / n).exists()]
-    encoder = next(folder / t for t in TEXT_ENCODERS if (folder / t).exists())
+    encoder = find_encoder(folder)
     return entries + [encoder], encoder.name
 
 

@@ -13,7 +13,15 @@ const PREVIEW_NAME = "preview_text"; // the name the frontend's helpers give the
 
 function showReport(node, output) {
   const preview = window.comfyAPI?.textPreviewWidgets;
-  if (!node || !output?.text || !preview?.addTextPreviewWidgets || !preview?.updateTextPreviewWidgets) return;
+  if (!node || !output?.text) return;
+  if (!preview?.addTextPreviewWidgets || !preview?.updateTextPreviewWidgets) {
+    // an older frontend keeps its progress-text widget; if neither is there, say so
+    if (!node.widgets?.some((w) => w?.type === "progressText")) {
+      console.warn("[Kandinsky Video] this frontend offers no text preview widget: the token report is in " +
+                   "the queue history and the server log only", output.text);
+    }
+    return;
+  }
   if (!node.widgets?.some((w) => w.name === PREVIEW_NAME)) {
     preview.addTextPreviewWidgets(node);
     const [width, height] = node.computeSize?.() ?? [];

@@ -33,6 +33,11 @@ def _t5_weight_files(folder: Path) -> tuple[list[tuple[Path, list[str] | None]],
             by_file: dict[str, list[str]] = {}
             for key in t5_encoder_keys(weight_map):
                 by_file.setdefault(weight_map[key], []).append(key)
+            root = folder.resolve()
+            outside = [f for f in by_file if root not in (folder / f).resolve().parents]
+            if outside:
+                raise CheckpointError(f"{index}: names weight files outside its folder ({', '.join(outside[:3])}); "
+                                      "refusing to read them")
             return [(folder / f, keys) for f, keys in sorted(by_file.items())], fmt
     for name, fmt in (("model.safetensors", "safetensors"), ("pytorch_model.bin", "bin")):
         if (folder / name).is_file():
