@@ -664,3 +664,19 @@ def test_null_embedding_of_another_width_is_refused(tmp_path, release, name, loa
     torch.save({**data, "null_embedding": torch.zeros(width + 8)}, tmp_path / f"{name}.pt")
     with pytest.raises(ck.CheckpointError, match=rf"'null_embedding' has shape \({width + 8},\).*expected \[{width}\]"):
         loader(tmp_path / f"{name}.pt", release.configs)
+
+
+def test_t5_index_naming_files_outside_its_folder_is_refused(tmp_path, release):
+    """A shard index (``model.safetensors.index.json``) is data from the download: a weight
+    file named ``../x`` would be read from outside the text-encoder folder."""
+    import shutil
+
+    folder = tmp_path / "flan-ul2"
+    shutil.copytree(release.t5_folder, folder)
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.move(folder / "model.safetensors", outside)
+    keys = list(load_file(str(outside)))
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: "../elsewhere.safetensors" for k in keys}}))
+    with pytest.raises(ck.CheckpointError, match="outside its folder"):
+        ck.t5_encoder_file(folder)
