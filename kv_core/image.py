@@ -107,6 +107,10 @@ def to_pil(image, *, layout: str | None = None, background=ALPHA_BACKGROUND) -> 
     return _flatten(pil, background)
 
 
+class PaddedPictureWarning(UserWarning):
+    """A first-frame picture smaller than the video, padded with black (``reference`` mode)."""
+
+
 def resize_and_crop(image: Image.Image, width: int, height: int, mode: str = "reference") -> Image.Image:
     """Scale and centre-crop an ``RGB`` PIL ``image`` to ``width × height`` (see the module docstring)."""
     if mode not in RESIZE_MODES:
@@ -114,8 +118,11 @@ def resize_and_crop(image: Image.Image, width: int, height: int, mode: str = "re
     if image.mode != "RGB":
         image = to_pil(image)
     ratio = min(image.width / width, image.height / height)
-    if mode == "reference":
-        ratio = max(1.0, ratio)
+    if mode == "reference" and ratio < 1.0:
+        warnings.warn(f"the picture ({image.width}x{image.height}) is smaller than the video ({width}x{height}): "
+                      "resize_mode 'reference' keeps it at its size and pads it with black, as the release "
+                      "does; 'cover' scales it up to fill the frame", PaddedPictureWarning, stacklevel=2)
+        ratio = 1.0
     image = image.resize((round(image.width / ratio), round(image.height / ratio)), Image.BICUBIC)
     ow, oh = image.size
     return image.crop(((ow - width) / 2, (oh - height) / 2, (ow + width) / 2, (oh + height) / 2))

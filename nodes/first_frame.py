@@ -8,6 +8,7 @@ interrupt) and convert between sockets and kv_core values.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 
@@ -100,9 +101,13 @@ class KandinskyVideoEncodeFirstFrame(CheckedCombos, io.ComfyNode):
         if note:
             logging.warning("Kandinsky Video Encode First Frame: %s", note)
         memory = activation_memory(1, height // 8, width // 8, movq.compute_dtype, 300)
-        with torch.inference_mode(), stage(movq, memory_required=memory) as device:
+        with torch.inference_mode(), stage(movq, memory_required=memory) as device, \
+                warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             latent = encode_first_frame(movq.module, picture, width=width, height=height, mode=resize_mode,
                                         layout="HWC", device=device, dtype=movq.compute_dtype)
+        for w in caught:  # every run says it, not only the first (Python shows a warning once)
+            logging.warning("Kandinsky Video Encode First Frame: %s", w.message)
         return io.NodeOutput(sockets.FirstFrameCondition(latent.to(mm.intermediate_device()), width, height))
 
 

@@ -109,10 +109,10 @@ def resolve_model_file(name: str, network: str) -> str:
 
 
 def _inside(base: str, path: str) -> bool:
-    """``path`` lies inside ``base`` once both are resolved (``..``, absolute or drive names
-    and links that lead elsewhere do not; a model folder linked in as a whole is fine)."""
-    real_base = os.path.realpath(base)
-    real = os.path.realpath(path)
+    """``path`` lies inside ``base`` by name (``..``, absolute and drive names lead out;
+    links placed in a model folder are followed, as ComfyUI's own model lists do)."""
+    real_base = os.path.abspath(base)
+    real = os.path.abspath(path)
     try:
         return os.path.commonpath([real_base, real]) == real_base and real != real_base
     except ValueError:  # another drive

@@ -572,3 +572,21 @@ def test_node_refuses_a_batch_and_shows_transparency_over_white(kv):
     videos = {name: _preview_pixels(kv, r) for name, r in runs.items()}
     assert all(np.array_equal(a, b) for a, b in zip(videos["transparent"], videos["white"]))
     assert not all(np.array_equal(a, b) for a, b in zip(videos["photo"], videos["white"]))
+
+
+def test_a_picture_smaller_than_the_video_is_padded_with_a_warning():
+    """'reference' keeps a small picture at its size and pads it black (the release's
+    behaviour): that is said, never silent; 'cover' scales it up without a warning."""
+    import warnings
+
+    from kv_core.image import PaddedPictureWarning, prepare_first_frame
+
+    small = Image.new("RGB", (64, 64), (200, 50, 50))
+    with pytest.warns(PaddedPictureWarning, match=r"64x64\) is smaller than the video \(128x128\)"):
+        padded = prepare_first_frame(small, 128, 128, "reference")
+    assert float(padded[:, 0, 0].max()) == -1.0  # a black corner
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        covered = prepare_first_frame(small, 128, 128, "cover")
+        prepare_first_frame(Image.new("RGB", (256, 256)), 128, 128, "reference")
+    assert float(covered[:, 0, 0].min()) > -1.0

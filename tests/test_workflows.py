@@ -227,6 +227,9 @@ REFRESH = """(window.app.refreshComboInNodes ? window.app.refreshComboInNodes() 
 @pytest.fixture
 def frontend(kv, comfy_browser):
     browser = comfy_browser.browser
+    # toasts left by earlier tests in this browser (sticky ones stay until closed) are not
+    # this template's doing: close them as a user would
+    comfy_browser.dismiss_toasts()
     browser.evaluate(REFRESH)
     # the refresh announces itself in a toast over the canvas's top right ("Updated", gone
     # after a second in both frontends): let it go, as a user would, so that what covers the

@@ -71,7 +71,13 @@ def cmd_check(args) -> int:
     return 0 if ok else 1
 
 
+def _stop_on_sigterm(signum, frame):
+    """A SIGTERM (kill, a service manager) stops the server too, as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def cmd_serve(args) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     with _host(args) as host:
         print(f"ComfyUI {host.url} (base {host.base_dir}, log {host.log_path}); Ctrl-C stops it", flush=True)
         try:

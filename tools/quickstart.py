@@ -152,14 +152,25 @@ def prepare_prompt(host, name: str, *, prompt_text: str | None, steps: int | Non
     return prompt
 
 
+def _at_least(lo: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be {lo} or more, got {value}")
+        return value
+    return parse
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", help="folder with the Kandinsky Video 1.1 release files")
     parser.add_argument("--prompt", help="prompt for the video (default: the workflow's)")
     parser.add_argument("--workflow", choices=sorted(WORKFLOWS), default="8fps",
                         help="shipped workflow to run (default 8fps: text-to-video, 45 frames)")
-    parser.add_argument("--steps", type=int, help="override every sampling node's steps")
-    parser.add_argument("--size", type=int, help="override the video width and height (multiple of 64)")
+    parser.add_argument("--steps", type=_at_least(1), help="override every sampling node's steps (1 or more)")
+    parser.add_argument("--size", type=_at_least(8),
+                        help="override the video width and height (a size the networks take: multiples of 64 "
+                             "for the release, 32 for the tiny wiring-check release)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU even with a GPU")
     parser.add_argument("--out", default=str(REPO / ".cache" / "quickstart"),

@@ -312,8 +312,21 @@ class ComfyFrontend:
     def wait_toasts_gone(self, *, timeout: float = 30.0) -> None:
         """Wait until no toast (:meth:`toasts`) covers the page, e.g. the "Node definitions
         updated" one that a refresh shows over the canvas's top right; :class:`BrowserError`
-        after ``timeout`` seconds."""
-        self.browser.wait_for(f"{_TOASTS_JS}.length === 0", timeout=timeout)
+        naming the toasts still shown after ``timeout`` seconds."""
+        try:
+            self.browser.wait_for(f"{_TOASTS_JS}.length === 0", timeout=timeout)
+        except BrowserError as err:
+            raise BrowserError(f"toasts still shown after {timeout:.0f} s: {self.toasts()}\n{err}") from None
+
+    def dismiss_toasts(self) -> list[str]:
+        """Close the toasts on screen with their close buttons, as a user would (a sticky
+        one left by an earlier action stays until closed); returns their text."""
+        shown = self.toasts()
+        self.browser.evaluate(f"""{_TOASTS_JS}.forEach(t => {{
+            const b = t.querySelector('.p-toast-close-button, button[aria-label=Close], button[aria-label=close], button');
+            if (b) b.click();
+        }})""")
+        return shown
 
     def load_workflow(self, workflow: dict) -> None:
         """Load a UI-format workflow as a user opening the file would."""
