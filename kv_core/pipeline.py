@@ -12,7 +12,6 @@ checked before any network runs.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from typing import Callable, Optional
 
@@ -119,24 +118,27 @@ class KandinskyVideoPipeline:
         ``interpolation.pt``, ``movq.pt``, ``video_movq.pt``, ``t5_projections.pt`` and a
         T5 encoder folder, ``flan-ul2`` unless ``text_encoder_folder`` says otherwise).
         ``unet_dtype``: e.g. ``torch.float16`` for the U-Nets (the release's choice); the
-        MoVQs and the text encoder stay float32."""
+        MoVQs and the text encoder stay float32. The ``text_encoder`` section of configs.json
+        is checked as :func:`kv_core.checkpoints.text_settings` does (``CheckpointError``) and
+        its ``context_dim`` against the projections (``ValueError``)."""
         from pathlib import Path
 
-        from .checkpoints import load_interpolation_unet, load_keyframe_unet, load_movq
+        from .checkpoints import load_interpolation_unet, load_keyframe_unet, load_movq, text_settings
         from .text import TextEncoder
 
         folder = Path(folder)
         configs = folder / "configs.json"
         configs = configs if configs.exists() else None
+        if with_text_encoder:  # a bad text_encoder section fails before the big reads
+            tokens_length, context_dim = text_settings(configs)
         unet, null = load_keyframe_unet(folder / "t2v.pt", configs, device=device, dtype=unet_dtype)
         interp, interp_null = load_interpolation_unet(folder / "interpolation.pt", configs, device=device,
                                                       dtype=unet_dtype)
         text_encoder = None
         if with_text_encoder:
-            text_cfg = json.loads(configs.read_text()).get("text_encoder", {}) if configs else {}
             text_encoder = TextEncoder.from_files(text_encoder_folder or folder / "flan-ul2",
                                                   folder / "t5_projections.pt", device=device,
-                                                  tokens_length=text_cfg.get("tokens_length", 128))
+                                                  tokens_length=tokens_length, context_dim=context_dim)
         return cls(unet=unet.eval(), null_embedding=null, interpolation_unet=interp.eval(),
                    interpolation_null_embedding=interp_null,
                    movq=load_movq(folder / "movq.pt", configs, video=False, device=device).eval(),

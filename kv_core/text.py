@@ -37,12 +37,11 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from .checkpoints import check_t5_tokenizer, load_t5_encoder, load_t5_tokenizer, load_text_projections
+from .checkpoints import (  # noqa: F401  (DEFAULT_TOKENS_LENGTH re-exported: configs.json's default)
+    DEFAULT_TOKENS_LENGTH, check_t5_tokenizer, load_t5_encoder, load_t5_tokenizer, load_text_projections)
 from .dtypes import is_compute_dtype
 from .text_projection import (  # noqa: F401  (re-exported: the projections belong to the text stage)
     PROJECTION_BASE, PROJECTION_INTERPOLATION, PROJECTION_LABELS, TextProjection)
-
-DEFAULT_TOKENS_LENGTH = 128
 
 
 def project_context(
@@ -227,6 +226,34 @@ def warn_prompt(report: PromptReport, label: str = "prompt", *, stacklevel: int 
         warnings.warn(report.message(label), PromptWarning, stacklevel=stacklevel + 1)
 
 
+def check_text_parts(encoder: nn.Module, projections: Mapping[str, nn.Module], context_dim: int | None = None,
+                     *, configs="configs.json") -> None:
+    """Refuse text parts that load but could not work together.
+
+    ``encoder``: the T5 encoder (its ``config.d_model``); ``projections``: label ->
+    :class:`TextProjection` (``d_model`` in, ``context_dim`` out); ``context_dim``:
+    ``text_encoder.context_dim`` of ``configs`` (a path or name, only quoted in the message;
+    see :func:`kv_core.checkpoints.text_settings`), None to leave the output width unchecked.
+    Widths a part does not expose are not checked.
+
+    Raises ``ValueError`` for a projection whose input width is not the encoder's
+    ``d_model`` or whose output width is not ``context_dim``.
+    """
+    d_model = getattr(getattr(encoder, "config", None), "d_model", None)
+    for label, projection in dict(projections).items():
+        width = getattr(projection, "d_model", None)
+        if d_model is not None and width is not None and width != d_model:
+            raise ValueError(f"the text projection {label!r} takes {width}-wide encoder states but the "
+                             f"encoder makes {d_model}-wide ones: they are not from the same release "
+                             "(Kandinsky Video 1.1 needs google/flan-ul2, d_model 4096)")
+    widths = {getattr(p, "context_dim", None) for p in dict(projections).values()} - {None}
+    if context_dim is not None and widths - {context_dim}:
+        made = " and ".join(str(w) for w in sorted(widths))
+        raise ValueError(f"the text projections make {made}-wide contexts but {configs} says "
+                         f"text_encoder.context_dim {context_dim}: the projections and configs.json are not "
+                         "from the same release")
+
+
 class TextEncoder(nn.Module):
     """Tokenizer + Flan-UL2 encoder + the two KV projections.
 
@@ -237,15 +264,9 @@ class TextEncoder(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, projections: Mapping[str, nn.Module], tokenizer=None,
-                 tokens_length: int = DEFAULT_TOKENS_LENGTH):
+                 tokens_length: int = DEFAULT_TOKENS_LENGTH, context_dim: int | None = None):
         super().__init__()
-        d_model = getattr(getattr(encoder, "config", None), "d_model", None)
-        for label, projection in dict(projections).items():
-            width = getattr(projection, "d_model", None)
-            if d_model is not None and width is not None and width != d_model:
-                raise ValueError(f"the text projection {label!r} takes {width}-wide encoder states but the "
-                                 f"encoder makes {d_model}-wide ones: they are not from the same release "
-                                 "(Kandinsky Video 1.1 needs google/flan-ul2, d_model 4096)")
+        check_text_parts(encoder, projections, context_dim)
         if tokens_length < 2:
             raise ValueError(f"tokens_length must be at least 2 (the prompt and the end-of-sequence "
                              f"token), got {tokens_length}")
@@ -256,7 +277,7 @@ class TextEncoder(nn.Module):
 
     @classmethod
     def from_files(cls, encoder_path, projections_path, *, tokenizer_path=None,
-                   tokens_length: int = DEFAULT_TOKENS_LENGTH, device=None,
+                   tokens_length: int = DEFAULT_TOKENS_LENGTH, context_dim: int | None = None, device=None,
                    dtype: torch.dtype = torch.float32, projection_dtype: torch.dtype | None = None,
                    operations=None) -> "TextEncoder":
         """Load every part.
@@ -267,10 +288,14 @@ class TextEncoder(nn.Module):
         or the tokenizer embedded in the encoder-only safetensors. ``dtype`` is the encoder's
         dtype (the release runs it in float32; T5 overflows in float16, bfloat16 is fine);
         the projections use ``projection_dtype`` (default float32, as the release).
+        ``tokens_length`` and ``context_dim``: the ``text_encoder`` settings of configs.json
+        (:func:`kv_core.checkpoints.text_settings`); ``context_dim`` None leaves the
+        projections' output width unchecked.
 
         Raises ``CheckpointError`` for parts that load but could not work together: a folder
         without tokenizer, a tokenizer with more ids than the encoder's embedding, and
-        ``ValueError`` for projections whose input width is not the encoder's ``d_model``.
+        ``ValueError`` for projections whose input width is not the encoder's ``d_model`` or
+        whose output width is not ``context_dim`` (:func:`check_text_parts`).
         """
         tokenizer_path = tokenizer_path if tokenizer_path is not None else encoder_path
         tokenizer = load_t5_tokenizer(tokenizer_path)  # first: fails before the encoder's big read
@@ -279,7 +304,7 @@ class TextEncoder(nn.Module):
         projections = load_text_projections(projections_path, device=device,
                                             dtype=projection_dtype or torch.float32,
                                             operations=operations)
-        return cls(encoder, projections, tokenizer, tokens_length)
+        return cls(encoder, projections, tokenizer, tokens_length, context_dim)
 
     @property
     def device(self) -> torch.device:

@@ -680,3 +680,36 @@ def test_t5_index_naming_files_outside_its_folder_is_refused(tmp_path, release):
         {"weight_map": {k: "../elsewhere.safetensors" for k in keys}}))
     with pytest.raises(ck.CheckpointError, match="outside its folder"):
         ck.t5_encoder_file(folder)
+
+
+# --- the text_encoder section of configs.json (issue 10) -----------------------------------------
+
+def test_text_settings_defaults_without_file_or_section(tmp_path):
+    assert ck.text_settings(None) == (128, None)
+    (tmp_path / "configs.json").write_text(json.dumps({"t2v": {"configs": {}}}))
+    assert ck.text_settings(tmp_path / "configs.json") == (128, None)
+    (tmp_path / "configs.json").write_text(json.dumps({"text_encoder": {"tokens_length": 32, "context_dim": 24}}))
+    assert ck.text_settings(tmp_path / "configs.json") == (32, 24)
+
+
+@pytest.mark.parametrize("section,says", [
+    ({"tokens_length": "thirty-two"}, "text_encoder.tokens_length is 'thirty-two'"),
+    ({"tokens_length": 1}, "text_encoder.tokens_length is 1"),
+    ({"tokens_length": True}, "text_encoder.tokens_length is True"),
+    ({"context_dim": 24.5}, "text_encoder.context_dim is 24.5"),
+    ({"context_dim": 0}, "text_encoder.context_dim is 0"),
+    ([32], "text_encoder is [32], not a JSON object"),
+])
+def test_text_settings_refuse_unusable_values(tmp_path, section, says):
+    path = tmp_path / "configs.json"
+    path.write_text(json.dumps({"text_encoder": section}))
+    with pytest.raises(ck.CheckpointError) as err:
+        ck.text_settings(path)
+    assert says in str(err.value) and str(path) in str(err.value)
+
+
+def test_text_settings_refuse_unreadable_json(tmp_path):
+    path = tmp_path / "configs.json"
+    path.write_text("{not json")
+    with pytest.raises(ck.CheckpointError, match="could not read configs"):
+        ck.text_settings(path)

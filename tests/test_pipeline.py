@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kv_core.checkpoints import INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ, build_network
+from kv_core.checkpoints import INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ, CheckpointError, build_network
 from kv_core.image import prepare_first_frame, resize_and_crop
 from kv_core.noise import ReplayNoise, RecordingNoise, SeededNoise
 from kv_core.pipeline import (KandinskyVideoPipeline, GenerationSettings, decode_first_frame, decode_frames,
@@ -359,6 +359,24 @@ def test_from_release_with_prompts(tmp_path):
     assert plain.frames.shape == negative.frames.shape == (5, 64, 64, 3)
     assert not torch.equal(plain.frames, negative.frames)
     assert torch.equal(pipe("a red car", **kw).frames, plain.frames)
+
+
+@pytest.mark.parametrize("section,says", [
+    ({"tokens_length": "thirty-two", "context_dim": 7}, "text_encoder.tokens_length is 'thirty-two'"),
+    ({"context_dim": 7}, "says text_encoder.context_dim 7"),
+])
+def test_from_release_refuses_a_configs_json_that_contradicts_the_text_files(tmp_path, section, says):
+    """from_release read tokens_length unchecked (a string reached the tokenizer) and ignored
+    a context_dim other than the projections'."""
+    from kv_core.tiny import write_tiny_release
+
+    release = write_tiny_release(tmp_path)
+    configs = json.loads(release.configs.read_text())
+    configs["text_encoder"].update(section)
+    release.configs.write_text(json.dumps(configs))
+    with pytest.raises((ValueError, CheckpointError)) as err:
+        KandinskyVideoPipeline.from_release(tmp_path)
+    assert "configs.json" in str(err.value) and says in str(err.value), err.value
 
 
 # --- sizes follow from the networks ---------------------------------------------------------

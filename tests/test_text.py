@@ -248,3 +248,11 @@ def test_projections_of_another_width_are_refused_at_load(tmp_path, release):
 def test_tokens_length_below_two_is_refused(release):
     with pytest.raises(ValueError, match="tokens_length must be at least 2"):
         TextEncoder.from_files(release.t5_folder, release.t5_projections, tokens_length=1)
+
+
+def test_projections_of_another_context_width_than_configs_json_are_refused(release):
+    with pytest.raises(ValueError, match=rf"make {TINY_CONTEXT_DIM}-wide contexts but configs.json says "
+                                         rf"text_encoder.context_dim {TINY_CONTEXT_DIM + 1}"):
+        TextEncoder.from_files(release.t5_folder, release.t5_projections, context_dim=TINY_CONTEXT_DIM + 1)
+    te = TextEncoder.from_files(release.t5_folder, release.t5_projections, context_dim=TINY_CONTEXT_DIM)
+    assert te.encode("a red car")[PROJECTION_BASE][0].shape[-1] == TINY_CONTEXT_DIM

@@ -20,15 +20,16 @@ The package, one module per concern (everything public is importable from here):
   :class:`CheckpointError`
 - :mod:`.contents`  which network a file holds (:func:`identify`, :func:`describe_file`,
   :func:`network_tensors`)
-- :mod:`.configs`   constructor configs: official, ``configs.json``, detected from shapes
+- :mod:`.configs`   constructor configs: official, ``configs.json``, detected from shapes;
+  the text settings of ``configs.json`` (:func:`text_settings`)
 - :mod:`.networks`  building on the meta device and loading (:func:`load_keyframe_unet`,
   :func:`load_interpolation_unet`, :func:`load_movq`, :func:`load_text_projections`)
 - :mod:`.t5`        the Flan-UL2 encoder (folder or our file) and its tokenizer checks
 
 Which dtype each tensor gets is the policy of :mod:`kv_core.dtypes`.
 """
-from .configs import (config_from, detect_config, network_class, official_config, read_configs_json,
-                      resolve_config)
+from .configs import (DEFAULT_TOKENS_LENGTH, config_from, detect_config, network_class, official_config,
+                      read_configs_json, resolve_config, text_settings)
 from .contents import NetworkTensors, describe_file, identify, network_tensors
 from .formats import (CONFIG_SECTIONS, FORMAT_VERSION, INTERPOLATION_UNET, KEYFRAME_UNET, META_CONFIG,
                       META_DTYPE, META_FORMAT, META_NETWORK, META_SOURCE, META_TOKENIZER, MOVQ,
@@ -41,7 +42,8 @@ from .t5 import (TOKENIZER_FILES, TOKENIZER_PROBE, check_t5_tokenizer, load_t5_e
                  t5_encoder_file, t5_encoder_keys, tokenizer_files)
 
 __all__ = [
-    "CONFIG_SECTIONS", "FORMAT_VERSION", "INTERPOLATION_UNET", "KEYFRAME_UNET", "META_CONFIG", "META_DTYPE",
+    "CONFIG_SECTIONS", "DEFAULT_TOKENS_LENGTH", "FORMAT_VERSION", "INTERPOLATION_UNET", "KEYFRAME_UNET",
+    "META_CONFIG", "META_DTYPE",
     "META_FORMAT", "META_NETWORK", "META_SOURCE", "META_TOKENIZER", "MOVQ", "NULL_EMBEDDING_KEY",
     "SAFETENSORS_DTYPES", "T5_ENCODER", "TEXT_PROJECTIONS", "TOKENIZER_FILES", "TOKENIZER_PROBE", "VIDEO_MOVQ",
     "CheckpointError", "LoadedNetwork", "NetworkTensors", "TensorFile",
@@ -50,5 +52,5 @@ __all__ = [
     "load_keyframe_unet", "load_movq", "load_network", "load_null_embedding", "load_t5_encoder",
     "load_t5_tokenizer", "load_text_projections", "network_class", "network_tensors", "official_config",
     "open_tensor_file", "read_configs_json", "resolve_config", "t5_encoder_file", "t5_encoder_keys",
-    "tokenizer_files",
+    "text_settings", "tokenizer_files",
 ]

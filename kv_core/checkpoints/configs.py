@@ -58,6 +58,41 @@ def read_configs_json(path) -> dict:
         raise CheckpointError(f"could not read configs {path}: {err}") from err
 
 
+DEFAULT_TOKENS_LENGTH = 128  # text_encoder.tokens_length of the release
+
+
+def text_settings(configs) -> tuple[int, int | None]:
+    """``(tokens_length, context_dim)`` from the ``text_encoder`` section of a ``configs.json``.
+
+    ``configs``: its path, or None (no configs.json). Without the file, the section or an
+    entry, ``tokens_length`` is :data:`DEFAULT_TOKENS_LENGTH` (128 tokens) and
+    ``context_dim`` (the width of the projections' output) None, i.e. unchecked.
+
+    Raises :class:`CheckpointError` naming the file and the key for a file that cannot be
+    read, a section that is not an object, a ``tokens_length`` that is not a whole number of
+    at least 2 or a ``context_dim`` that is not a positive whole number: such values are
+    refused rather than replaced by the defaults in silence.
+    """
+    if configs is None:
+        return DEFAULT_TOKENS_LENGTH, None
+    parsed = read_configs_json(configs)
+    if not isinstance(parsed, Mapping):
+        raise CheckpointError(f"{configs} holds {type(parsed).__name__}, not a JSON object of sections.")
+    section = parsed.get("text_encoder", {})
+    if not isinstance(section, Mapping):
+        raise CheckpointError(f"{configs}: text_encoder is {section!r}, not a JSON object.")
+    tokens_length = section.get("tokens_length", DEFAULT_TOKENS_LENGTH)
+    if isinstance(tokens_length, bool) or not isinstance(tokens_length, int) or tokens_length < 2:
+        raise CheckpointError(f"{configs}: text_encoder.tokens_length is {tokens_length!r}; it must be a whole "
+                              f"number of tokens of at least 2 (the release uses {DEFAULT_TOKENS_LENGTH}).")
+    context_dim = section.get("context_dim")
+    if context_dim is not None and (isinstance(context_dim, bool) or not isinstance(context_dim, int)
+                                    or context_dim < 1):
+        raise CheckpointError(f"{configs}: text_encoder.context_dim is {context_dim!r}; it must be a positive "
+                              "whole number (the width of the text projections' output).")
+    return tokens_length, context_dim
+
+
 def config_from(configs, network: str) -> dict | None:
     """The constructor kwargs of ``network`` from any of the accepted forms of ``configs``:
     a path to ``configs.json``, its parsed dict, one section (``{"configs": {...}}``) or the
