@@ -7,7 +7,6 @@ safetensors, or the official one adapted to the checkpoint's shapes, is used.
 """
 from __future__ import annotations
 
-import json
 
 import torch
 
@@ -17,7 +16,7 @@ from comfy_api.latest import io
 
 from ..kv_core import checkpoints as ckpt
 from ..kv_core import dtypes
-from ..kv_core.text import DEFAULT_TOKENS_LENGTH, TextEncoder as KVTextEncoder
+from ..kv_core.text import TextEncoder as KVTextEncoder, check_text_parts
 from . import model_files, sockets
 from .common import (FP8, WEIGHT_DTYPE_TOOLTIP, WEIGHT_DTYPES, file_params, operations_for,
                      weight_and_compute_dtype)
@@ -202,35 +201,23 @@ def adopt_operations(module: torch.nn.Module, operations, *, compute=None, fp32_
             setattr(parent, name, new)
 
 
-def _text_settings(projections_path: str) -> tuple[int, int | None, str | None]:
-    """``(tokens_length, context_dim, configs.json path)`` from the ``text_encoder`` section of
-    the release's configs.json beside the projections (128 and None without configs.json or
-    without those entries). A configs.json that cannot be read or holds unusable values is
-    refused rather than replaced by the defaults in silence."""
+def _text_settings(projections_path: str, projections_name: str) -> tuple[int, int | None, str | None]:
+    """``(tokens_length, context_dim, configs.json path)`` from the release's configs.json beside
+    the projections, read and checked by :func:`kv_core.checkpoints.text_settings` (128 and None
+    without configs.json or those entries); a configs.json that cannot be used is refused."""
     configs = release_configs(projections_path)
-    if not configs:
-        return DEFAULT_TOKENS_LENGTH, None, None
     try:
-        with open(configs) as fh:
-            section = json.load(fh).get("text_encoder", {})
-    except (OSError, ValueError, AttributeError) as err:
-        raise ValueError(f"Could not read {configs} (the configs.json beside the text projections): {err}") from None
-    if not isinstance(section, dict):
-        raise ValueError(f"{configs}: text_encoder is {section!r}, not a JSON object.")
-    value = section.get("tokens_length", DEFAULT_TOKENS_LENGTH)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-        raise ValueError(f"{configs}: text_encoder.tokens_length is {value!r}; it must be a whole number of "
-                         f"tokens of at least 2 (the release uses {DEFAULT_TOKENS_LENGTH}).")
-    context_dim = section.get("context_dim")
-    if context_dim is not None and (isinstance(context_dim, bool) or not isinstance(context_dim, int)):
-        raise ValueError(f"{configs}: text_encoder.context_dim is {context_dim!r}; it must be a whole number.")
-    return value, context_dim, configs
+        tokens_length, context_dim = ckpt.text_settings(configs or None)
+    except ckpt.CheckpointError as err:
+        raise ValueError(f"The configs.json beside the text projections '{projections_name}' cannot be used: "
+                         f"{err}") from None
+    return tokens_length, context_dim, configs
 
 
 def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtype: str) -> Network:
     encoder_path = resolve_text_encoder(text_encoder_name)
     projections_path = resolve_model_file(projections_name, ckpt.TEXT_PROJECTIONS)
-    tokens_length, context_dim, configs = _text_settings(projections_path)  # a bad configs.json fails fast
+    tokens_length, context_dim, configs = _text_settings(projections_path, projections_name)  # fails fast
     load_device = mm.text_encoder_device()
     offload_device = mm.text_encoder_offload_device()
     weight, compute = weight_and_compute_dtype(weight_dtype, "text", load_device, file_params(encoder_path))
@@ -249,17 +236,11 @@ def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtyp
                                                  operations=comfy.ops.disable_weight_init)
     except ckpt.CheckpointError as err:
         raise _load_error(ckpt.TEXT_PROJECTIONS, projections_name, projections_path, err) from None
-    d_model = encoder.config.d_model
-    proj_in = next(iter(projections.values())).d_model
-    proj_out = {label: p.context_dim for label, p in projections.items()}
-    if context_dim is not None and set(proj_out.values()) != {context_dim}:
-        raise ValueError(f"The text projections '{projections_name}' make {proj_out} contexts but {configs} says "
-                         f"text_encoder.context_dim {context_dim}: the projections and configs.json are not from "
-                         "the same release.")
-    if proj_in != d_model:
-        raise ValueError(f"The text projections '{projections_name}' take {proj_in}-wide encoder states but "
-                         f"the text encoder '{text_encoder_name}' makes {d_model}-wide ones: they are not "
-                         "from the same release (Kandinsky Video needs google/flan-ul2, d_model 4096).")
+    try:  # before the encoder's weights are converted
+        check_text_parts(encoder, projections, context_dim, configs=configs)
+    except ValueError as err:
+        raise ValueError(f"The text projections '{projections_name}' and the text encoder '{text_encoder_name}' "
+                         f"do not fit together: {err}.") from None
     adopt_operations(encoder, operations_for(weight, compute, load_device), compute=compute,
                      fp32_names=("wo",) if weight == torch.float16 else ())
     if fp8 is not None:  # T5's feed-forward output (wo) keeps the compute dtype
