@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from test_nodes import kv, kv_release  # noqa: F401 (fixtures)
+from test_nodes import _tiny_networks, kv, kv_release  # noqa: F401 (fixtures)
 
 FRAMES = 5  # frames taken from each animation (core Image From Batch): 4 * 5 - 3 = 17 out
 
@@ -80,7 +80,24 @@ def _webp(host, result, node: str) -> tuple[int, tuple[int, int]]:
         return image.n_frames, image.size
 
 
-def test_real_animations_keep_count_rate_size_and_positions(kv):
+def _load_image_frames(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first FRAMES frames as core Load Image gives them (RGB / 255) and their alpha."""
+    import numpy as np
+    from PIL import ImageOps, ImageSequence
+
+    rgb, alpha = [], []
+    with Image.open(path) as image:
+        for i, frame in enumerate(ImageSequence.Iterator(image)):  # one image object, seeked: read it now
+            if i == FRAMES:
+                break
+            frame = ImageOps.exif_transpose(frame)
+            rgb.append(torch.from_numpy(np.asarray(frame.convert("RGB"), dtype=np.float32) / 255))
+            if "A" in frame.getbands():
+                alpha.append(torch.from_numpy(np.asarray(frame.getchannel("A"), dtype=np.float32) / 255))
+    return torch.stack(rgb), (torch.stack(alpha) if alpha else None)
+
+
+def test_real_animations_keep_count_rate_size_and_positions(kv, kv_release):
     files = _animations()
     odd = _pick(files, lambda wh: wh[0] % 2 == 1)               # 349x350 in the 0.3.x media packages
     wide = _pick(files, lambda wh: wh[0] >= 1.5 * wh[1])       # 768x512
@@ -121,6 +138,20 @@ def test_real_animations_keep_count_rate_size_and_positions(kv):
     given, interpolated = saved["kv_in"], saved["kv_out"]
     assert given.shape[2] == FRAMES and interpolated.shape[2] == out_frames
     assert torch.equal(interpolated[:, :, ::4], given)  # frame 4i of the output is input frame i
+
+    # the nodes are adapters of kv_core: its stages give the same latents from the same frames
+    from kv_core.rules import size_rule
+    from kv_core.stages import interpolate_frames
+    from kv_core.video_input import auto_skip_frames, encode_video, null_condition, plan_fit
+
+    n = _tiny_networks(kv_release)
+    frames, alpha = _load_image_frames(odd)
+    fit = plan_fit(odd_size[0], odd_size[1], size_rule(movq=n["movq"], interpolation_unet=n["interp"]), "pad", 80)
+    latents, _ = encode_video(n["movq"], frames, fit, alpha=alpha)
+    torch.testing.assert_close(given[0].movedim(0, 1), latents, atol=1e-4, rtol=1e-4)
+    want = interpolate_frames(n["interp"], n["interp_null"], null_condition(n["interp_null"]), latents,
+                              skip_frames=auto_skip_frames(6.0), sampler="ddpm", steps=2, noise=3)
+    torch.testing.assert_close(interpolated[0].movedim(0, 1), want, atol=1e-4, rtol=1e-4)
 
 
 def test_a_still_picture_is_refused_by_name(kv):
