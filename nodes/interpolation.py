@@ -28,7 +28,8 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
             category=f"{CATEGORY}/sampling",
             description=("Puts three new frames between every two frames (N -> 4N-3): 12 keyframes at 2 fps "
                          "become 45 frames at 8 fps. Chain a second Interpolate with skip_frames 1 for 177 "
-                         "frames at 32 fps."),
+                         "frames at 32 fps. Any video works too (Kandinsky Video Encode Video): 4x its frame "
+                         "rate per pass."),
             inputs=[
                 sockets.InterpolationUNet.Input("interpolation_unet",
                                                tooltip="From Load Kandinsky Video Interpolation U-Net."),
