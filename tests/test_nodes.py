@@ -23,6 +23,7 @@ import websocket
 from PIL import Image
 
 from kv_core.tiny import write_tiny_release
+from tools.thumbnails import EXAMPLE_VIDEO, example_video_source
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
@@ -46,9 +47,11 @@ INTERFACE = {
     "KandinskyVideoKeyframes": (["keyframe_unet", "conditioning", "first_frame", "motion", "noise_augmentation",
                                  "guidance_weight_prompt", "guidance_weight_image", "steps", "sampler", "seed",
                                  "num_keyframes"], ["LATENT"]),
-    "KandinskyVideoInterpolate": (["interpolation_unet", "conditioning", "latent", "skip_frames", "guidance_scale",
-                                   "steps", "sampler", "seed"], ["LATENT"]),
+    "KandinskyVideoInterpolate": (["interpolation_unet", "latent", "skip_frames", "guidance_scale", "steps",
+                                   "sampler", "seed", "conditioning", "window"], ["LATENT"]),
     "KandinskyVideoDecode": (["video_movq", "latent", "chunk_size", "num_keyframes"], ["IMAGE", "FLOAT"]),
+    "KandinskyVideoEncodeVideo": (["movq", "interpolation_unet", "images", "fps", "fit", "max_side", "mask"],
+                                  ["LATENT"]),
 }
 
 
@@ -57,7 +60,8 @@ INTERFACE = {
 @pytest.fixture(scope="session")
 def kv_release(comfy_host):
     """The tiny release under its official file names in models/kandinsky_video/, and
-    ComfyUI's example.png in input/ (for the image-to-video workflow)."""
+    ComfyUI's example.png in input/ (for the image-to-video workflow) and a real video clip
+    (for the any-video template)."""
     folder = comfy_host.base_dir / "kv_tiny_release"  # one per host, whichever module asks first
     if not (folder / "flan-ul2").is_dir():
         write_tiny_release(folder)
@@ -65,6 +69,7 @@ def kv_release(comfy_host):
         comfy_host.add_model("kandinsky_video", folder / name)
     example = comfy_host.comfyui / "input" / "example.png"
     shutil.copy(example, comfy_host.input_dir / "example.png")
+    shutil.copy(example_video_source(), comfy_host.input_dir / EXAMPLE_VIDEO)  # the any-video template's input
     return folder
 
 
@@ -79,15 +84,15 @@ def shipped_workflow(name: str) -> dict:
 
 
 def fast(prompt: dict, *, steps: int = 2, size: int = SIZE, seed: int | None = None) -> dict:
-    """A copy of an API prompt with few steps and a small size (the tests' only changes
-    to the shipped defaults)."""
+    """A copy of an API prompt with few steps and a small size (``max_side`` of Encode Video
+    too) — the tests' only changes to the shipped defaults."""
     prompt = copy.deepcopy(prompt)
     for node in prompt.values():
         inputs = node["inputs"]
         if node["class_type"].startswith("KandinskyVideo"):
             if "steps" in inputs:
                 inputs["steps"] = steps
-            for key in ("width", "height"):
+            for key in ("width", "height", "max_side"):
                 if key in inputs:
                     inputs[key] = size
             if seed is not None and "seed" in inputs:
