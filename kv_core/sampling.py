@@ -25,14 +25,13 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from .noise import NoiseSource
 from .schedulers import Sampler, stage_sampler
 from .stage_inputs import (assemble_interpolated, augment_key_frame, cfg, first_frame_condition, frame_index,
+                           guidance_contexts,
                            interpolation_input, interpolation_neighbours, interpolation_scalars, keyframe_condition,
                            keyframe_guidance, score_tensor)
-from .text import unconditional_context
 
 ProgressFn = Callable[[int, int, torch.Tensor], None]
 CancelFn = Callable[[], Optional[bool]]
@@ -73,42 +72,6 @@ def _check_context(context, mask, name):
         raise ValueError(f"{name} must be a tensor [B, L, D]")
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(context.shape[:2]):
         raise ValueError(f"{name} mask must be a tensor [B, L] matching {name} {tuple(context.shape)}")
-
-
-def _rows(t: torch.Tensor, rows: int, what: str) -> torch.Tensor:
-    if t.shape[0] == rows:
-        return t
-    if t.shape[0] == 1:
-        return t.expand(rows, *t.shape[1:])
-    raise ValueError(f"{what} has batch {t.shape[0]}; expected 1 or {rows}")
-
-
-def _pad_length(context, mask, length):
-    extra = length - context.shape[1]
-    if extra == 0:
-        return context, mask
-    return F.pad(context, (0, 0, 0, extra)), F.pad(mask, (0, extra))
-
-
-def guidance_contexts(cond: TextCondition, null_embedding: torch.Tensor, rows: int, device,
-                      dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Conditional and unconditional contexts of ``rows`` rows each, same length L.
-
-    Returns ``(context, mask, uncond_context, uncond_mask)`` on ``device``, masks bool.
-    A negative prompt of another length is zero-padded (mask 0) with the prompt to the
-    longer of the two.
-    """
-    ctx = _rows(cond.context, rows, "context").to(device=device, dtype=dtype)
-    mask = _rows(cond.context_mask, rows, "context_mask").to(device=device)
-    if cond.negative_context is None:
-        uc, um = unconditional_context(ctx, mask, null_embedding)
-    else:
-        uc = _rows(cond.negative_context, rows, "negative_context").to(device=device, dtype=dtype)
-        um = _rows(cond.negative_mask, rows, "negative_mask").to(device=device, dtype=mask.dtype)
-        length = max(ctx.shape[1], uc.shape[1])
-        ctx, mask = _pad_length(ctx, mask, length)
-        uc, um = _pad_length(uc, um, length)
-    return ctx, mask.bool(), uc, um.bool()
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -22,8 +22,8 @@ for the first frame and interpolation, ``keyframe_guidance`` for the keyframes.
 Sigmas (:func:`release_sigmas`): ``sqrt((1 - abar_t) / abar_t)`` at the stage's timesteps
 (``kv_core.schedulers.make_timesteps`` with its spacing), then 0. The schedule is zero
 terminal SNR (``abar_999 = 0``, an infinite sigma); a sampler in sigma space needs a finite
-one, so ``abar`` is floored at ``EPSILON_ALPHA_FLOOR`` = 2**-24 (sigma 4096.0 at t = 999),
-the floor the loops already use to get x0 from an epsilon prediction. Only t = 999 is
+one, so ``abar`` is floored at ``EPSILON_ALPHA_FLOOR`` = 2**-24 (sigma sqrt(2**24 - 1) ~ 4096 at
+t = 999), the floor the loops already use to get x0 from an epsilon prediction. Only t = 999 is
 affected; the release's epsilon stages (leading spacing, first timestep 980) never reach
 it, its v-prediction stage (trailing, first timestep 999) does: there the loops use
 ``abar = 0`` exactly (x0 = -v) and a floored schedule gives
@@ -34,10 +34,12 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from .noise import as_noise_source
 from .schedulers import (EPSILON_ALPHA_FLOOR, STAGE_DEFAULTS, add_noise, kv_alphas_cumprod, make_timesteps,
                          threshold_x0)
+from .text import unconditional_context
 
 STAGES = tuple(STAGE_DEFAULTS)
 #: prediction type of each stage's network output
@@ -60,12 +62,51 @@ def check_stage(stage: str) -> str:
     return stage
 
 
+# --- text contexts ----------------------------------------------------------------------
+
+def _rows(t: torch.Tensor, rows: int, what: str) -> torch.Tensor:
+    if t.shape[0] == rows:
+        return t
+    if t.shape[0] == 1:
+        return t.expand(rows, *t.shape[1:])
+    raise ValueError(f"{what} has batch {t.shape[0]}; expected 1 or {rows}")
+
+
+def _pad_length(context, mask, length):
+    extra = length - context.shape[1]
+    if extra == 0:
+        return context, mask
+    return F.pad(context, (0, 0, 0, extra)), F.pad(mask, (0, extra))
+
+
+def guidance_contexts(cond, null_embedding: torch.Tensor, rows: int, device,
+                      dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Conditional and unconditional contexts of ``rows`` rows each, same length L, from a
+    ``kv_core.sampling.TextCondition`` ``cond`` and the U-Net's ``null_embedding`` ``[D]``.
+
+    Returns ``(context, mask, uncond_context, uncond_mask)`` on ``device``, masks bool.
+    A negative prompt of another length is zero-padded (mask 0) with the prompt to the
+    longer of the two.
+    """
+    ctx = _rows(cond.context, rows, "context").to(device=device, dtype=dtype)
+    mask = _rows(cond.context_mask, rows, "context_mask").to(device=device)
+    if cond.negative_context is None:
+        uc, um = unconditional_context(ctx, mask, null_embedding)
+    else:
+        uc = _rows(cond.negative_context, rows, "negative_context").to(device=device, dtype=dtype)
+        um = _rows(cond.negative_mask, rows, "negative_mask").to(device=device, dtype=mask.dtype)
+        length = max(ctx.shape[1], uc.shape[1])
+        ctx, mask = _pad_length(ctx, mask, length)
+        uc, um = _pad_length(uc, um, length)
+    return ctx, mask.bool(), uc, um.bool()
+
+
 # --- the schedule in sigma space -------------------------------------------------------
 
 def floored_alphas_cumprod(floor: float = EPSILON_ALPHA_FLOOR) -> torch.Tensor:
     """``alphas_cumprod`` float32 ``[1000]`` of the release with every value below ``floor``
     raised to it (only t = 999, which is 0). Sigmas ``sqrt((1 - a) / a)`` are then finite:
-    the last is ``sqrt(2**24 - 1)`` = 4096.0 (float32)."""
+    the last is ``sqrt(2**24 - 1)`` ~ 4096."""
     return kv_alphas_cumprod().clamp(min=floor)
 
 
