@@ -288,7 +288,10 @@ class KandinskyVideoGuider(io.ComfyNode):
                          "(keyframes): (1-wi)*negative + (wi-wp)*image_only + wp*positive, wp = guidance_scale, "
                          "wi = image_guidance_scale. Then x0 is clamped to [-1, 1] after the whole combination, "
                          "as the release does."),
-            inputs=[io.Model.Input("model"), io.Conditioning.Input("positive"), io.Conditioning.Input("negative"),
+            inputs=[io.Model.Input("model", tooltip="From Kandinsky Video Keyframe / Interpolation Model (patched "
+                                                    "or not)."),
+                    io.Conditioning.Input("positive", tooltip="positive of a Kandinsky Video Conditioning node."),
+                    io.Conditioning.Input("negative", tooltip="negative of the same Conditioning node."),
                     io.Float.Input("guidance_scale", default=5.0, min=-30.0, max=30.0, step=0.05,
                                    tooltip="w (first frame 5, interpolation 0.5) or wp (keyframes 5)."),
                     io.Float.Input("image_guidance_scale", default=2.0, min=-30.0, max=30.0, step=0.05,
@@ -316,7 +319,8 @@ class KandinskyVideoSigmas(CheckedCombos, io.ComfyNode):
                          "(first frame and keyframes: 50 steps, leading spacing, which no core scheduler gives; "
                          "interpolation: 10 steps, trailing, which equals core 'simple'), ending in 0. t = 999 "
                          "(zero terminal SNR, an infinite sigma) is given as 4096."),
-            inputs=[io.Combo.Input("stage", options=list(STAGES), default="keyframes"),
+            inputs=[io.Combo.Input("stage", options=list(STAGES), default="keyframes",
+                                   tooltip="The stage whose schedule to give (its network's timesteps)."),
                     io.Int.Input("steps", default=0, min=0, max=NUM_TRAIN_TIMESTEPS,
                                  tooltip="0 = the release's (50, 50, 10)."),
                     io.Combo.Input("spacing", options=["default", "leading", "trailing", "linspace"],
