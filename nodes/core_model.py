@@ -28,6 +28,7 @@ What the model is to the host:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -44,7 +45,7 @@ import comfy.samplers
 from ..kv_core.checkpoints import INTERPOLATION_UNET, KEYFRAME_UNET
 from ..kv_core.stage_inputs import (GROUP_FRAMES, LATENT_CHANNELS, clamp_x0, first_frame_condition, frame_index,
                                     interpolation_input, keyframe_guidance, schedule_sigmas)
-from .networks import Network, offload
+from .networks import Network, holds_stale_weights, offload
 from .progress import MoVQLatentFormat
 
 # keys of the conditioning dict our conditioning nodes fill
@@ -209,13 +210,24 @@ class KandinskyVideoModel(comfy.model_base.BaseModel):
         return out
 
 
-def _release_pack_patcher(network: Network):
-    """OUTER_SAMPLE wrapper: the pack's own patcher of the same module is unloaded before
-    the core patcher loads it, so two patchers never hold one module's weights at once."""
+def _one_holder(network: Network):
+    """OUTER_SAMPLE wrapper of the core MODEL: before sampling, the module has one holder.
+
+    The pack's own patcher (``network.patcher``) and the core one share the module. When
+    the pack's is loaded, it is unloaded (and so is any loaded core patcher of the module,
+    whose weights that moves), and when a loaded core patcher lost weights to the pack's
+    patcher meanwhile, it is unloaded; ComfyUI then loads the core patcher afresh."""
 
     def wrapper(executor, *args, **kwargs):
-        if any(p is network.patcher for p in mm.loaded_models()):
-            offload(network)
+        patcher = executor.class_obj.model_patcher
+        loaded = [p for p in mm.loaded_models() if p is not None]
+        pack_loaded = any(p is network.patcher for p in loaded)
+        core_loaded = [p for p in loaded if p is not network.patcher and p.is_clone(patcher)]
+        if pack_loaded or (core_loaded and holds_stale_weights(patcher)):
+            if pack_loaded:
+                offload(network)
+            for p in core_loaded:
+                offload(dataclasses.replace(network, patcher=p))
         return executor(*args, **kwargs)
 
     return wrapper
@@ -224,16 +236,14 @@ def _release_pack_patcher(network: Network):
 def core_model(network: Network) -> comfy.model_patcher.ModelPatcher:
     """A ``MODEL`` (ModelPatcher) around ``network``'s module, made once per loaded network
     (the loader's output is cached, so is this)."""
-    patcher = getattr(network, "_core_model", None)
+    patcher = getattr(network, "core_patcher", None)
     if patcher is None:
-        if any(p is network.patcher for p in mm.loaded_models()):
-            offload(network)
         model = KandinskyVideoModel(network)
         patcher = comfy.model_patcher.ModelPatcher(model, load_device=network.load_device,
                                                    offload_device=network.patcher.offload_device)
         patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "kandinsky_video",
-                                     _release_pack_patcher(network))
-        network._core_model = patcher
+                                     _one_holder(network))
+        network.core_patcher = patcher  # nodes.networks.stage unloads it before the pack's stages
     return patcher.clone()
 
 

@@ -366,6 +366,36 @@ def test_sampler_custom_advanced_reports_progress_previews_and_stops_on_interrup
         diffusion.forward = forward
 
 
+def test_one_patcher_holds_a_module_at_a_time(host, nets):
+    """The pack's patcher and the core MODEL's share the module: sampling on the core path
+    unloads the pack's, and a pack stage unloads the core one (which would otherwise move
+    the weights under the other's feet on a GPU); a holder whose weights were moved is seen."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    from kvpack.nodes import networks
+
+    kf = nets["keyframe"]
+    model, guider, latent, sigmas = _first_frame(host, nets)
+
+    def holders():
+        loaded = [p for p in mm.loaded_models() if p is not None]
+        return (any(p is kf.patcher for p in loaded), any(p is not kf.patcher and p.is_clone(model) for p in loaded))
+
+    with networks.stage(kf):
+        assert holders() == (True, False)
+    core_sample(guider, torch.zeros(latent.shape), latent, "ddim", sigmas[-2:])
+    assert holders() == (False, True)
+    with networks.stage(kf):
+        assert holders() == (True, False)
+
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    assert not networks.holds_stale_weights(comfy.model_patcher.ModelPatcher(module, "cpu", "cpu"))
+    assert networks.holds_stale_weights(comfy.model_patcher.ModelPatcher(module, torch.device("meta"), "cpu"))
+    module[0].comfy_cast_weights = True  # a layer that fetches its weights at run time may stay off-device
+    assert not networks.holds_stale_weights(comfy.model_patcher.ModelPatcher(module, torch.device("meta"), "cpu"))
+
+
 def test_simple_scheduler_gives_the_trailing_interpolation_sigmas(host, nets):
     """Core ``simple`` = the release's trailing spacing when the step count divides 1000
     (the release's 10 steps); otherwise they differ by one timestep at most (``simple``
