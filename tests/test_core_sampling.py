@@ -186,6 +186,26 @@ def test_keyframes_core_ddim_equals_the_loop_and_keeps_the_keyframe_record(host,
     assert float((core_sample(swapped, noise, latent["samples"], "ddim", sigmas) - loop).abs().max()) > 0.01
 
 
+def test_core_dual_cfg_guider_regular_is_the_keyframe_formula_without_the_clamp(host, nets):
+    """Core DualCFGGuider, regular style, with cond1 = positive, cond2 = image_only, negative,
+    cfg_conds = wp, cfg_cond2_negative = wi gives the keyframe guidance; it has no place for
+    the release's clamp of the full combination, which the Kandinsky Video Guider adds."""
+    from comfy_extras.nodes_custom_sampler import Guider_DualCFG
+
+    key, guider, latent, sigmas, (pos, image_only, neg, model) = _keyframes(host, nets)
+    dual = Guider_DualCFG(model)
+    dual.set_conds(pos, image_only, neg)
+    dual.set_cfg(5.0, 2.0, nested=False)
+    ours = host.nodes.core_model.KandinskyVideoGuider(model)
+    ours.set_conds(pos, neg, image_only)
+    ours.set_weights(5.0, 2.0, clamp=False)
+    noise = torch.randn(latent["samples"].shape, generator=nets["g"])
+    a, b = (core_sample(g, noise, latent["samples"], "ddim", sigmas) for g in (dual, ours))
+    assert float((a - b).abs().max()) <= tolerance(9)
+    clamped = core_sample(guider, noise, latent["samples"], "ddim", sigmas)
+    assert float((clamped - b).abs().max()) > 1e-3  # the clamp is active here and matters
+
+
 def test_release_ddpm_through_core_ddpm_has_the_loops_transition(host, nets):
     """The release's DDPM (posterior mean of the clamped x0, ``fixed_small`` variance) and core
     ``ddpm`` (``DDPMSampler_step`` with the guider's clamped x0) are the same Markov chain:
