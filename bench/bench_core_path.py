@@ -31,7 +31,8 @@ def load_pack():
     from comfy.cli_args import args
     args.cpu = True
     import comfy.samplers  # noqa: F401
-    spec = importlib.util.spec_from_file_location("kvpack", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    spec = importlib.util.spec_from_file_location("kvpack", REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
     pack = importlib.util.module_from_spec(spec)
     sys.modules["kvpack"] = pack
     spec.loader.exec_module(pack)
@@ -60,14 +61,13 @@ def main():
 
     g = torch.Generator().manual_seed(0)
 
-    def net(kind, config):
-        module = tiny.randomize_(ck.build_network(kind, config, device="cpu", dtype=torch.float32), g).eval()
-        module.requires_grad_(False)
-        return networks.wrap(module, kind, "tiny", torch.float32, load_device=torch.device("cpu"),
-                             offload_device=torch.device("cpu"),
-                             null_embedding=torch.randn(tiny.TINY_CONTEXT_DIM, generator=g))
+    def net(kind):
+        module, null = tiny.random_unet(kind, g)
+        cpu = torch.device("cpu")
+        return networks.wrap(module, kind, "tiny", torch.float32, load_device=cpu, offload_device=cpu,
+                             null_embedding=null)
 
-    kf, ip = net(ck.KEYFRAME_UNET, tiny.TINY_T2V_CONFIG), net(ck.INTERPOLATION_UNET, tiny.TINY_INTERPOLATION_CONFIG)
+    kf, ip = net(ck.KEYFRAME_UNET), net(ck.INTERPOLATION_UNET)
     cond = TextCondition(torch.randn(1, 8, tiny.TINY_CONTEXT_DIM, generator=g), torch.tensor([[1] * 6 + [0] * 2]))
 
     class Text:
@@ -75,7 +75,8 @@ def main():
             return cond
 
     res = lambda r: r.result  # noqa: E731
-    kmodel, imodel = res(cs.KandinskyVideoKeyframeModel.execute(kf))[0], res(cs.KandinskyVideoInterpolationModel.execute(ip))[0]
+    kmodel = res(cs.KandinskyVideoKeyframeModel.execute(keyframe_unet=kf))[0]
+    imodel = res(cs.KandinskyVideoInterpolationModel.execute(interpolation_unet=ip))[0]
     s, n, steps = opts.size, opts.frames, opts.steps
     h = s // 8
 
@@ -100,8 +101,9 @@ def main():
     noise = torch.randn(lat["samples"].shape, generator=g)
     t_core, core = timed(lambda: guider.sample(noise, lat["samples"], comfy.samplers.sampler_object("ddim"), sig,
                                                seed=0, disable_pbar=True))
-    t_loop, loop = timed(lambda: sample_first_frame(kf.module, cond, kf.null_embedding, latent_size=(2 * h, 2 * h),
-                                                    sampler=make_sampler("ddim", steps), noise=ReplayNoise([start(sig, noise)])))
+    t_loop, loop = timed(lambda: sample_first_frame(
+        kf.module, cond, kf.null_embedding, latent_size=(2 * h, 2 * h), sampler=make_sampler("ddim", steps),
+        noise=ReplayNoise([start(sig, noise)])))
     rows.append(("first_frame", t_loop, t_core, float((core - loop).abs().max())))
     # keyframes
     key = torch.randn(4, h, h, generator=g) * 0.5

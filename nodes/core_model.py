@@ -121,9 +121,9 @@ class CoreAdapter(torch.nn.Module):
         stage = kw.get(KEY_STAGE)
         mask = kw.get(KEY_MASK)
         if stage not in STAGES_OF[self.kind] or mask is None or context is None:
+            got = f"a stage {stage!r}" if stage else "conditioning without the Kandinsky Video inputs"
             raise ValueError(f"this Kandinsky Video MODEL needs conditioning from "
-                             f"{' or '.join(WHICH_NODE[s] for s in STAGES_OF[self.kind])} (got "
-                             f"{'a stage ' + repr(stage) if stage else 'conditioning without the Kandinsky Video inputs'})")
+                             f"{' or '.join(WHICH_NODE[s] for s in STAGES_OF[self.kind])} (got {got})")
         b = x.shape[0]
         if self.kind == KEYFRAME_UNET:
             if stage == "first_frame":
@@ -255,8 +255,9 @@ def kandinsky_model(model, stage: str, what: str) -> KandinskyVideoModel:
                          f"{'Interpolation' if stage == 'interpolation' else 'Keyframe'} Model")
     if stage not in STAGES_OF[inner.kind]:
         need = "Interpolation" if stage == "interpolation" else "Keyframe"
-        raise ValueError(f"{what}: this MODEL is the {'interpolation' if inner.kind == INTERPOLATION_UNET else 'keyframe'}"
-                         f" U-Net; the {stage.replace('_', ' ')} stage needs Kandinsky Video {need} Model")
+        this = "interpolation" if inner.kind == INTERPOLATION_UNET else "keyframe"
+        raise ValueError(f"{what}: this MODEL is the {this} U-Net; the {stage.replace('_', ' ')} stage needs "
+                         f"Kandinsky Video {need} Model")
     if inner.null_embedding is None:
         raise ValueError(f"{what}: the U-Net was loaded without its null embedding (the null-text context)")
     return inner

@@ -59,37 +59,37 @@ def _cond(context, mask, **values) -> list:
     return [[_intermediate(context.float()), {cm.KEY_MASK: mask.bool(), **values}]]
 
 
-class KandinskyVideoKeyframeModel(io.ComfyNode):
+class _CoreModel(io.ComfyNode):
+    """A loaded U-Net (one input) -> a core MODEL; subclasses name the node and the input."""
+
+    NODE_ID = DISPLAY_NAME = DESCRIPTION = INPUT = TOOLTIP = ""
+    SOCKET = None
+
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="KandinskyVideoKeyframeModel", display_name="Kandinsky Video Keyframe Model", category=CORE,
-            description=("The keyframe U-Net as a core MODEL (first frame and keyframes) for SamplerCustomAdvanced, "
-                         "KSampler and core model patches: epsilon prediction on the release's zero-terminal-SNR "
-                         "schedule. Uses the loaded network itself (no second copy). " + LOSSES),
-            inputs=[sockets.KeyframeUNet.Input("keyframe_unet", tooltip="From Load Kandinsky Video Keyframe U-Net.")],
-            outputs=[io.Model.Output(display_name="model")])
+        return io.Schema(node_id=cls.NODE_ID, display_name=cls.DISPLAY_NAME, category=CORE,
+                         description=cls.DESCRIPTION + " Uses the loaded network itself (no second copy). " + LOSSES,
+                         inputs=[cls.SOCKET.Input(cls.INPUT, tooltip=cls.TOOLTIP)],
+                         outputs=[io.Model.Output(display_name="model")])
 
     @classmethod
-    def execute(cls, keyframe_unet):
-        return io.NodeOutput(cm.core_model(keyframe_unet))
+    def execute(cls, **unet):
+        return io.NodeOutput(cm.core_model(unet[cls.INPUT]))
 
 
-class KandinskyVideoInterpolationModel(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="KandinskyVideoInterpolationModel", display_name="Kandinsky Video Interpolation Model",
-            category=CORE,
-            description=("The interpolation U-Net as a core MODEL: v-prediction on the release's schedule; its "
-                         "latent is the groups of three new frames [1, 12, groups, h, w]. " + LOSSES),
-            inputs=[sockets.InterpolationUNet.Input("interpolation_unet",
-                                                   tooltip="From Load Kandinsky Video Interpolation U-Net.")],
-            outputs=[io.Model.Output(display_name="model")])
+class KandinskyVideoKeyframeModel(_CoreModel):
+    NODE_ID, DISPLAY_NAME = "KandinskyVideoKeyframeModel", "Kandinsky Video Keyframe Model"
+    SOCKET, INPUT, TOOLTIP = sockets.KeyframeUNet, "keyframe_unet", "From Load Kandinsky Video Keyframe U-Net."
+    DESCRIPTION = ("The keyframe U-Net as a core MODEL (first frame and keyframes) for SamplerCustomAdvanced, "
+                   "KSampler and core model patches: epsilon prediction on the release's zero-terminal-SNR schedule.")
 
-    @classmethod
-    def execute(cls, interpolation_unet):
-        return io.NodeOutput(cm.core_model(interpolation_unet))
+
+class KandinskyVideoInterpolationModel(_CoreModel):
+    NODE_ID, DISPLAY_NAME = "KandinskyVideoInterpolationModel", "Kandinsky Video Interpolation Model"
+    SOCKET, INPUT = sockets.InterpolationUNet, "interpolation_unet"
+    TOOLTIP = "From Load Kandinsky Video Interpolation U-Net."
+    DESCRIPTION = ("The interpolation U-Net as a core MODEL: v-prediction on the release's schedule; its latent is "
+                   "the groups of three new frames [1, 12, groups, h, w].")
 
 
 class KandinskyVideoFirstFrameConditioning(io.ComfyNode):

@@ -76,15 +76,13 @@ def nets(host):
 
     g = torch.Generator().manual_seed(0)
 
-    def net(kind, config):
-        module = tiny.randomize_(ck.build_network(kind, config, device="cpu", dtype=torch.float32), g).eval()
-        module.requires_grad_(False)
-        return networks.wrap(module, kind, "tiny", torch.float32, load_device=torch.device("cpu"),
-                             offload_device=torch.device("cpu"),
-                             null_embedding=torch.randn(tiny.TINY_CONTEXT_DIM, generator=g))
+    def net(kind):
+        module, null = tiny.random_unet(kind, g)
+        cpu = torch.device("cpu")
+        return networks.wrap(module, kind, "tiny", torch.float32, load_device=cpu, offload_device=cpu,
+                             null_embedding=null)
 
-    keyframe, interpolation = net(ck.KEYFRAME_UNET, tiny.TINY_T2V_CONFIG), net(ck.INTERPOLATION_UNET,
-                                                                             tiny.TINY_INTERPOLATION_CONFIG)
+    keyframe, interpolation = net(ck.KEYFRAME_UNET), net(ck.INTERPOLATION_UNET)
     text = Text(host, torch.randn(1, 5, tiny.TINY_CONTEXT_DIM, generator=g), torch.tensor([[1, 1, 1, 0, 0]]))
     return dict(keyframe=keyframe, interpolation=interpolation, text=text, g=g)
 
@@ -120,7 +118,7 @@ def start_noise(sigmas, noise):
 
 def _first_frame(host, nets, guidance=5.0, clamp=True):
     cs = host.nodes.core_sampling
-    model = out(cs.KandinskyVideoKeyframeModel.execute(nets["keyframe"]))[0]
+    model = out(cs.KandinskyVideoKeyframeModel.execute(keyframe_unet=nets["keyframe"]))[0]
     pos, neg, latent = out(cs.KandinskyVideoFirstFrameConditioning.execute(model, nets["text"], 64, 64))
     sigmas = out(cs.KandinskyVideoSigmas.execute("first_frame", STEPS, "default"))[0]
     guider = out(cs.KandinskyVideoGuider.execute(model, pos, neg, guidance, 2.0, clamp))[0]
@@ -148,7 +146,7 @@ def test_first_frame_core_ddim_equals_the_loop(host, nets):
 
 def _keyframes(host, nets, frames=4, seed=7):
     cs = host.nodes.core_sampling
-    model = out(cs.KandinskyVideoKeyframeModel.execute(nets["keyframe"]))[0]
+    model = out(cs.KandinskyVideoKeyframeModel.execute(keyframe_unet=nets["keyframe"]))[0]
     key = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.5
     first = host.nodes.sockets.FirstFrameCondition(key, 64, 64)
     pos, image_only, neg, latent = out(cs.KandinskyVideoKeyframesConditioning.execute(
@@ -231,7 +229,7 @@ def test_release_ddpm_through_core_ddpm_has_the_loops_transition(host, nets):
 
 def _interpolation(host, nets, frames):
     cs = host.nodes.core_sampling
-    model = out(cs.KandinskyVideoInterpolationModel.execute(nets["interpolation"]))[0]
+    model = out(cs.KandinskyVideoInterpolationModel.execute(interpolation_unet=nets["interpolation"]))[0]
     video = host.nodes.sockets.video_latent(frames, 3)
     pos, neg, groups = out(cs.KandinskyVideoInterpolationConditioning.execute(model, video, 3, nets["text"]))
     sigmas = out(cs.KandinskyVideoSigmas.execute("interpolation", STEPS, "default"))[0]
@@ -308,7 +306,8 @@ def test_cond_and_uncond_batched_equal_them_run_one_by_one(host, nets):
             finally:
                 inner.__dict__.pop("memory_required", None)
             assert batches == ([1, 1, 1, 1] if one_by_one else batched)
-        assert float((runs[0] - runs[1]).abs().max()) <= 1e-5
+        # batched or not only changes the summation order: the rounding bound of 2 steps
+        assert float((runs[0] - runs[1]).abs().max()) <= tolerance(11, steps=2)
     diffusion.forward = forward
 
 
@@ -423,7 +422,7 @@ def test_simple_scheduler_gives_the_trailing_interpolation_sigmas(host, nets):
     import comfy.samplers
 
     cs = host.nodes.core_sampling
-    model = out(cs.KandinskyVideoInterpolationModel.execute(nets["interpolation"]))[0]
+    model = out(cs.KandinskyVideoInterpolationModel.execute(interpolation_unet=nets["interpolation"]))[0]
     ms = model.get_model_object("model_sampling")
     for steps in (10, 20, 25, 50):
         simple = comfy.samplers.calculate_sigmas(ms, "simple", steps)
@@ -437,7 +436,7 @@ def test_simple_scheduler_gives_the_trailing_interpolation_sigmas(host, nets):
 
 def test_a_foreign_model_or_the_wrong_unet_is_refused_with_the_node_to_use(host, nets):
     cs = host.nodes.core_sampling
-    interpolation = out(cs.KandinskyVideoInterpolationModel.execute(nets["interpolation"]))[0]
+    interpolation = out(cs.KandinskyVideoInterpolationModel.execute(interpolation_unet=nets["interpolation"]))[0]
     with pytest.raises(ValueError, match="needs Kandinsky Video Keyframe Model"):
         cs.KandinskyVideoFirstFrameConditioning.execute(interpolation, nets["text"], 64, 64)
     with pytest.raises(ValueError, match="not a Kandinsky Video U-Net"):
