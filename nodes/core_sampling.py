@@ -27,8 +27,9 @@ from .inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos, size_inputs
 from .networks import activation_memory, stage
 
 CORE = f"{CATEGORY}/core sampling"
-LOSSES = ("On this path the noise comes from the core noise node, not the pack's per-stage streams: the same "
-          "seed gives another video than the pack's own nodes, and the result is not the same on every device.")
+LOSSES = ("What this path loses against the pack's own stage nodes: the noise comes from the core noise node, "
+          "not from the pack's per-stage streams in the reference's order, so a seed gives another video than "
+          "the pack's nodes and not the same video on every device.")
 
 
 def _intermediate(t: torch.Tensor) -> torch.Tensor:

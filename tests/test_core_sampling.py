@@ -56,7 +56,8 @@ def host():
         sys.modules["kvpack"] = pack
         spec.loader.exec_module(pack)
     import kvpack.nodes.core_sampling  # noqa: F401
-    return sys.modules["kvpack"]
+    yield sys.modules["kvpack"]
+    sys.path.remove(str(COMFYUI))  # later imports in this worker find their own modules again
 
 
 class Text:
