@@ -49,7 +49,7 @@ def main():
     opts = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
-    pack = load_pack()
+    load_pack()
     import comfy.model_sampling
     import comfy.samplers
     from kvpack.kv_core import checkpoints as ck, tiny

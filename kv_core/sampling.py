@@ -28,8 +28,8 @@ import torch
 
 from .noise import NoiseSource
 from .schedulers import Sampler, stage_sampler
-from .stage_inputs import (assemble_interpolated, augment_key_frame, cfg, first_frame_condition, frame_index,
-                           guidance_contexts,
+from .stage_inputs import assemble_interpolated  # noqa: F401  (kv_core.sampling.assemble_interpolated, as before)
+from .stage_inputs import (augment_key_frame, cfg, first_frame_condition, frame_index, guidance_contexts,
                            interpolation_input, interpolation_neighbours, interpolation_scalars, keyframe_condition,
                            keyframe_guidance, score_tensor)
 
