@@ -52,6 +52,21 @@ INTERFACE = {
     "KandinskyVideoDecode": (["video_movq", "latent", "chunk_size", "num_keyframes"], ["IMAGE", "FLOAT"]),
     "KandinskyVideoEncodeVideo": (["movq", "interpolation_unet", "images", "fps", "fit", "max_side", "mask"],
                                   ["LATENT"]),
+    # the core sampling path (nodes/core_sampling.py)
+    "KandinskyVideoKeyframeModel": (["keyframe_unet"], ["MODEL"]),
+    "KandinskyVideoInterpolationModel": (["interpolation_unet"], ["MODEL"]),
+    "KandinskyVideoFirstFrameConditioning": (["model", "conditioning", "width", "height"],
+                                             ["CONDITIONING", "CONDITIONING", "LATENT"]),
+    "KandinskyVideoDecodeFirstFrame": (["movq", "latent"], ["IMAGE"]),
+    "KandinskyVideoKeyframesConditioning": (["model", "conditioning", "first_frame", "num_keyframes", "motion",
+                                             "noise_augmentation", "seed"],
+                                            ["CONDITIONING", "CONDITIONING", "CONDITIONING", "LATENT"]),
+    "KandinskyVideoInterpolationConditioning": (["model", "latent", "skip_frames", "conditioning"],
+                                                ["CONDITIONING", "CONDITIONING", "LATENT"]),
+    "KandinskyVideoAssembleFrames": (["frames", "groups"], ["LATENT"]),
+    "KandinskyVideoGuider": (["model", "positive", "negative", "guidance_scale", "image_guidance_scale", "clamp_x0",
+                              "image_only"], ["GUIDER"]),
+    "KandinskyVideoSigmas": (["stage", "steps", "spacing"], ["SIGMAS"]),
 }
 
 

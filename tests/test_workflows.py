@@ -27,12 +27,13 @@ EXPECTED = {
     "kandinsky_video_text_to_video_32fps": (177, 12),
     "kandinsky_video_image_to_video": (45, 12),
     "kandinsky_video_interpolate_any_video": (None, None),  # 4N - 3 frames of its input video: VIDEO_INPUTS
+    "kandinsky_video_text_to_video_8fps_core_sampling": (45, 12),
 }
 # workflow -> the video in ComfyUI's input/ that it interpolates once: the video it writes has
 # 4N - 3 frames at 4 x the input's frame rate, at the input's size
 VIDEO_INPUTS = {"kandinsky_video_interpolate_any_video": EXAMPLE_VIDEO}
-PACK_ONLY = {"LoadImage", "PreviewImage", "CreateVideo", "SaveVideo", "MarkdownNote",
-             "LoadVideo", "GetVideoComponents"}  # core nodes used
+PACK_ONLY = {"LoadImage", "PreviewImage", "CreateVideo", "SaveVideo", "MarkdownNote",  # core nodes used
+             "LoadVideo", "GetVideoComponents", "SamplerCustomAdvanced", "KSamplerSelect", "RandomNoise"}
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 RELEASE_URL = "https://huggingface.co/ai-forever/KandinskyVideo_1_1/resolve/main/"
 # loader -> the official file its properties.models names (the widget value it ships with)
@@ -96,6 +97,14 @@ def test_shipped_workflows_keep_the_release_defaults():
                                                                           else (3, 1))
             elif node["type"] == "KandinskyVideoEncodeFirstFrame":
                 assert values == [512, 512, "reference"]
+            elif node["type"] == "KandinskyVideoSigmas":  # the release's steps and spacing of its stage
+                assert values[1:] == [0, "default"]
+            elif node["type"] == "KSamplerSelect":  # the release's DDPM (core ddpm is the same chain)
+                assert values == ["ddpm"]
+            elif node["type"] == "KandinskyVideoKeyframesConditioning":  # num_keyframes, motion, augmentation
+                assert values[:3] == [12, "medium", 20]
+            elif node["type"] == "KandinskyVideoGuider":  # w 5 / (wp 5, wi 2) / w 0.5, with the clamp
+                assert values in ([5, 2, True], [0.5, 2, True])
 
 
 def _widgets(workflow: dict) -> dict:
