@@ -300,11 +300,12 @@ class KandinskyVideoGuider(io.ComfyNode):
                     io.Boolean.Input("clamp_x0", default=True,
                                      tooltip="Clamp the guided x0 to [-1, 1] as the release does."),
                     io.Conditioning.Input("image_only", optional=True,
-                                          tooltip="Keyframes: the image_only output of the Keyframes Conditioning.")],
+                                          tooltip="Keyframes (required there): the image_only output of the Keyframes Conditioning. Leave it unconnected for the first frame and interpolation.")],
             outputs=[io.Guider.Output()])
 
     @classmethod
     def execute(cls, model, positive, negative, guidance_scale, image_guidance_scale, clamp_x0, image_only=None):
+        cm.check_guider_inputs(model, positive, negative, image_only, "Kandinsky Video Guider")
         guider = cm.KandinskyVideoGuider(model)
         guider.set_conds(positive, negative, image_only)
         guider.set_weights(guidance_scale, image_guidance_scale, clamp_x0)

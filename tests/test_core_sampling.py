@@ -442,3 +442,44 @@ def test_a_foreign_model_or_the_wrong_unet_is_refused_with_the_node_to_use(host,
         cs.KandinskyVideoFirstFrameConditioning.execute(interpolation, nets["text"], 64, 64)
     with pytest.raises(ValueError, match="not a Kandinsky Video U-Net"):
         cs.KandinskyVideoFirstFrameConditioning.execute(object(), nets["text"], 64, 64)
+
+
+def test_the_guider_refuses_conds_that_do_not_fit_naming_the_wiring(host, nets):
+    """Wiring mistakes that used to run silently wrong (keyframe conds without image_only:
+    the two-cond formula with the no-image negative) or end in a tensor size error deep in
+    the host (a foreign MODEL, conds of two stages, image_only on another stage, a latent
+    from another Conditioning node) are refused with the connection to make."""
+    import comfy.model_patcher
+
+    cs = host.nodes.core_sampling
+    guider_node = cs.KandinskyVideoGuider.execute
+    model, _, ff_latent, ff_sigmas = _first_frame(host, nets)
+    ff_pos, ff_neg, _ = out(cs.KandinskyVideoFirstFrameConditioning.execute(model, nets["text"], 64, 64))
+    _, kf_guider, kf_latent, kf_sigmas, (kf_pos, kf_image_only, kf_neg, _) = _keyframes(host, nets)
+    with pytest.raises(ValueError, match="connect its image_only output"):
+        guider_node(model, kf_pos, kf_neg, 5.0, 2.0, True)
+    with pytest.raises(ValueError, match="image_only is for the keyframes only"):
+        guider_node(model, ff_pos, ff_neg, 5.0, 2.0, True, kf_image_only)
+    with pytest.raises(ValueError, match="different Conditioning nodes"):
+        guider_node(model, kf_pos, ff_neg, 5.0, 2.0, True, kf_image_only)
+    with pytest.raises(ValueError, match="negative is not from a Kandinsky Video Conditioning node"):
+        guider_node(model, ff_pos, [[torch.zeros(1, 77, 768), {}]], 5.0, 2.0, True)
+    foreign = comfy.model_patcher.ModelPatcher(torch.nn.Linear(2, 2), "cpu", "cpu")
+    with pytest.raises(ValueError, match="not a Kandinsky Video U-Net"):
+        guider_node(foreign, ff_pos, ff_neg, 5.0, 2.0, True)
+    interpolation = out(cs.KandinskyVideoInterpolationModel.execute(interpolation_unet=nets["interpolation"]))[0]
+    with pytest.raises(ValueError, match="needs Kandinsky Video Keyframe Model"):
+        guider_node(interpolation, ff_pos, ff_neg, 5.0, 2.0, True)
+
+    # a latent from another node: named before sampling, not a torch size error
+    ff_guider = out(guider_node(model, ff_pos, ff_neg, 5.0, 2.0, True))[0]
+    samples = kf_latent["samples"]
+    with pytest.raises(ValueError, match="First Frame Conditioning and need its latent"):
+        core_sample(ff_guider, torch.zeros(samples.shape), samples, "ddim", ff_sigmas)
+    for wrong in (ff_latent, torch.zeros(1, 4, 6, 8, 8), torch.zeros(1, 4, 4, 16, 16)):
+        with pytest.raises(ValueError, match=r"Keyframes Conditioning and need its latent \[1, 4, 4, 8, 8\]"):
+            core_sample(kf_guider, torch.zeros(wrong.shape), wrong, "ddim", kf_sigmas)
+    frames = torch.randn(3, 4, 8, 8, generator=nets["g"])
+    _, in_guider, _, in_sigmas = _interpolation(host, nets, frames)
+    with pytest.raises(ValueError, match=r"Interpolation Conditioning and need its latent \[1, 12, 2, 8, 8\]"):
+        core_sample(in_guider, torch.zeros(1, 12, 4, 8, 8), torch.zeros(1, 12, 4, 8, 8), "ddim", in_sigmas)
