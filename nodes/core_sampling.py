@@ -275,6 +275,12 @@ class KandinskyVideoAssembleFrames(io.ComfyNode):
         if len(video) != 1 or not isinstance(g, torch.Tensor) or g.ndim != 5 or g.shape[0] != 1:
             raise ValueError(f"{what}: expected one video in frames and the sampled groups [1, 12, N-1, h, w] of the "
                              "Interpolation Conditioning in groups")
+        n, _, h, w = video[0].shape
+        if tuple(g.shape[1:]) != (GROUP_FRAMES * LATENT_CHANNELS, n - 1, h, w):
+            raise ValueError(f"{what}: the {n} frames [1, 4, {n}, {h}, {w}] need their groups "
+                             f"[1, 12, {n - 1}, {h}, {w}], got {list(g.shape)}: connect to groups the sampler "
+                             "output whose latent_image came from the Interpolation Conditioning of this very video "
+                             "(frames = that node's latent input)")
         assembled = assemble_interpolated(video[0].cpu(), g[0].movedim(1, 0).float().cpu())
         return io.NodeOutput(sockets.video_latent(assembled, sockets.recorded_keyframes(frames)))
 
@@ -300,7 +306,9 @@ class KandinskyVideoGuider(io.ComfyNode):
                     io.Boolean.Input("clamp_x0", default=True,
                                      tooltip="Clamp the guided x0 to [-1, 1] as the release does."),
                     io.Conditioning.Input("image_only", optional=True,
-                                          tooltip="Keyframes (required there): the image_only output of the Keyframes Conditioning. Leave it unconnected for the first frame and interpolation.")],
+                                          tooltip="Keyframes (required there): the image_only output of the Keyframes "
+                                                  "Conditioning. Leave it unconnected for the first frame and "
+                                                  "interpolation.")],
             outputs=[io.Guider.Output()])
 
     @classmethod

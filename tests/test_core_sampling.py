@@ -483,3 +483,11 @@ def test_the_guider_refuses_conds_that_do_not_fit_naming_the_wiring(host, nets):
     _, in_guider, _, in_sigmas = _interpolation(host, nets, frames)
     with pytest.raises(ValueError, match=r"Interpolation Conditioning and need its latent \[1, 12, 2, 8, 8\]"):
         core_sample(in_guider, torch.zeros(1, 12, 4, 8, 8), torch.zeros(1, 12, 4, 8, 8), "ddim", in_sigmas)
+
+
+def test_assemble_frames_refuses_groups_of_another_video_naming_the_wiring(host, nets):
+    cs = host.nodes.core_sampling
+    video = host.nodes.sockets.video_latent(torch.zeros(3, 4, 8, 8), 3)
+    for groups in (torch.zeros(1, 12, 4, 8, 8), torch.zeros(1, 4, 2, 8, 8), torch.zeros(1, 12, 2, 16, 16)):
+        with pytest.raises(ValueError, match=r"Assemble Frames: the 3 frames .* need their groups \[1, 12, 2, 8, 8\]"):
+            cs.KandinskyVideoAssembleFrames.execute(video, {"samples": groups})
