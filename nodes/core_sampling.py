@@ -8,6 +8,8 @@ any core sampler, scheduler and model patch. Thin adapters of ``nodes.core_model
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
 import comfy.model_management as mm
@@ -332,7 +334,8 @@ class KandinskyVideoSigmas(CheckedCombos, io.ComfyNode):
             inputs=[io.Combo.Input("stage", options=list(STAGES), default="keyframes",
                                    tooltip="The stage whose schedule to give (its network's timesteps)."),
                     io.Int.Input("steps", default=0, min=0, max=NUM_TRAIN_TIMESTEPS,
-                                 tooltip="0 = the release's (50, 50, 10)."),
+                                 tooltip="0 = the release's (50, 50, 10). Leading spacing starts below pure "
+                                         "noise with few steps (4: t = 750, 93 % noise): use trailing below 8."),
                     io.Combo.Input("spacing", options=["default", "leading", "trailing", "linspace"],
                                    default="default",
                                    tooltip="default = the release's (first frame / keyframes leading, "
@@ -341,7 +344,18 @@ class KandinskyVideoSigmas(CheckedCombos, io.ComfyNode):
 
     @classmethod
     def execute(cls, stage, steps, spacing):
-        sigmas = release_sigmas(stage, steps or STEPS[stage], SPACING[stage] if spacing == "default" else spacing)
+        steps, spacing = steps or STEPS[stage], SPACING[stage] if spacing == "default" else spacing
+        sigmas = release_sigmas(stage, steps, spacing)
+        # a sampler starts from noise * sigmas[0]: its share of pure noise (VP) is s / sqrt(1 + s^2)
+        start = float(sigmas[0]) / (1.0 + float(sigmas[0]) ** 2) ** 0.5
+        if steps == 1 and spacing != "trailing":
+            raise ValueError(f"Kandinsky Video Sigmas: 1 step with {spacing} spacing is timestep 0 alone (sigma "
+                             f"{float(sigmas[0]):.3g}: nothing would be denoised); use spacing 'trailing' (it starts "
+                             "at pure noise) or more steps")
+        if start < 0.98:
+            logging.warning("Kandinsky Video Sigmas: %d %s steps start at sigma %.3g, only %.0f %% of pure noise: the "
+                            "sampler starts from a partly noised blank latent (the result is washed out); use "
+                            "spacing 'trailing' or 8 steps or more", steps, spacing, float(sigmas[0]), 100 * start)
         return io.NodeOutput(sigmas)
 
 

@@ -491,3 +491,25 @@ def test_assemble_frames_refuses_groups_of_another_video_naming_the_wiring(host,
     for groups in (torch.zeros(1, 12, 4, 8, 8), torch.zeros(1, 4, 2, 8, 8), torch.zeros(1, 12, 2, 16, 16)):
         with pytest.raises(ValueError, match=r"Assemble Frames: the 3 frames .* need their groups \[1, 12, 2, 8, 8\]"):
             cs.KandinskyVideoAssembleFrames.execute(video, {"samples": groups})
+
+
+def test_sigmas_refuse_one_step_that_denoises_nothing_and_warn_of_few_leading_steps(host, nets, caplog):
+    """Leading (and linspace) spacing with 1 step is timestep 0 alone (sigma 0.006): the
+    sampler would return its start, a blank latent; few leading steps start below pure
+    noise (a washed-out result), which the log says."""
+    import logging
+
+    cs = host.nodes.core_sampling
+    for spacing in ("default", "leading", "linspace"):
+        with pytest.raises(ValueError, match="1 step with .* spacing is timestep 0 alone.*use spacing 'trailing'"):
+            cs.KandinskyVideoSigmas.execute("keyframes", 1, spacing)
+    assert float(out(cs.KandinskyVideoSigmas.execute("keyframes", 1, "trailing"))[0][0]) > 4000
+    with caplog.at_level(logging.WARNING):
+        cs.KandinskyVideoSigmas.execute("keyframes", 4, "default")
+    assert "4 leading steps start at sigma 2.45, only 93 % of pure noise" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        for steps in (0, 8, 1000):
+            cs.KandinskyVideoSigmas.execute("first_frame", steps, "default")
+        cs.KandinskyVideoSigmas.execute("interpolation", 1, "default")
+    assert "Kandinsky Video Sigmas" not in caplog.text
