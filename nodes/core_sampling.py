@@ -27,6 +27,7 @@ from . import core_model as cm
 from . import sockets
 from .inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos, size_inputs
 from .networks import activation_memory, stage
+from .video_input import AUTO_SKIP, carry_video_record, resolve_skip_frames
 
 CORE = f"{CATEGORY}/core sampling"
 LOSSES = ("What this path loses against the pack's own stage nodes: the noise comes from the core noise node, "
@@ -217,9 +218,12 @@ class KandinskyVideoInterpolationConditioning(io.ComfyNode):
                          "Assemble Frames. " + LOSSES),
             inputs=[io.Model.Input("model", tooltip="From Kandinsky Video Interpolation Model."),
                     io.Latent.Input("latent", tooltip="The video to interpolate: from Keyframes (either path), a "
-                                                      "previous Assemble Frames or Interpolate, or Load Latent."),
-                    io.Int.Input("skip_frames", default=SKIP_FRAMES[1], min=0, max=MAX_SKIP_FRAMES,
-                                 tooltip="3 for the first pass (2 -> 8 fps), 1 for the second (8 -> 32 fps)."),
+                                                      "previous Assemble Frames or Interpolate, Encode Video (any "
+                                                      "video), or Load Latent."),
+                    io.Int.Input("skip_frames", default=SKIP_FRAMES[1], min=AUTO_SKIP, max=MAX_SKIP_FRAMES,
+                                 tooltip="3 for the first pass (2 -> 8 fps), 1 for the second (8 -> 32 fps). -1 "
+                                         "(auto): from the latent's frame rate, 3 below 4.2 fps, 1 from there up "
+                                         "(as Interpolate)."),
                     sockets.Conditioning.Input("conditioning", optional=True,
                                                tooltip="From Kandinsky Video Text Encode (the release uses the "
                                                        "keyframes' prompt). Without it, both sides use the null "
@@ -240,6 +244,7 @@ class KandinskyVideoInterpolationConditioning(io.ComfyNode):
         if n < 2:
             raise ValueError(f"{what}: interpolation needs a video of at least 2 frames, got {n}")
         size_rule(interpolation_unet=inner.diffusion_model.net).check_latent(h, w, "video latent")
+        skip_frames = resolve_skip_frames(skip_frames, latent, n, what)
         ctx, mask, uc, um = _contexts(model, conditioning, "interpolation", what)
         groups = n - 1
 
@@ -284,7 +289,9 @@ class KandinskyVideoAssembleFrames(io.ComfyNode):
                              "output whose latent_image came from the Interpolation Conditioning of this very video "
                              "(frames = that node's latent input)")
         assembled = assemble_interpolated(video[0].cpu(), g[0].movedim(1, 0).float().cpu())
-        return io.NodeOutput(sockets.video_latent(assembled, sockets.recorded_keyframes(frames)))
+        # an Encode Video latent's frame rate (x4) and size record go on to Decode, as through Interpolate
+        return io.NodeOutput(carry_video_record(frames, sockets.video_latent(assembled,
+                                                                             sockets.recorded_keyframes(frames))))
 
 
 class KandinskyVideoGuider(io.ComfyNode):

@@ -513,3 +513,32 @@ def test_sigmas_refuse_one_step_that_denoises_nothing_and_warn_of_few_leading_st
             cs.KandinskyVideoSigmas.execute("first_frame", steps, "default")
         cs.KandinskyVideoSigmas.execute("interpolation", 1, "default")
     assert "Kandinsky Video Sigmas" not in caplog.text
+
+
+def test_an_encoded_video_keeps_its_rate_and_size_through_the_core_path(host, nets):
+    """Encode Video -> Interpolation Conditioning -> sampler -> Assemble Frames -> Decode:
+    skip_frames -1 takes the rate the latent records (as Interpolate does), and Assemble
+    Frames passes the rate (x4) and the fit on, so Decode gives 4 x fps at the input's
+    size (before, the record was dropped: Decode asked for a keyframe count, and with one
+    gave the release's rate at the network's padded size)."""
+    import kvpack.nodes.video_input as vi
+    from kvpack.kv_core.video_input import plan_fit
+
+    cs, cm = host.nodes.core_sampling, host.nodes.core_model
+    model = out(cs.KandinskyVideoInterpolationModel.execute(interpolation_unet=nets["interpolation"]))[0]
+    frames = torch.randn(3, 4, 8, 8, generator=nets["g"])
+    fit = plan_fit(60, 50, 32, "pad")
+    for fps, skip in ((24.0, 1), (2.0, 3)):
+        video = host.nodes.sockets.video_latent(frames, None)
+        video[vi.FPS_KEY], video[vi.FIT_KEY] = fps, fit.to_dict()
+        pos, neg, groups = out(cs.KandinskyVideoInterpolationConditioning.execute(model, video, -1))
+        assert int(pos[0][1][cm.KEY_SKIP]) == int(neg[0][1][cm.KEY_SKIP]) == skip
+        assembled = out(cs.KandinskyVideoAssembleFrames.execute(video, groups))[0]
+        assert assembled["samples"].shape == (1, 4, 9, 8, 8)
+        assert assembled[vi.FPS_KEY] == 4 * fps and assembled[vi.FIT_KEY] == fit.to_dict()
+        assert vi.recorded_fit(assembled) == fit
+    generated = host.nodes.sockets.video_latent(frames, 3)  # 3 keyframes: 3 / 5.5 fps -> 3
+    pos, _, _ = out(cs.KandinskyVideoInterpolationConditioning.execute(model, generated, -1))
+    assert int(pos[0][1][cm.KEY_SKIP]) == 3
+    with pytest.raises(ValueError, match="does not say its frame rate.*set skip_frames to 3"):
+        cs.KandinskyVideoInterpolationConditioning.execute(model, {"samples": generated["samples"]}, -1)
