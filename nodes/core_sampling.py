@@ -361,8 +361,9 @@ class KandinskyVideoSigmas(CheckedCombos, io.ComfyNode):
                              "at pure noise) or more steps")
         if start < 0.98:
             logging.warning("Kandinsky Video Sigmas: %d %s steps start at sigma %.3g, only %.0f %% of pure noise: the "
-                            "sampler starts from a partly noised blank latent (the result is washed out); use "
-                            "spacing 'trailing' or 8 steps or more", steps, spacing, float(sigmas[0]), 100 * start)
+                            "sampler starts from a partly noised blank latent (the pack's stage nodes start from pure "
+                            "noise there); use spacing 'trailing' or 8 steps or more", steps, spacing,
+                            float(sigmas[0]), 100 * start)
         return io.NodeOutput(sigmas)
 
 
