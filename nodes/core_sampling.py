@@ -215,7 +215,9 @@ class KandinskyVideoInterpolationConditioning(io.ComfyNode):
                          "LATENT of zeros [1, 12, N-1, h, w]: the three new frames of each of the N-1 gaps, "
                          "frame-major on the 12 channels. Guide with Kandinsky Video Guider (guidance 0.5 = core "
                          "cfg 1.5), sigmas from Kandinsky Video Sigmas (interpolation), then Kandinsky Video "
-                         "Assemble Frames. " + LOSSES),
+                         "Assemble Frames. The sampler runs all N-1 groups in one U-Net batch (no window): for "
+                         "long videos that do not fit memory use Kandinsky Video Interpolate with a window. "
+                         + LOSSES),
             inputs=[io.Model.Input("model", tooltip="From Kandinsky Video Interpolation Model."),
                     io.Latent.Input("latent", tooltip="The video to interpolate: from Keyframes (either path), a "
                                                       "previous Assemble Frames or Interpolate, Encode Video (any "
