@@ -29,6 +29,7 @@ What the model is to the host:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import torch
@@ -304,6 +305,19 @@ def _one_holder(network: Network):
     return wrapper
 
 
+def _note_plain_cfg_on_keyframes(executor, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: a guider with only positive and negative (core KSampler /
+    CFGGuider) on the keyframes' conds runs plain CFG between prompt + image and null text
+    without image; that runs, but is not the release's keyframe guidance, so say so."""
+    conds = getattr(executor.class_obj, "conds", None) or {}
+    stages = {c.get(KEY_STAGE) for group in conds.values() for c in (group or []) if isinstance(c, dict)}
+    if "keyframes" in stages and set(conds) <= {"positive", "negative"}:
+        logging.warning("Kandinsky Video keyframes sampled with positive and negative only (KSampler / CFGGuider): "
+                        "plain CFG, not the release's keyframe guidance; for that use Kandinsky Video Guider with "
+                        "image_only (or core DualCFGGuider regular: cond1 positive, cond2 image_only)")
+    return executor(*args, **kwargs)
+
+
 def core_model(network: Network) -> comfy.model_patcher.ModelPatcher:
     """A ``MODEL`` (ModelPatcher) around ``network``'s module, made once per loaded network
     (the loader's output is cached, so is this)."""
@@ -314,6 +328,8 @@ def core_model(network: Network) -> comfy.model_patcher.ModelPatcher:
                                                    offload_device=network.patcher.offload_device)
         patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "kandinsky_video",
                                      _one_holder(network))
+        patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "kandinsky_video_guidance",
+                                     _note_plain_cfg_on_keyframes)
         network.core_patcher = patcher  # nodes.networks.stage unloads it before the pack's stages
     return patcher.clone()
 

@@ -542,3 +542,30 @@ def test_an_encoded_video_keeps_its_rate_and_size_through_the_core_path(host, ne
     assert int(pos[0][1][cm.KEY_SKIP]) == 3
     with pytest.raises(ValueError, match="does not say its frame rate.*set skip_frames to 3"):
         cs.KandinskyVideoInterpolationConditioning.execute(model, {"samples": generated["samples"]}, -1)
+
+
+def test_plain_cfg_on_the_keyframes_is_logged_as_not_the_release_guidance(host, nets, caplog):
+    """Core KSampler / CFGGuider can only take positive and negative: on the keyframes that
+    is plain CFG (prompt + image against null text without image), which runs but is not
+    the release's three-cond guidance, so the log says it; the Kandinsky Video Guider and
+    core DualCFGGuider (three conds) are not flagged, nor is CFG on another stage."""
+    import logging
+
+    import comfy.samplers
+    from comfy_extras.nodes_custom_sampler import Guider_DualCFG
+
+    _, guider, latent, sigmas, (pos, image_only, neg, model) = _keyframes(host, nets)
+    samples = latent["samples"]
+    cfg = comfy.samplers.CFGGuider(model)
+    cfg.set_conds(pos, neg)
+    cfg.set_cfg(6.0)
+    dual = Guider_DualCFG(model)
+    dual.set_conds(pos, image_only, neg)
+    dual.set_cfg(5.0, 2.0, nested=False)
+    _, ff_guider, ff_latent, ff_sigmas = _first_frame(host, nets)
+    for g, lat, sig, flagged in ((cfg, samples, sigmas, True), (guider, samples, sigmas, False),
+                                 (dual, samples, sigmas, False), (ff_guider, ff_latent, ff_sigmas, False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            core_sample(g, torch.zeros(lat.shape), lat, "ddim", sig[-2:])
+        assert ("not the release's keyframe guidance" in caplog.text) == flagged, (g, caplog.text)
