@@ -62,3 +62,22 @@ def test_attention_that_cannot_use_a_fused_kernel_counts_its_matrix():
     fused = torch.zeros(2, 1, 512, 64)
     assert ev.attention_workspace((fused, fused, fused), {}) == 2 * 512 * 4
     assert ev.attention_workspace((q, q, q), {}) >= 2 * (2 * 512 * 512 * 4)
+
+
+def test_an_attention_matrix_that_dominates_the_peak_is_estimated_within_the_margin():
+    """The image MoVQ decoding a 512x512 first frame: its one-head attention over 64x64
+    tokens cannot use a fused kernel, so the stored attention matrices are most of the peak."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    torch.set_grad_enabled(False)
+    cfg = ev.check_configs("tiny")
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    fake_nets = {"movq": ev.network(ev.MOVQ, cfg[ev.MOVQ], torch.bfloat16, fake=fake)}
+    real_nets = {"movq": ev.network(ev.MOVQ, cfg[ev.MOVQ], torch.bfloat16)}
+    kw = dict(size=256, keyframes=2, compute=torch.bfloat16, movq_dtype=torch.bfloat16, context_dim=16)
+    estimated = ev.estimate(*ev.stage_runs(fake_nets, **kw)["decode_first_frame"], fake_nets)
+    measured, counted = ev.measure(*ev.stage_runs(real_nets, **kw)["decode_first_frame"], real_nets)
+    tokens = (2 * 256 // 8) ** 2
+    assert estimated > 2 * tokens * tokens * 4  # the scores and their softmax, float32
+    assert measured * (1 - ev.ALLOCATOR_MARGIN) <= estimated <= measured, (estimated, measured)
+    assert estimated == counted
