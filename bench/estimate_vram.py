@@ -226,6 +226,17 @@ def _cast(t, dtype):
     return None if t is None else t.to(dtype)
 
 
+class _CastConv:
+    """``forward`` of a Conv2d/Conv3d that casts its weights when ``comfy_cast_weights``."""
+
+    comfy_cast_weights = False
+
+    def forward(self, x):
+        if not self.comfy_cast_weights:
+            return super().forward(x)
+        return self._conv_forward(x, _cast(self.weight, x.dtype), _cast(self.bias, x.dtype))
+
+
 class CastOps:
     """Layers that cast their weights to the input's dtype at every call when
     ``comfy_cast_weights`` is set (as ComfyUI's ``comfy.ops.manual_cast`` does for fp8
@@ -239,21 +250,11 @@ class CastOps:
                 return super().forward(x)
             return F.linear(x, _cast(self.weight, x.dtype), _cast(self.bias, x.dtype))
 
-    class Conv2d(nn.Conv2d):
-        comfy_cast_weights = False
+    class Conv2d(_CastConv, nn.Conv2d):
+        pass
 
-        def forward(self, x):
-            if not self.comfy_cast_weights:
-                return super().forward(x)
-            return self._conv_forward(x, _cast(self.weight, x.dtype), _cast(self.bias, x.dtype))
-
-    class Conv3d(nn.Conv3d):
-        comfy_cast_weights = False
-
-        def forward(self, x):
-            if not self.comfy_cast_weights:
-                return super().forward(x)
-            return self._conv_forward(x, _cast(self.weight, x.dtype), _cast(self.bias, x.dtype))
+    class Conv3d(_CastConv, nn.Conv3d):
+        pass
 
     class ConvTranspose2d(nn.ConvTranspose2d):
         comfy_cast_weights = False
