@@ -21,7 +21,8 @@ Rows (one table, ``|``-separated, a ``# machine`` line above it):
   decode (8 fps), each network on the device only for its stage (offloading, as
   ``KANDINSKY_VIDEO_OFFLOAD=1`` does in ComfyUI), in bf16 and with fp8 weights (text encoder
   and U-Nets, cast to bf16 per layer), without a budget and under
-  ``torch.cuda.set_per_process_memory_fraction`` budgets of 24, 16 and 12 GB. An
+  ``torch.cuda.set_per_process_memory_fraction`` budgets for cards of 24, 16 and 12 GB (N GiB
+  less :data:`CARD_OVERHEAD_GIB` for the CUDA context and ComfyUI's reserve). An
   out-of-memory error is a table entry naming the stage that failed, not a crash. (ComfyUI
   itself can go lower by loading a network in parts; that is not what is measured here.)
 
@@ -56,9 +57,11 @@ from kv_core.stages import (decode_first_frame, decode_frames, encode_first_fram
                             generate_first_frame, generate_keyframes, interpolate_frames)
 from kv_core.tiny import TINY_T5_DIM, tiny_configs  # noqa: E402
 
-GB = 10 ** 9
 GIB = 2 ** 30
 BUDGETS_GB = (24, 16, 12)
+#: what a card of N GB (N GiB of memory) keeps from PyTorch: the CUDA context (about 0.5 GiB)
+#: and ComfyUI's reserve (0.4 GiB); a budget row gives PyTorch's allocator the rest
+CARD_OVERHEAD_GIB = 0.9
 TEXT_TOKENS = 32  # context length a prompt of about 30 tokens keeps
 
 
@@ -87,7 +90,8 @@ class Setup:
         # bf16 MoVQs (ComfyUI's default where the GPU supports bf16)
         self.movq_dtype = torch.bfloat16
         # budgets: GB on a GPU; on the CPU scaled to the tiny networks (MB), so some fail
-        self.budgets = {f"{b} GB": b * GB for b in BUDGETS_GB} if not smoke else \
+        self.budgets = {f"{b} GB card ({b - CARD_OVERHEAD_GIB:.1f} GiB)": int((b - CARD_OVERHEAD_GIB) * GIB)
+                        for b in BUDGETS_GB} if not smoke else \
             {f"{b} MB (simulated)": int(b * 10 ** 6) for b in (40, 2, 0.5)}
 
 

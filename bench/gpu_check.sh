@@ -2,10 +2,10 @@
 # The GPU check: time and peak memory of every stage at the release's size (official
 # configurations, random weights, bf16 U-Nets), the reference's forwards beside ours when
 # KV_REFERENCE_REPO points at a local copy of the official code, and the whole 8 fps
-# pipeline with offloading under 24/16/12 GB budgets; one table on stdout. See
+# pipeline with offloading under budgets for 24/16/12 GB cards; one table on stdout. See
 # bench/gpu_check.py for the rows.
 #
-#   bash bench/gpu_check.sh            # a CUDA machine (about 5 minutes on one H200; under 8)
+#   bash bench/gpu_check.sh            # a CUDA machine (sized for under 8 minutes on one H200; not yet run on one)
 #   bash bench/gpu_check.sh --smoke    # tiny networks on the CPU: every code path in seconds (CI)
 #
 # Python: $KV_PYTHON, else $KV_VENV/bin/python, else .venv/bin/python of the clone, else python3.
