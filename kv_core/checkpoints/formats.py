@@ -192,17 +192,37 @@ class PageReleaser:
 _MADV_DONTNEED = 4
 
 
-def _libc_madvise():
+def trim_heap() -> None:
+    """Give the C heap's free memory back to the kernel (glibc ``malloc_trim``; nothing
+    elsewhere). Loaders that make large short-lived temporaries per tensor (the fp8 error
+    check of :func:`kv_core.dtypes.storage_dtype`) call it every few tensors: otherwise the
+    holes those temporaries leave between the tensors kept stay resident (an fp8 load of the
+    image MoVQ peaked at 2.6x its weights, 1.5x with this)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _libc_function(name: str):
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.madvise
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    fn.restype = ctypes.c_int
+
+
+def _libc_madvise():
+    fn = _libc_function("madvise")
+    if fn is not None:
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        fn.restype = ctypes.c_int
     return fn
+
+
+_malloc_trim = _libc_function("malloc_trim")
+if _malloc_trim is not None:
+    _malloc_trim.argtypes = [ctypes.c_size_t]
+    _malloc_trim.restype = ctypes.c_int
 
 
 def torch_load(path: Path):
