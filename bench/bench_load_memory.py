@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -167,6 +168,56 @@ def write_release(cache: Path, only=None) -> None:
         print(f"{target}: {size / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
+# --- Flan-UL2's encoder: a proportional subset ---------------------------------------------
+
+#: google/flan-ul2's config.json (the values the encoder's shapes depend on)
+FLAN_UL2 = {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "d_model": 4096, "d_ff": 16384,
+            "d_kv": 256, "num_heads": 16, "num_layers": 32, "num_decoder_layers": 32, "vocab_size": 32128,
+            "feed_forward_proj": "gated-gelu", "relative_attention_num_buckets": 32,
+            "relative_attention_max_distance": 128, "layer_norm_epsilon": 1e-6, "tie_word_embeddings": False,
+            "is_encoder_decoder": True, "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1}
+
+
+def t5_encoder_shapes(blocks: int) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of Flan-UL2's encoder with ``blocks`` of its 32 blocks (meta device)."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config.from_dict(dict(FLAN_UL2, num_layers=blocks))
+    with torch.device("meta"):
+        model = T5EncoderModel(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+
+
+def write_t5_subset(cache: Path, blocks: int) -> Path:
+    """A Hugging Face folder shaped like google/flan-ul2 (bf16 safetensors shards with an
+    index, two blocks per shard, plus a decoder shard the encoder loaders must never read)
+    holding the embedding and ``blocks`` encoder blocks of the real shapes, and a tiny
+    tokenizer (the converter embeds one)."""
+    from kv_core.convert import Entry, write_safetensors
+    from kv_core.tiny import write_tiny_tokenizer
+
+    folder = cache / f"flan_ul2_{blocks}blocks"
+    if (folder / "model.safetensors.index.json").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tiny_tokenizer(folder)
+    (folder / "config.json").write_text(json.dumps(dict(FLAN_UL2, num_layers=blocks), indent=1))
+    shapes = t5_encoder_shapes(blocks)
+    fill = random_fill(7)
+    shards: dict[str, dict[str, tuple]] = {}
+    for key, shape in shapes.items():
+        block = int(key.split(".")[2]) if key.startswith("encoder.block.") else -1
+        shards.setdefault(f"encoder-{max(block, 0) // 2:05d}.safetensors", {})[key] = shape
+    shards["decoder-00000.safetensors"] = {"decoder.block.0.layer.0.SelfAttention.q.weight": (4096, 4096)}
+    weight_map = {}
+    for name, keys in shards.items():
+        entries = [Entry(k, shape, torch.bfloat16, lambda k=k, shape=shape: fill(k, shape)) for k, shape in keys.items()]
+        write_safetensors(folder / name, entries, {"format": "pt"})
+        weight_map.update({k: name for k in keys})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder
+
+
 # --- measuring in fresh subprocesses ------------------------------------------------------
 
 def _status(field: str) -> int:
@@ -203,11 +254,25 @@ def _touch(tensors) -> None:
             int(flat[::4096].sum()) + int(flat[-1])
 
 
-def _child_convert(src: str, dst: str, dtype: str) -> dict:
+def _child_load_t5(path: str, dtype: str) -> dict:
+    from kv_core import checkpoints as ckpt
+    from kv_core.dtypes import parse_dtype
+    before = _status("VmRSS")
+    t0 = time.perf_counter()
+    module = ckpt.load_t5_encoder(path, dtype=None if dtype == "default" else parse_dtype(dtype))
+    seconds = time.perf_counter() - t0
+    tensors = list({t.data_ptr(): t for t in [*module.parameters(), *module.buffers()]}.values())
+    hwm = _status("VmHWM")
+    _touch(tensors)
+    return {"before": before, "hwm": hwm, "hwm_used": _status("VmHWM"), "seconds": seconds,
+            "weights": sum(t.numel() * t.element_size() for t in tensors)}
+
+
+def _child_convert(src: str, dst: str, dtype: str, command: str = "network") -> dict:
     from kv_core.convert import main as convert_main
     before = _status("VmRSS")
     t0 = time.perf_counter()
-    rc = convert_main(["network", src, dst, "--dtype", dtype])
+    rc = convert_main([command, src, dst, "--dtype", dtype])
     seconds = time.perf_counter() - t0
     from safetensors import safe_open
     with safe_open(dst, framework="pt") as f:
@@ -290,11 +355,33 @@ def measure(cache: Path, only, dtypes, convert_dtypes, fp32: bool, keep_converte
     return rows
 
 
+def measure_t5(cache: Path, blocks: int, dtypes, convert_dtypes) -> list[dict]:
+    """Flan-UL2's encoder at ``blocks`` of its 32 blocks (real shapes), loaded and converted."""
+    folder = write_t5_subset(cache, blocks)
+    size = sum(f.stat().st_size for f in folder.glob("encoder-*.safetensors"))
+    label = f"flan_ul2 enc {blocks}/32"
+    rows = []
+    for dtype in dtypes:
+        rows.append(_row(label, dtype, size, run_child(["load_t5", str(folder), dtype])))
+    for dtype in convert_dtypes:
+        dst = cache / f"converted_t5_{blocks}_{dtype}.safetensors"
+        rows.append(_row(f"kv_convert t5 {blocks}/32", dtype, size,
+                         run_child(["convert", str(folder), str(dst), dtype, "t5"])))
+        rows.append(_row(f"{label} (converted)", dtype, dst.stat().st_size,
+                         run_child(["load_t5", str(dst), "default" if dtype != "fp8" else "bf16"])))
+        dst.unlink(missing_ok=True)
+    full = sum(math.prod(s) for s in t5_encoder_shapes(32).values())
+    part = sum(math.prod(s) for s in t5_encoder_shapes(blocks).values())
+    print(f"# Flan-UL2 encoder: {full / 1e9:.2f}B parameters in all, {part / 1e9:.2f}B in this subset "
+          f"(x{full / part:.2f} for the full encoder; the peak scales with the weights)")
+    return rows
+
+
 def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_child":
         torch.set_grad_enabled(False)
         kind, *rest = sys.argv[2:]
-        res = _child_load(*rest) if kind == "load" else _child_convert(*rest)
+        res = {"load": _child_load, "load_t5": _child_load_t5, "convert": _child_convert}[kind](*rest)
         print(json.dumps(res))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -306,14 +393,19 @@ def main(argv=None) -> int:
     ap.add_argument("--convert", action="append", default=[], help="converter dtype to run (repeatable)")
     ap.add_argument("--load-converted", action="store_true", help="also load each converted file")
     ap.add_argument("--fp32", action="store_true", help="also load the U-Nets in fp32 (~17 GB each)")
+    ap.add_argument("--t5-blocks", type=int, default=0,
+                    help="also measure Flan-UL2's encoder with this many of its 32 blocks (real shapes)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
     if args.command == "write":
         write_release(args.cache, only)
         return 0
-    rows = measure(args.cache, only, args.dtype or ["default", "fp32", "bf16", "fp16", "fp8_e4m3fn"],
-                   args.convert, args.fp32, args.load_converted)
+    dtypes = args.dtype or ["default", "fp32", "bf16", "fp16", "fp8_e4m3fn"]
+    rows = measure(args.cache, only, dtypes, args.convert, args.fp32, args.load_converted) if only != {"none"} else []
+    if args.t5_blocks:
+        rows += measure_t5(args.cache, args.t5_blocks, [d for d in dtypes if d in ("fp32", "bf16")],
+                           args.convert)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

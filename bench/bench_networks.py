@@ -70,7 +70,8 @@ def configs_for(size: str) -> dict:
     return {k: raw[k]["configs"] for k in ("t2v", "interpolation", "video_movq")}
 
 
-def workloads(size: str, configs: dict, dtype, device, seed: int = 0, video_side: int | None = None) -> dict:
+def workloads(size: str, configs: dict, dtype, device, seed: int = 0, video_side: int | None = None,
+              decode_frames: int = 45) -> dict:
     """Inputs of each workload; latent side = video side / 8 (default 512 px official, 128 px tiny)."""
     g = torch.Generator().manual_seed(seed)
     side = (video_side or (512 if size == "official" else 128)) // 8
@@ -122,7 +123,7 @@ def workloads(size: str, configs: dict, dtype, device, seed: int = 0, video_side
         skip_frames=torch.full((2 * groups,), 3, dtype=torch.int32, device=device),
         temporal_mask=torch.cat([torch.ones(groups), torch.zeros(groups)]).to(device=device, dtype=dtype),
     )
-    out["decode"] = dict(latents=randn(45, 4, side, side))
+    out["decode"] = dict(latents=randn(decode_frames, 4, side, side))
     return out
 
 
@@ -370,6 +371,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shared-weights", action="store_true",
                     help="one random pool of weights shared by every layer and by the reference")
     ap.add_argument("--pool-mib", type=int, default=256)
+    ap.add_argument("--decode-frames", type=int, default=45, help="latent frames decoded (45: 8 fps video)")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -393,7 +395,8 @@ def main(argv=None) -> int:
         ours = (build_ours_shared(configs, dtype, device, args.pool_mib) if args.shared_weights
                 else build_ours(configs, dtype, device))
         refs = build_reference(ref, configs, ours, dtype, device, shared=args.shared_weights) if ref else None
-        inputs = workloads(args.size, configs, dtype, device, video_side=args.video_side)
+        inputs = workloads(args.size, configs, dtype, device, video_side=args.video_side,
+                           decode_frames=args.decode_frames)
         for name in names:
             inp = inputs[name]
             if refs:

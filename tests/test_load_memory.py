@@ -160,3 +160,24 @@ def test_converter_does_not_keep_the_source_resident(projections, monkeypatch, t
     loaded = ck.load_text_projections(out)
     torch.testing.assert_close(loaded[PROJECTION_LABELS[1]][0].weight,
                                state[PROJECTION_LABELS[1]]["0.weight"].to(torch.bfloat16), rtol=0, atol=0)
+
+
+def test_bench_writer_makes_files_torch_load_reads(tmp_path):
+    """bench/bench_load_memory.py writes official-format files tensor by tensor; they must
+    read back exactly with torch.load(weights_only=True, mmap=True), as torch.save's do."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_load_memory", Path(__file__).resolve().parents[1] / "bench" / "bench_load_memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    layout = {"unet": {"a.weight": (3, 70), "b.norm.weight": (5,)}, "null_embedding": (7,)}
+    path = tmp_path / "t2v.pt"
+    bench.write_torch_file(path, layout, bench.random_fill(0), torch.float16)
+    expected_fill = bench.random_fill(0)
+    loaded = torch.load(path, mmap=True, weights_only=True)
+    assert torch.equal(loaded["unet"]["a.weight"], expected_fill("unet.a.weight", (3, 70)).half())
+    assert torch.equal(loaded["unet"]["b.norm.weight"], expected_fill("unet.b.norm.weight", (5,)).half())
+    assert loaded["null_embedding"].shape == (7,) and loaded["null_embedding"].dtype == torch.float16
+    assert ck.open_tensor_file(path).shapes == {"unet.a.weight": (3, 70), "unet.b.norm.weight": (5,),
+                                                "null_embedding": (7,)}
