@@ -58,6 +58,7 @@ from .checkpoints import (
     load_t5_tokenizer, load_text_projections, network_tensors, open_tensor_file, resolve_config,
     t5_encoder_file, tokenizer_files,
 )
+from .checkpoints.formats import HeapTrimmer
 from .dtypes import FP8_DTYPES, dtype_name, fp8_candidate, parse_dtype, storage_dtype
 
 # official file names of a release, and the names the converter gives our files
@@ -152,12 +153,14 @@ def plan_entries(keys, shapes: Mapping[str, tuple], dtypes: Mapping[str, torch.d
     only fp8 candidates are read here (their values decide; ``release`` then gives back the
     file pages read, see :meth:`~kv_core.checkpoints.TensorFile.release`)."""
     entries = []
+    trimmer = HeapTrimmer()
     for key in keys:
         name = (rename or {}).get(key, key)
         meta = torch.empty(shapes[key], dtype=dtypes[key], device="meta")
         if dtype in FP8_DTYPES and fp8_candidate(name, meta):
             src = read(key)
             stored = storage_dtype(name, src, dtype)
+            trimmer.count(src.numel() * src.element_size())
             if release is not None:
                 release(src)
             del src

@@ -202,6 +202,20 @@ def trim_heap() -> None:
         _malloc_trim(0)
 
 
+class HeapTrimmer:
+    """Calls :func:`trim_heap` once every ``every`` bytes counted with :meth:`count` (the
+    bytes of checkpoint read by a loop making large temporaries per tensor)."""
+
+    def __init__(self, every: int = 64 * 2**20):
+        self.every, self.pending = every, 0
+
+    def count(self, nbytes: int) -> None:
+        self.pending += nbytes
+        if self.pending >= self.every:
+            trim_heap()
+            self.pending = 0
+
+
 def _libc_function(name: str):
     if not sys.platform.startswith("linux"):
         return None

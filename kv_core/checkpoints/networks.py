@@ -22,7 +22,7 @@ from ..text_projection import PROJECTION_LABELS, TextProjection
 from .configs import detect_config, network_class, resolve_config
 from .contents import NetworkTensors, identify, network_tensors, not_recognised
 from .formats import (DESCRIPTIONS, INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, TEXT_PROJECTIONS, VIDEO_MOVQ,
-                      CheckpointError, aligned, listing, open_tensor_file, trim_heap)
+                      CheckpointError, HeapTrimmer, aligned, listing, open_tensor_file)
 
 
 def _constructor_kwargs(cls, cfg: dict, path, network: str) -> dict:
@@ -121,18 +121,16 @@ def assign_state_dict(module: nn.Module, tensors: Mapping[str, tuple] | None, ge
     expected = expected_shapes(module)
     check_state_dict(expected, tensors, path=path, network=network)
     state = {}
-    since_trim = 0
+    trimmer = HeapTrimmer() if is_fp8(dtype) else None  # the fp8 error check's temporaries
     for key in expected:
         t = get(key)
-        since_trim += t.numel() * t.element_size()
+        if trimmer is not None:
+            trimmer.count(t.numel() * t.element_size())
         loaded = aligned(t.to(device=device or "cpu", dtype=load_dtype(key, t, dtype, keep_fp8)))
         if release is not None and not _same_memory(loaded, t):
             release(t)
         state[key] = loaded
         del t, loaded
-        if is_fp8(dtype) and since_trim >= _TRIM_EVERY:  # the fp8 error check's temporaries (see trim_heap)
-            trim_heap()
-            since_trim = 0
     try:
         module.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:  # a layer that loads differently from what it declared
@@ -144,9 +142,6 @@ def assign_state_dict(module: nn.Module, tensors: Mapping[str, tuple] | None, ge
                               f"dict that stay unset or on the meta device: {listing(leftover + unset)}")
     module.requires_grad_(False)
     return module.eval()
-
-
-_TRIM_EVERY = 64 * 2**20  # bytes of checkpoint read between two trim_heap() of an fp8 load
 
 
 def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
