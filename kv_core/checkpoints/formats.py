@@ -286,8 +286,10 @@ def open_tensor_file(path) -> TensorFile:
 
     flat: dict[str, torch.Tensor] = {}
     _flatten(torch_load(path), "", flat, path)
+    mapped = zipfile.is_zipfile(path)  # as torch_load: only the zip format is memory-mapped
     return TensorFile(path, {k: tuple(v.shape) for k, v in flat.items()},
-                      {k: v.dtype for k, v in flat.items()}, {}, flat.__getitem__, PageReleaser([path]))
+                      {k: v.dtype for k, v in flat.items()}, {}, flat.__getitem__,
+                      PageReleaser([path]) if mapped else None)
 
 
 
