@@ -58,6 +58,7 @@ from .checkpoints import (
     load_t5_tokenizer, load_text_projections, network_tensors, open_tensor_file, resolve_config,
     t5_encoder_file, tokenizer_files,
 )
+from .checkpoints.formats import HeapTrimmer
 from .dtypes import FP8_DTYPES, dtype_name, fp8_candidate, parse_dtype, storage_dtype
 
 # official file names of a release, and the names the converter gives our files
@@ -75,12 +76,15 @@ def _short(dtype: torch.dtype) -> str:
 
 @dataclass
 class Entry:
-    """One tensor to write: its name, shape, stored dtype and how to read its values."""
+    """One tensor to write: its name, shape, stored dtype, how to read its values and (optional)
+    how to give back the file pages of what ``read`` returned once written
+    (:meth:`~kv_core.checkpoints.TensorFile.release`)."""
 
     key: str
     shape: tuple[int, ...]
     dtype: torch.dtype
     read: Callable[[], torch.Tensor]
+    release: Callable[[torch.Tensor], None] | None = None
 
 
 def _safetensors_dtype(dtype: torch.dtype) -> str:
@@ -91,7 +95,9 @@ def _safetensors_dtype(dtype: torch.dtype) -> str:
 
 
 def write_safetensors(path, entries: list[Entry], metadata: dict[str, str]) -> Path:
-    """Write a safetensors file one tensor at a time (at most one tensor in memory).
+    """Write a safetensors file one tensor at a time (at most one tensor in memory: each
+    source tensor's mapped pages are released once it is written, and its bytes go to the
+    file without another copy).
 
     The file is written under a temporary name and renamed when complete.
     """
@@ -113,11 +119,16 @@ def write_safetensors(path, entries: list[Entry], metadata: dict[str, str]) -> P
             fh.write(struct.pack("<Q", len(raw)))
             fh.write(raw)
             for e in entries:
-                t = e.read().to(device="cpu", dtype=e.dtype).contiguous()
+                src = e.read()
+                t = src.to(device="cpu", dtype=e.dtype).contiguous()
                 if tuple(t.shape) != tuple(e.shape):
                     raise CheckpointError(f"{e.key}: shape {tuple(t.shape)} changed while writing")
-                fh.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+                if t.numel():
+                    fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
                 del t
+                if e.release is not None:
+                    e.release(src)
+                del src
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -136,18 +147,26 @@ def _metadata(network: str, config: dict | None, dtype: torch.dtype, source: str
 
 def plan_entries(keys, shapes: Mapping[str, tuple], dtypes: Mapping[str, torch.dtype],
                  read: Callable[[str], torch.Tensor], dtype: torch.dtype,
-                 rename: Mapping[str, str] | None = None) -> list[Entry]:
+                 rename: Mapping[str, str] | None = None,
+                 release: Callable[[torch.Tensor], None] | None = None) -> list[Entry]:
     """The stored dtype of every tensor under ``dtype``'s policy (:func:`storage_dtype`);
-    only fp8 candidates are read here (their values decide)."""
+    only fp8 candidates are read here (their values decide; ``release`` then gives back the
+    file pages read, see :meth:`~kv_core.checkpoints.TensorFile.release`)."""
     entries = []
+    trimmer = HeapTrimmer()
     for key in keys:
         name = (rename or {}).get(key, key)
         meta = torch.empty(shapes[key], dtype=dtypes[key], device="meta")
         if dtype in FP8_DTYPES and fp8_candidate(name, meta):
-            stored = storage_dtype(name, read(key), dtype)
+            src = read(key)
+            stored = storage_dtype(name, src, dtype)
+            trimmer.count(src.numel() * src.element_size())
+            if release is not None:
+                release(src)
+            del src
         else:
             stored = storage_dtype(name, meta, dtype)
-        entries.append(Entry(name, tuple(shapes[key]), stored, lambda key=key: read(key)))
+        entries.append(Entry(name, tuple(shapes[key]), stored, lambda key=key: read(key), release))
     return entries
 
 
@@ -176,7 +195,7 @@ def convert_network(src, dst, *, network: str | None = None, configs=None, dtype
     del module
     shapes = tensors.shapes
     dtypes = {k: tf.dtypes[tensors.prefix + k] for k in shapes}
-    entries = plan_entries(list(shapes), shapes, dtypes, tensors.get, dtype)
+    entries = plan_entries(list(shapes), shapes, dtypes, tensors.get, dtype, release=tf.release)
     if tensors.null_key is not None:
         entries.append(Entry(NULL_EMBEDDING_KEY, tf.shapes[tensors.null_key], torch.float32,
                              tensors.null_embedding))
@@ -189,7 +208,7 @@ def convert_text_projections(src, dst, *, dtype="fp32") -> Path:
     tf = src if not isinstance(src, (str, Path)) else open_tensor_file(src)
     load_text_projections(tf.path)  # validates layout and shapes
     tensors = network_tensors(tf, TEXT_PROJECTIONS)
-    entries = plan_entries(list(tensors.shapes), tensors.shapes, tf.dtypes, tensors.get, dtype)
+    entries = plan_entries(list(tensors.shapes), tensors.shapes, tf.dtypes, tensors.get, dtype, release=tf.release)
     return write_safetensors(dst, entries, _metadata(TEXT_PROJECTIONS, None, dtype, tf.path.name))
 
 
@@ -211,7 +230,7 @@ def convert_t5_encoder(src_folder, dst, *, dtype="bf16", tokenizer=None) -> Path
             or not any(k.startswith("encoder.block.") for k in keys):
         raise CheckpointError(f"{src_folder}: no T5 encoder tensors found")
     entries = plan_entries(keys, tf.shapes, tf.dtypes, tf.get, dtype,
-                           rename={"encoder.embed_tokens.weight": "shared.weight"})
+                           rename={"encoder.embed_tokens.weight": "shared.weight"}, release=tf.release)
     extra = {META_TOKENIZER: json.dumps(tokenizer_files(load_t5_tokenizer(tokenizer or src_folder)))}
     return write_safetensors(dst, entries, _metadata(T5_ENCODER, config, dtype, src_folder.name, extra))
 

@@ -21,9 +21,10 @@ official checkpoints exactly (they are the state-dict keys); an optional sub-mod
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ from .dtypes import layer_compute_dtype
 
 __all__ = [
     "LayerFactory",
+    "TextContext",
     "compute_dtype",
     "FrameAxis",
     "sinusoidal_embedding",
@@ -78,7 +80,10 @@ class LayerFactory:
                                bias=bias, **self._kw())
 
     def conv3d(self, in_channels: int, out_channels: int, kernel_size, padding=0) -> nn.Module:
-        return self.ops.Conv3d(in_channels, out_channels, kernel_size, padding=padding, **self._kw())
+        """A Conv3d of the namespace whose ``(k, 1, 1)`` kernels run as 2D convolutions on
+        the CPU (see :func:`frame_conv3d_class`)."""
+        return frame_conv3d_class(self.ops.Conv3d)(in_channels, out_channels, kernel_size, padding=padding,
+                                                   **self._kw())
 
     def conv_transpose2d(self, in_channels: int, out_channels: int, kernel_size, stride=1) -> nn.Module:
         return self.ops.ConvTranspose2d(in_channels, out_channels, kernel_size, stride=stride, **self._kw())
@@ -95,6 +100,80 @@ class LayerFactory:
     def scalar(self) -> nn.Parameter:
         """A learned merge scalar (shape ``[1]``), zero as in the official initialisation."""
         return nn.Parameter(torch.zeros(1, device=self.device, dtype=self.dtype))
+
+
+def _frame_conv_as_2d(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``conv`` (a Conv3d) applied to ``x`` with ``weight`` is a plain convolution over
+    the frame axis only that :func:`frame_conv3d_class` may run as a 2D convolution."""
+    return (x.device.type == "cpu" and x.dim() == 5 and weight.dim() == 5 and weight.shape[-2:] == (1, 1)
+            and conv.groups == 1 and tuple(conv.stride) == (1, 1, 1) and tuple(conv.dilation) == (1, 1, 1)
+            and isinstance(conv.padding, tuple) and tuple(conv.padding[1:]) == (0, 0)
+            and conv.padding_mode == "zeros")
+
+
+@functools.lru_cache(maxsize=None)
+def frame_conv3d_class(base: type) -> type:
+    """A subclass of the Conv3d class ``base`` (``torch.nn.Conv3d`` or a ``comfy.ops`` one)
+    that runs kernels ``(k, 1, 1)`` (the temporal convolutions of the U-Nets and of the video
+    MoVQ) on the CPU as a ``(k, 1)`` 2D convolution over ``[b, C, t, H*W]``.
+
+    The same sums in the same order per output value, but PyTorch's CPU convolution takes its
+    slow unfold-and-matmul path for such 3D kernels (``slow_conv3d_forward``) and the oneDNN
+    path for the 2D one: 2-3x faster at the official sizes, same results to fp32 rounding.
+    Only ``_conv_forward`` changes, after the layer cast its weight (``comfy.ops``), so
+    casting, fp8 storage and offloading behave as in ``base``; any other kernel, stride,
+    dilation, groups, padding mode or device goes to ``base``. State-dict keys are unchanged.
+    """
+
+    def _conv_forward(self, input, weight, bias, *args, **kwargs):
+        if args or kwargs or not _frame_conv_as_2d(self, input, weight):
+            return base._conv_forward(self, input, weight, bias, *args, **kwargs)
+        b, c, t, h, w = input.shape
+        out = F.conv2d(input.reshape(b, c, t, h * w), weight.reshape(*weight.shape[:3], 1), bias,
+                       padding=(self.padding[0], 0))
+        return out.view(b, out.shape[1], t, h, w)
+
+    return type(base.__name__, (base,), {"_conv_forward": _conv_forward, "__module__": __name__,
+                                         "__qualname__": f"frame_conv3d_class.<{base.__qualname__}>",
+                                         "__doc__": base.__doc__})
+
+
+@dataclass(frozen=True)
+class TextContext:
+    """The text context of a batch with each distinct row once, so that the projections of
+    the context (keys, values, the pooled summary) are computed once per distinct prompt and
+    not once per frame: the samplers repeat one context over all frames of a pass (36 rows,
+    2 distinct, for the keyframes; 22 rows, 2 distinct, for the interpolation).
+
+    ``tokens [U, L, D]``, ``mask [U, L]`` bool or None (all visible), ``rows [N]`` int64: the
+    row of ``tokens`` that batch row ``i`` uses (None: ``U == N`` and row ``i`` is row ``i``).
+    Build it with :meth:`of`; layers expand what they computed per distinct row with
+    :meth:`expand`.
+    """
+
+    tokens: torch.Tensor
+    mask: Optional[torch.Tensor] = None
+    rows: Optional[torch.Tensor] = None
+
+    @classmethod
+    def of(cls, context: torch.Tensor, mask: Optional[torch.Tensor] = None) -> "TextContext":
+        """Group the consecutive equal rows of ``context [N, L, D]`` (and of ``mask [N, L]``,
+        bool) into one. Rows holding NaN never compare equal and stay separate."""
+        n = context.shape[0]
+        if n < 2:
+            return cls(context, mask)
+        same = (context[1:] == context[:-1]).flatten(1).all(dim=1)
+        if mask is not None:
+            same &= (mask[1:] == mask[:-1]).all(dim=1)
+        if not bool(same.any()):
+            return cls(context, mask)
+        starts = torch.cat([same.new_ones(1), ~same])
+        keep = starts.nonzero().squeeze(1)
+        return cls(context[keep], None if mask is None else mask[keep], starts.cumsum(0) - 1)
+
+    def expand(self, t: torch.Tensor) -> torch.Tensor:
+        """``t [U, ...]`` (one entry per distinct row) -> ``[N, ...]`` (one per batch row)."""
+        return t if self.rows is None else t.index_select(0, self.rows.to(t.device))
 
 
 def compute_dtype(layer: nn.Module, x: torch.Tensor) -> torch.dtype:
@@ -214,7 +293,8 @@ class Attention(nn.Module):
     """Multi-head attention with bias-free projections, through SDPA.
 
     ``x [B, N, in_channels]`` attends to ``context [B, M, context_dim]`` (``x`` itself when
-    None). ``context_mask [B, M]`` (bool or 0/1; True = visible) reproduces the reference's
+    None), or to a :class:`TextContext` (then ``context_mask`` is ignored: the context's own
+    mask applies), whose keys and values are projected once per distinct row. ``context_mask [B, M]`` (bool or 0/1; True = visible) reproduces the reference's
     ``masked_fill(~mask, -finfo.max)`` before the softmax (quirk U5): masked keys get zero
     weight, and a row with *no* visible key gets uniform weights over all M keys (the
     reference's constant row), implemented exactly by zeroing that row's keys, so no large
@@ -236,8 +316,11 @@ class Attention(nn.Module):
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, -1)).transpose(-3, -2)  # [B, heads, N, d]
 
-    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
+    def forward(self, x: torch.Tensor, context: Union[torch.Tensor, TextContext, None] = None,
                 context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        text = context if isinstance(context, TextContext) else None
+        if text is not None:
+            context, context_mask = text.tokens, text.mask
         context = x if context is None else context
         query = self._split_heads(self.to_query(x))
         key = self._split_heads(self.to_key(context))
@@ -248,6 +331,9 @@ class Attention(nn.Module):
             blind = ~visible.any(dim=-1)  # rows with every key masked
             key = key.masked_fill(blind[:, None, None, None], 0.0)  # equal scores -> uniform weights
             mask = (visible | blind[:, None])[:, None, None, :]
+        if text is not None and text.rows is not None:
+            key, value = text.expand(key), text.expand(value)
+            mask = None if mask is None else text.expand(mask)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
         return self.output_layer(out.transpose(-3, -2).flatten(-2))
 
@@ -257,16 +343,19 @@ class AttentionPooling(nn.Module):
 
     The query is the mean of ``context [B, L, D]`` over *all* L positions (padding
     included); it attends to the context under ``context_mask``. ``emb [B, E]`` -> ``[B, E]``.
+    ``context`` may be a :class:`TextContext` (``context_mask`` then ignored): the summary is
+    computed once per distinct row.
     """
 
     def __init__(self, embed_dim: int, context_dim: int, head_dim: int = 64, *, factory: LayerFactory):
         super().__init__()
         self.attention = Attention(context_dim, embed_dim, context_dim, head_dim, factory=factory)
 
-    def forward(self, emb: torch.Tensor, context: torch.Tensor,
+    def forward(self, emb: torch.Tensor, context: Union[torch.Tensor, TextContext],
                 context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        pooled = self.attention(context.mean(dim=1, keepdim=True), context, context_mask)
-        return emb + pooled.squeeze(1)
+        text = context if isinstance(context, TextContext) else TextContext(context, context_mask)
+        pooled = self.attention(text.tokens.mean(dim=1, keepdim=True), text.tokens, text.mask)
+        return emb + text.expand(pooled.squeeze(1))
 
 
 def feed_forward(channels: int, expansion_ratio: int, *, factory: LayerFactory) -> nn.Sequential:

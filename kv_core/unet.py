@@ -36,6 +36,7 @@ from .layers import (
     AttentionPooling,
     ConditionalGroupNorm,
     LayerFactory,
+    TextContext,
     TimestepEmbedding,
     attention_over_frames,
     compute_dtype,
@@ -252,7 +253,8 @@ class KeyframeUNet(UNetBase):
         x, context = x.to(dtype), context.to(dtype)
         if context_mask is not None:
             context_mask = context_mask.to(torch.bool)
-        emb = self.feature_pooling(self.to_time_embed(time, dtype), context, context_mask)
+        text = TextContext.of(context, context_mask)  # projected once per distinct prompt
+        emb = self.feature_pooling(self.to_time_embed(time, dtype), text)
 
         temporal_emb = None
         if mode == "image":
@@ -272,5 +274,5 @@ class KeyframeUNet(UNetBase):
             temporal_emb = emb + frame_emb
             h = self.in_layer(x)
 
-        h = self._run_levels(h, emb, context, context_mask, temporal_emb, num_frames)
+        h = self._run_levels(h, emb, text, None, temporal_emb, num_frames)
         return self.out_layer(h)

@@ -39,6 +39,7 @@ from .layers import (
     ConditionalGroupNorm,
     FrameAxis,
     LayerFactory,
+    TextContext,
     TimestepEmbedding,
     attention_over_frames,
     compute_dtype,
@@ -280,13 +281,14 @@ class InterpolationUNet(UNetBase):
         if self.time_embed_context_merge is not None:
             features = sinusoidal_embedding(perturbation_time, self.context_dim).to(dtype)
             context = context + self.time_embed_context_merge.to(context) * features[:, None]
+        text = TextContext.of(context, context_mask)  # projected once per distinct prompt
         emb = self._time_embedding(time, perturbation_time, skip_frames, dtype)
-        emb = self.feature_pooling(emb, context, context_mask)
+        emb = self.feature_pooling(emb, text)
 
         h = self.in_layer(x)
         if self.temporal_conv_in is not None:
             h = self.temporal_conv_in(h, frames)
-        h = self._run_levels(h, emb, context, context_mask, frames)
+        h = self._run_levels(h, emb, text, None, frames)
         if self.temporal_conv_out is not None:
             h = self.temporal_conv_out(h, frames)
         return self.out_layer(h)

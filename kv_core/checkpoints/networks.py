@@ -22,7 +22,7 @@ from ..text_projection import PROJECTION_LABELS, TextProjection
 from .configs import detect_config, network_class, resolve_config
 from .contents import NetworkTensors, identify, network_tensors, not_recognised
 from .formats import (DESCRIPTIONS, INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, TEXT_PROJECTIONS, VIDEO_MOVQ,
-                      CheckpointError, aligned, listing, open_tensor_file)
+                      CheckpointError, HeapTrimmer, aligned, listing, open_tensor_file)
 
 
 def _constructor_kwargs(cls, cfg: dict, path, network: str) -> dict:
@@ -107,18 +107,30 @@ def expected_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def assign_state_dict(module: nn.Module, tensors: Mapping[str, tuple] | None, get: Callable[[str], torch.Tensor],
-                      *, path, network: str, device=None, dtype=None, keep_fp8=False) -> nn.Module:
+                      *, path, network: str, device=None, dtype=None, keep_fp8=False,
+                      release: Callable[[torch.Tensor], None] | None = None) -> nn.Module:
     """Check keys/shapes of a meta-built ``module`` against a checkpoint, then load the
     checkpoint's tensors (cast and moved one at a time) with ``load_state_dict(strict=True,
     assign=True)``, so layers that create their weights while loading (ComfyUI's lazy
     ``comfy.ops`` layers) get them too. Raises :class:`CheckpointError` on missing or
-    unexpected keys, shape mismatches, or tensors left unset or on the meta device."""
+    unexpected keys, shape mismatches, or tensors left unset or on the meta device.
+
+    ``release`` (e.g. :meth:`TensorFile.release`) is called with every tensor ``get`` returned
+    of which a copy was loaded, so the file pages it occupied do not stay resident beside the
+    copy: the peak memory of a load is the loaded weights plus one tensor."""
     expected = expected_shapes(module)
     check_state_dict(expected, tensors, path=path, network=network)
     state = {}
+    trimmer = HeapTrimmer() if is_fp8(dtype) else None  # the fp8 error check's temporaries
     for key in expected:
         t = get(key)
-        state[key] = aligned(t.to(device=device or "cpu", dtype=load_dtype(key, t, dtype, keep_fp8)))
+        if trimmer is not None:
+            trimmer.count(t.numel() * t.element_size())
+        loaded = aligned(t.to(device=device or "cpu", dtype=load_dtype(key, t, dtype, keep_fp8)))
+        if release is not None and not _same_memory(loaded, t):
+            release(t)
+        state[key] = loaded
+        del t, loaded
     try:
         module.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:  # a layer that loads differently from what it declared
@@ -130,6 +142,10 @@ def assign_state_dict(module: nn.Module, tensors: Mapping[str, tuple] | None, ge
                               f"dict that stay unset or on the meta device: {listing(leftover + unset)}")
     module.requires_grad_(False)
     return module.eval()
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 @dataclass
@@ -172,7 +188,7 @@ def load_network(network: str, path, configs=None, *, device=None, dtype=None, o
                            hint=hint)
     try:
         assign_state_dict(module, tensors.shapes, tensors.get, path=tensors.file.path, network=network,
-                          device=device, dtype=dtype, keep_fp8=keep_fp8)
+                          device=device, dtype=dtype, keep_fp8=keep_fp8, release=tensors.file.release)
     except CheckpointError as err:
         if origin != "detected":
             detected = detect_config(network, tensors.shapes, config)
@@ -254,7 +270,8 @@ def load_text_projections(path, *, device=None, dtype=None, operations=None) -> 
         sub = {k[len(label) + 1:]: s for k, s in shapes.items() if k.startswith(label + ".")}
         assign_state_dict(proj, sub, lambda k, label=label: tensors.get(f"{label}.{k}"),
                           path=tensors.file.path, network=TEXT_PROJECTIONS, device=device,
-                          dtype=parse_dtype(dtype), keep_fp8=supports_fp8_weights(operations))
+                          dtype=parse_dtype(dtype), keep_fp8=supports_fp8_weights(operations),
+                          release=tensors.file.release)
         out[label] = proj
     others = [k for k in shapes if not k.startswith(tuple(f"{lb}." for lb in PROJECTION_LABELS))]
     if others:

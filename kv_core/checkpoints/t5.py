@@ -14,7 +14,7 @@ import torch
 from ..dtypes import load_dtype, parse_dtype
 from .contents import identify, not_recognised
 from .formats import (DESCRIPTIONS, META_CONFIG, META_TOKENIZER, SAFETENSORS_DTYPES, T5_ENCODER, CheckpointError,
-                      TensorFile, listing, open_tensor_file, torch_load)
+                      PageReleaser, TensorFile, listing, open_tensor_file, torch_load)
 from .networks import check_state_dict
 
 
@@ -89,7 +89,7 @@ def t5_encoder_file(folder) -> TensorFile:
         except Exception as err:  # noqa: BLE001
             raise CheckpointError(f"{folder}: could not read tensor {key!r}: {err}") from err
 
-    return TensorFile(folder, shapes, dtypes, {}, get)
+    return TensorFile(folder, shapes, dtypes, {}, get, PageReleaser([file for file, _ in files]))
 
 
 def _t5_encoder_model(config_dict: dict, *, path):
@@ -113,7 +113,7 @@ def _t5_encoder_model(config_dict: dict, *, path):
     return model
 
 
-def _assign_t5(model, shapes: Mapping[str, tuple], get, *, path, device, dtype):
+def _assign_t5(model, shapes: Mapping[str, tuple], get, *, path, device, dtype, release=None):
     # the token embedding is shared by the model and its encoder stack
     embed = "shared.weight" if "shared.weight" in shapes else "encoder.embed_tokens.weight"
     if embed not in shapes:
@@ -130,6 +130,9 @@ def _assign_t5(model, shapes: Mapping[str, tuple], get, *, path, device, dtype):
         if src not in cache:
             t = get(src)
             cache[src] = t.to(device=device or "cpu", dtype=load_dtype(src, t, dtype, False))
+            if release is not None and cache[src].untyped_storage().data_ptr() != t.untyped_storage().data_ptr():
+                release(t)  # the file's pages of a tensor that was copied (see PageReleaser)
+            del t
         state[key] = cache[src]
     model.load_state_dict(state, strict=True, assign=True)
     model.requires_grad_(False)
@@ -151,7 +154,7 @@ def load_t5_encoder(path, *, device=None, dtype=torch.float32):
             raise CheckpointError(f"{config_file}: not a readable JSON file: {err}") from None
         model = _t5_encoder_model(config, path=path)
         tf = t5_encoder_file(path)
-        return _assign_t5(model, tf.shapes, tf.get, path=path, device=device, dtype=dtype)
+        return _assign_t5(model, tf.shapes, tf.get, path=path, device=device, dtype=dtype, release=tf.release)
     tf = open_tensor_file(path)
     found = tf.network or identify(tf.keys())
     if found is None:
@@ -168,7 +171,7 @@ def load_t5_encoder(path, *, device=None, dtype=torch.float32):
     extra = [k for k in tf.keys() if k not in keys]
     if extra:
         raise CheckpointError(f"{path}: unexpected keys in the T5 encoder file: {listing(extra)}")
-    return _assign_t5(model, tf.shapes, tf.get, path=path, device=device, dtype=dtype)
+    return _assign_t5(model, tf.shapes, tf.get, path=path, device=device, dtype=dtype, release=tf.release)
 
 
 #: files from which transformers can build a T5 tokenizer (either is enough)
