@@ -206,7 +206,10 @@ def sample_keyframes(
     frame ``key_frame`` ``[4, h, w]``.
 
     The first frame is noised to timestep ``noise_augmentation`` with *uniform* noise (as
-    the reference) and put in the condition channels of frame 0 with mask 1. Each step
+    the reference) and put in the condition channels of frame 0 with mask 1. A
+    ``key_frame`` ``[m, 4, h, w]`` (1 <= m < T) conditions frames 0 .. m-1 the same way
+    (the long-video option of ``kv_core.extend``; the release conditions frame 0 only and
+    was trained for that). Each step
     runs one forward of 3T rows, copy-major: (text, image), (null text, image),
     (null text, no image), then ``(1 - wi) uncond + (wi - wp) image_only + wp full``.
     """
@@ -222,8 +225,9 @@ def sample_keyframes(
     # condition channels (latent 4 + mask 1) of the three copies: only frame 0 of the
     # first two copies carries the image
     condition = torch.zeros(3, t_frames, 5, h, w, device=device)
-    condition[:2, 0, :4] = noisy_key
-    condition[:2, 0, 4] = 1.0
+    conditioned = 1 if key_frame.ndim == 3 else key_frame.shape[0]  # frames 0 .. conditioned-1
+    condition[:2, :conditioned, :4] = noisy_key.reshape(conditioned, -1, h, w)
+    condition[:2, :conditioned, 4] = 1.0
     condition = condition.flatten(0, 1)
 
     ctx, mask, uc, um = guidance_contexts(cond, null_embedding, t_frames, device)
