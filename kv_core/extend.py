@@ -118,8 +118,8 @@ def condition_latents(previous: torch.Tensor, condition_frames: int = 1, *, sour
 def generate_segment(
     unet, null_embedding: torch.Tensor, cond: TextCondition, previous: torch.Tensor, *,
     num_keyframes: int = REFERENCE_KEYFRAMES, condition_frames: int = 1, condition_source: str = "latent",
-    movq=None, motion="medium", noise_augmentation: int = 20, guidance_weight_prompt: float = 5.0,
-    guidance_weight_image: float = 2.0, sampler: str = "ddpm", steps: Optional[int] = None, noise=None,
+    movq=None, movq_dtype: Optional[torch.dtype] = None, motion="medium", noise_augmentation: int = 20,
+    guidance_weight_prompt: float = 5.0, guidance_weight_image: float = 2.0, sampler: str = "ddpm", steps: Optional[int] = None, noise=None,
     progress: ProgressFn | None = None, cancel: CancelFn | None = None, trace: dict | None = None,
     device=None, dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
@@ -127,14 +127,15 @@ def generate_segment(
     conditioned on the last m keyframes of ``previous`` ``[N, 4, h, w]``
     (:func:`condition_latents`); everything else as ``stages.generate_keyframes``, which
     it calls (so a seed reproduces it there). Join it with :func:`join_segments`.
-    ``ValueError`` (before any network runs) for bad inputs, e.g. num_keyframes <= m."""
+    ``movq_dtype``: the dtype the image MoVQ computes in for ``"reencode"`` (``dtype`` is
+    the U-Net's). ``ValueError`` (before any network runs) for bad inputs, e.g.
+    num_keyframes <= m."""
     num_keyframes = check_num_keyframes(num_keyframes)
     m = check_condition_frames(condition_frames)
     if m >= num_keyframes:
         raise ValueError(f"a segment of {num_keyframes} keyframes conditioned on {m} frames adds nothing: "
                          f"num_keyframes must be more than condition_frames")
-    key = condition_latents(previous, m, source=condition_source, movq=movq, device=device,
-                            dtype=dtype if condition_source == "reencode" else None)
+    key = condition_latents(previous, m, source=condition_source, movq=movq, device=device, dtype=movq_dtype)
     return generate_keyframes(unet, null_embedding, cond, key, num_keyframes=num_keyframes, motion=motion,
                               noise_augmentation=noise_augmentation, guidance_weight_prompt=guidance_weight_prompt,
                               guidance_weight_image=guidance_weight_image, sampler=sampler, steps=steps, noise=noise,
@@ -261,7 +262,13 @@ class PromptTimeline:
         """Segment index of each of the ``num_frames - 1`` groups of an interpolation pass
         over ``num_frames`` frames of this video (rule 5). ``ValueError`` when the frame
         count is no count of this video (``4^p (J - 1) + 1`` frames)."""
-        passes = interpolation_passes(num_frames, self.num_keyframes)
+        j = self.num_keyframes
+        try:
+            passes = interpolation_passes(num_frames, j)
+        except ValueError:
+            raise ValueError(f"the prompt timeline covers {j} keyframes ({' + '.join(map(str, self.keyframe_counts))}) "
+                             f"but the video has {num_frames} frames, no count of {j} keyframes after 0, 1, 2, ... "
+                             f"interpolation passes ({j}, {4 * j - 3}, {16 * j - 15}, ...)") from None
         scale = 4 ** passes
         ends, total = [], 0
         for s in self.segments:

@@ -7,7 +7,6 @@ import torch
 
 from comfy_api.latest import io
 
-from ..kv_core.rules import frame_rate
 from ..kv_core.stages import decode_chunk_sizes, decode_frames
 from . import sockets
 from .inputs import CATEGORY, MAX_KEYFRAMES, image_output
@@ -42,6 +41,11 @@ class KandinskyVideoDecode(io.ComfyNode):
                                      "records it (straight from Keyframes / Interpolate). A latent from Load "
                                      "Latent carries only its frames: set this to the Keyframes node's "
                                      "num_keyframes (12 in the release), or the node says so."),
+                io.Int.Input("segment_keyframes", default=0, min=0, max=MAX_KEYFRAMES, optional=True,
+                             tooltip="A long video (Kandinsky Video Extend) plays at the rate of its first "
+                                     "segment: this is that segment's keyframe count. 0: as the latent records "
+                                     "it, or a single video. Set it (with num_keyframes = the joined keyframes) "
+                                     "after Load Latent of a long video."),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="The frames, [frames, H, W, 3] in 0..1."),
@@ -51,10 +55,11 @@ class KandinskyVideoDecode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, video_movq, latent, chunk_size=0, num_keyframes=0) -> io.NodeOutput:
+    def execute(cls, video_movq, latent, chunk_size=0, num_keyframes=0, segment_keyframes=0) -> io.NodeOutput:
         videos = sockets.latent_videos(latent, "Kandinsky Video Decode")
         num_frames, (h, w) = int(videos[0].shape[0]), videos[0].shape[-2:]
-        keyframes = sockets.video_keyframes(latent, num_frames, int(num_keyframes), "Kandinsky Video Decode")
+        fps = sockets.video_frame_rate(latent, num_frames, int(num_keyframes), int(segment_keyframes),
+                                       "Kandinsky Video Decode")
         chunk = int(chunk_size) or None
         sizes = decode_chunk_sizes(num_frames, chunk)
         bar = StepProgress(len(sizes) * len(videos))
@@ -68,7 +73,7 @@ class KandinskyVideoDecode(io.ComfyNode):
                 frames.append(image_output(decoded))
                 del decoded
         images = frames[0] if len(frames) == 1 else torch.cat(frames)
-        return io.NodeOutput(images, float(frame_rate(num_frames, keyframes)))
+        return io.NodeOutput(images, float(fps))
 
 
 NODES = [KandinskyVideoDecode]

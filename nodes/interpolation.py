@@ -51,6 +51,9 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
         videos = sockets.latent_videos(latent, "Kandinsky Video Interpolate")
         groups, (h, w) = videos[0].shape[0] - 1, videos[0].shape[-2:]
         progress = StepProgress(steps * len(videos), lambda x: x.reshape(-1, 4, *x.shape[-2:]))
+        # a long video's prompt timeline gives each group its segment's prompt (checked before loading)
+        cond = sockets.interpolation_condition(conditioning, groups + 1, interpolation_unet.null_embedding,
+                                               "Kandinsky Video Interpolate")
         out = []
         memory = activation_memory(2 * max(groups, 1), h, w, interpolation_unet.compute_dtype, 15)
         with torch.inference_mode(), stage(interpolation_unet, memory_required=memory) as device:
@@ -58,13 +61,13 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
                 # the noise stream follows from the input frame count (kv_core's rule), which
                 # survives Save/Load Latent: a pass on a loaded latent draws what the direct run drew
                 out.append(interpolate_frames(
-                    interpolation_unet.module, interpolation_unet.null_embedding, conditioning.text_condition(),
+                    interpolation_unet.module, interpolation_unet.null_embedding, cond,
                     frames, skip_frames=skip_frames, guidance_scale=guidance_scale, sampler=sampler, steps=steps,
                     noise=seed, progress=lambda step, total, x, done=i * steps: progress(
                         done + step, progress.bar.total, x),
                     cancel=progress.cancel, device=device, dtype=interpolation_unet.compute_dtype).cpu())
         keyframes = sockets.recorded_keyframes(latent)  # passed on for Decode's frame rate, if known
-        return io.NodeOutput(sockets.video_latent(out, keyframes))
+        return io.NodeOutput(sockets.video_latent(out, keyframes, sockets.recorded_segments(latent)))
 
 
 NODES = [KandinskyVideoInterpolate]

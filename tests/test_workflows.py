@@ -16,6 +16,7 @@ from pathlib import Path
 import av
 import pytest
 
+from kv_core.extend import long_video_frame_rate
 from kv_core.pipeline import frame_rate
 from test_nodes import REPO, SIZE, WORKFLOWS, fast, kv, kv_release, shipped_workflow  # noqa: F401 (fixtures)
 from tools.thumbnails import hidden_nodes, thumbnail_path
@@ -26,7 +27,10 @@ EXPECTED = {
     "kandinsky_video_text_to_video_8fps_low_vram": (45, 12),
     "kandinsky_video_text_to_video_32fps": (177, 12),
     "kandinsky_video_image_to_video": (45, 12),
+    "kandinsky_video_long_video_3_prompts": (133, 34),
 }
+# long videos: the keyframes each segment adds (the rate is the first segment's, kv_core.extend)
+SEGMENTS = {"kandinsky_video_long_video_3_prompts": [12, 11, 11]}
 PACK_ONLY = {"LoadImage", "PreviewImage", "CreateVideo", "SaveVideo", "MarkdownNote"}  # core nodes used
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 RELEASE_URL = "https://huggingface.co/ai-forever/KandinskyVideo_1_1/resolve/main/"
@@ -55,7 +59,8 @@ def check_video(host, result, name: str, size: int) -> None:
     frames, fps, wh = read_video(videos[0])
     want_frames, keyframes = EXPECTED[name]
     assert frames == want_frames
-    assert fps == pytest.approx(frame_rate(want_frames, keyframes), abs=2e-3)
+    rate = long_video_frame_rate(want_frames, SEGMENTS[name]) if name in SEGMENTS else frame_rate(want_frames, keyframes)
+    assert fps == pytest.approx(rate, abs=2e-3)
     assert wh == (size, size)
 
 
@@ -79,6 +84,8 @@ def test_shipped_workflows_keep_the_release_defaults():
                 assert values[1:4] == [0.5, 10, "ddpm"] and values[0] in (3, 1)
             elif node["type"] == "KandinskyVideoEncodeFirstFrame":
                 assert values == [512, 512, "reference"]
+            elif node["type"] == "KandinskyVideoExtend":  # the Keyframes settings, then the seam options
+                assert values[:6] == ["medium", 20, 5, 2, 50, "ddpm"] and values[-3:] == [12, 1, "latent"]
 
 
 def _widgets(workflow: dict) -> dict:
