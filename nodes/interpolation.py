@@ -29,7 +29,9 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
                 sockets.InterpolationUNet.Input("interpolation_unet",
                                                tooltip="From Load Kandinsky Video Interpolation U-Net."),
                 sockets.Conditioning.Input("conditioning", tooltip="From Kandinsky Video Text Encode (the release "
-                                                                  "uses the same prompt context as the keyframes)."),
+                                                                  "uses the same prompt context as the keyframes), "
+                                                                  "or a long video's last Extend: each group gets "
+                                                                  "its segment's prompt."),
                 io.Latent.Input("latent", tooltip="Video latent from Kandinsky Video Keyframes or a previous "
                                                   "Interpolate (or Load Latent of one)."),
                 io.Int.Input("skip_frames", default=SKIP_FRAMES[1], min=0, max=MAX_SKIP_FRAMES,

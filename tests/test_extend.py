@@ -210,9 +210,10 @@ def test_the_readme_loop_makes_a_long_video(pipe):
     from kv_core.extend import PromptTimeline, extend_keyframes, long_video_frame_rate
     prompts = [condition(1, 4), condition(2, 6), None]  # the third continues the second's prompt
     seeds, counts = [1, 2, 3], [3, 3, 4]
-    key = encode_first_frame(pipe.movq, torch.rand(64, 64, 3), width=64, height=64, layout="HWC")
-    frames = generate_keyframes(pipe.unet, pipe.null_embedding, prompts[0], key, num_keyframes=counts[0],
-                                noise=seeds[0], **FAST)
+    first = pipe(conditioning=prompts[0], width=64, height=64, num_keyframes=counts[0], fps="low", noise=seeds[0],
+                 keyframes_sampler="ddim", keyframes_steps=2, first_frame_sampler="ddim", first_frame_steps=2,
+                 return_intermediates=True)
+    frames = first.intermediates["base_frames"]
     timeline = PromptTimeline.start(prompts[0], counts[0])
     for cond, seed, k in zip(prompts[1:], seeds[1:], counts[1:]):
         frames = extend_keyframes(pipe.unet, pipe.null_embedding, cond or timeline.latest, frames,
