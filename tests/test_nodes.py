@@ -365,6 +365,17 @@ def _video(host, result, key: str) -> tuple[np.ndarray, float]:
     return frames, float(result.outputs[key + "2"]["text"][0])
 
 
+def _saved_latents(host, result) -> dict:
+    """The ``.latent`` files a run saved, copied into input/ for Load Latent: the tag before
+    the counter of each file name (``..._k_00001_.latent`` -> ``k``) -> file name."""
+    saved = {}
+    for p in host.output_files(result):
+        if p.suffix == ".latent":
+            shutil.copy(p, host.input_dir / p.name)
+            saved[p.name.split("_")[-3]] = p.name
+    return saved
+
+
 def _interpolate(prompt: dict, like: dict, latent: list, key: str, skip_frames: int) -> None:
     """An Interpolate with the inputs of ``like`` but another latent and skip_frames."""
     prompt[key] = {"class_type": "KandinskyVideoInterpolate",
@@ -395,11 +406,7 @@ def test_saved_latent_gives_the_direct_run(kv, num_keyframes):
     _decoded(prompt, [first, 0], "820", f"{tag}/direct1")
     _decoded(prompt, ["800", 0], "830", f"{tag}/direct2")
     direct = kv.run(prompt, timeout=900, check=True)
-    saved = {}
-    for p in kv.output_files(direct):
-        if p.suffix == ".latent":
-            shutil.copy(p, kv.input_dir / p.name)
-            saved[p.name.split("_")[-3]] = p.name
+    saved = _saved_latents(kv, direct)
     assert set(saved) == {"k", "i"}
     one, fps1 = _video(kv, direct, "820")
     two, fps2 = _video(kv, direct, "830")
@@ -490,11 +497,7 @@ def test_long_video_chain_and_its_saved_latents(kv):
     keyframes, keyframe_fps = _video(kv, direct, "821")
     assert (len(keyframes), len(frames)) == (34, 133)
     assert fps == pytest.approx(45 / 5.5) and keyframe_fps == pytest.approx(12 / 5.5)
-    saved = {}
-    for p in kv.output_files(direct):
-        if p.suffix == ".latent":
-            shutil.copy(p, kv.input_dir / p.name)
-            saved[p.name.split("_")[-3]] = p.name
+    saved = _saved_latents(kv, direct)
     assert set(saved) == {"k", "i"}
 
     loaded = copy.deepcopy(prompt)
@@ -543,6 +546,29 @@ def test_long_video_chain_and_its_saved_latents(kv):
     result = kv.run(wrong, timeout=600)
     assert result.status == "error" and result.error["node_id"] == last
     assert "the latent has 133: wire the conditioning output of the Extend node" in result.error["exception_message"]
+
+
+def test_extend_options_reencode_and_multi_frame_condition(kv):
+    """Extend's non-default options in the host: the condition re-encoded by the image MoVQ
+    and conditioning on the last 2 keyframes (12 + 4 - 2 = 14 keyframes, at the rate of
+    the 12-keyframe first segment); reencode without a MoVQ is refused before sampling."""
+    prompt = i2v_prompt(kv, seed=5)
+    keyframes = node_of(prompt, "KandinskyVideoKeyframes")
+    decode = node_of(prompt, "KandinskyVideoDecode")
+    prompt["600"] = {"class_type": "KandinskyVideoExtend", "inputs": {
+        **{k: v for k, v in prompt[keyframes]["inputs"].items() if k not in ("first_frame", "conditioning")},
+        "previous_conditioning": prompt[keyframes]["inputs"]["conditioning"], "latent": [keyframes, 0],
+        "num_keyframes": 4, "condition_frames": 2, "condition_source": "reencode",
+        "movq": [node_of(prompt, "KandinskyVideoMoVQLoader"), 0]}}
+    prompt[decode]["inputs"]["latent"] = ["600", 0]
+    prompt["901"] = {"class_type": "PreviewAny", "inputs": {"source": [decode, 1]}}
+    result = kv.run(prompt, timeout=600, check=True)
+    assert len(result.outputs["900"]["images"]) == 14
+    assert float(result.outputs["901"]["text"][0]) == pytest.approx(12 / 5.5)
+    del prompt["600"]["inputs"]["movq"]
+    result = kv.run(prompt, timeout=600)
+    assert result.status == "error" and result.error["node_id"] == "600"
+    assert "connect Load Kandinsky Video Image MoVQ to movq" in result.error["exception_message"]
 
 
 @pytest.mark.parametrize("class_type,name,value", [
