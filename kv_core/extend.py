@@ -48,10 +48,13 @@ The rules (the README's "Long videos" section says the same):
    gives (zeros would shrink the average). Masked positions are invisible to attention.
    A segment without a negative prompt gets the release's null-text context at its own
    prompt's length.
-8. **Seeds.** A segment's keyframes draw the ``keyframes`` stream of its own seed, as
-   ``stages.generate_keyframes`` does: ``generate_keyframes`` with the same condition
-   latent, settings and seed reproduces the segment. Two segments with the same seed
-   draw the same noise: give each its own.
+8. **Seeds.** A segment's seed draws the stream ``noise.extend_stage(N)``, keyed on the
+   keyframe count N of the video it continues (as an interpolation pass keys on its input
+   frame count): the same keyframes (also from a saved latent), settings and seed
+   reproduce the segment, and one seed used for every segment still draws different noise
+   for each (the ``keyframes`` stream of the first segment and ``extend_from_12``,
+   ``extend_from_23`` ... after it). ``generate_keyframes`` from the condition with
+   ``noise=SeededNoise.for_stage(seed, extend_stage(N))`` is the same segment.
 """
 from __future__ import annotations
 
@@ -60,6 +63,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .noise import SeededNoise, check_seed, extend_stage
 from .rules import _is_int, check_num_keyframes, frame_rate, interpolation_passes, movq_factor, REFERENCE_KEYFRAMES
 from .sampling import CancelFn, ProgressFn, TextCondition, _pad_length
 from .stages import decode_first_frame, encode_first_frame, generate_keyframes
@@ -126,15 +130,19 @@ def generate_segment(
     """The next segment, whole: ``[num_keyframes, 4, h, w]``, its frames 0 .. m-1
     conditioned on the last m keyframes of ``previous`` ``[N, 4, h, w]``
     (:func:`condition_latents`); everything else as ``stages.generate_keyframes``, which
-    it calls (so a seed reproduces it there). Join it with :func:`join_segments`.
+    it calls. ``noise``: a seed (the stream ``extend_stage(N)``, rule 8) or a noise
+    source. Join it with :func:`join_segments`.
     ``movq_dtype``: the dtype the image MoVQ computes in for ``"reencode"`` (``dtype`` is
     the U-Net's). ``ValueError`` (before any network runs) for bad inputs, e.g.
     num_keyframes <= m."""
+    _check_video(previous, "previous")
     num_keyframes = check_num_keyframes(num_keyframes)
     m = check_condition_frames(condition_frames)
     if m >= num_keyframes:
         raise ValueError(f"a segment of {num_keyframes} keyframes conditioned on {m} frames adds nothing: "
                          f"num_keyframes must be more than condition_frames")
+    if noise is None or _is_int(noise):  # a seed: the stream of this place in the video (rule 8)
+        noise = SeededNoise.for_stage(check_seed(int(noise or 0)), extend_stage(int(previous.shape[0])))
     key = condition_latents(previous, m, source=condition_source, movq=movq, device=device, dtype=movq_dtype)
     return generate_keyframes(unet, null_embedding, cond, key, num_keyframes=num_keyframes, motion=motion,
                               noise_augmentation=noise_augmentation, guidance_weight_prompt=guidance_weight_prompt,

@@ -8,7 +8,7 @@ import torch
 
 from kv_core.extend import (PromptTimeline, condition_latents, extend_keyframes, generate_segment, join_segments,
                             long_video_frame_rate)
-from kv_core.noise import RecordingNoise, SeededNoise
+from kv_core.noise import RecordingNoise, SeededNoise, extend_stage
 from kv_core.pipeline import (decode_first_frame, decode_frames, encode_first_frame, frame_rate, generate_keyframes,
                               interpolate_frames)
 from kv_core.sampling import TextCondition
@@ -56,7 +56,7 @@ class Recorder(torch.nn.Module):
 def test_the_last_keyframes_reach_the_condition_channels(pipe, m):
     previous, cond, seed = video(4), tiny_condition(), 3
     unet = Recorder(pipe.unet)
-    noise = RecordingNoise(SeededNoise.for_stage(seed, "keyframes"))
+    noise = RecordingNoise(SeededNoise.for_stage(seed, extend_stage(4)))
     segment = generate_segment(unet, pipe.null_embedding, cond, previous, num_keyframes=3, condition_frames=m,
                                noise=noise, **FAST)
     assert segment.shape == (3, 4, 8, 8)
@@ -95,20 +95,32 @@ def test_seam_frame_kept_once_the_earlier_copy(pipe):
 
 
 def test_a_segment_alone_with_its_seed_reproduces_it(pipe):
-    """Three segments, each with its own prompt and seed; segment 3 run alone (plain
-    generate_keyframes from the last keyframe before it) gives the joined video's tail."""
+    """Three segments, each with its own prompt; the seed of a segment draws the stream of
+    its place (the keyframe count it continues): segment 3 run alone from the same
+    keyframes and seed gives the joined video's tail, as does generate_keyframes with that
+    stream; one seed for every segment still gives each segment its own noise."""
     prompts = [condition(s, 4 + s) for s in range(3)]
-    seeds = [7, 8, 9]
+    seed = 7
     first = generate_keyframes(pipe.unet, pipe.null_embedding, prompts[0], video(1)[0], num_keyframes=3,
-                               noise=seeds[0], **FAST)
-    joined = first
-    for cond, seed in zip(prompts[1:], seeds[1:]):
-        joined = extend_keyframes(pipe.unet, pipe.null_embedding, cond, joined, num_keyframes=3, noise=seed,
-                                  motion="high", **FAST)
+                               noise=seed, **FAST)
+    joined, draws = first, []
+    for cond in prompts[1:]:
+        rec = RecordingNoise(SeededNoise.for_stage(seed, extend_stage(joined.shape[0])))
+        segment = generate_segment(pipe.unet, pipe.null_embedding, cond, joined, num_keyframes=3, noise=seed,
+                                   motion="high", **FAST)
+        generate_segment(pipe.unet, pipe.null_embedding, cond, joined, num_keyframes=3, noise=rec, motion="high",
+                         **FAST)
+        draws.append(rec.draws[0])
+        joined = join_segments(joined, segment)
     assert joined.shape[0] == 3 + 2 + 2
-    alone = generate_keyframes(pipe.unet, pipe.null_embedding, prompts[2], joined[4], num_keyframes=3,
-                               noise=seeds[2], motion="high", **FAST)
+    assert not torch.equal(draws[0], draws[1])  # one seed, two places: two streams
+    alone = generate_segment(pipe.unet, pipe.null_embedding, prompts[2], joined[:5].clone(), num_keyframes=3,
+                             noise=seed, motion="high", **FAST)
     assert torch.equal(joined[5:], alone[1:])
+    stream = SeededNoise.for_stage(seed, extend_stage(5))
+    plain = generate_keyframes(pipe.unet, pipe.null_embedding, prompts[2], joined[4], num_keyframes=3, noise=stream,
+                               motion="high", **FAST)
+    assert torch.equal(joined[5:], plain[1:])
     other = extend_keyframes(pipe.unet, pipe.null_embedding, prompts[2], joined[:5], num_keyframes=3, noise=10,
                              motion="high", **FAST)
     assert not torch.equal(other[5:], joined[5:])
@@ -249,6 +261,8 @@ def test_bad_inputs_are_refused_with_the_rule(pipe):
         (lambda: PromptTimeline.start(cond, 12).extended(tiny_condition(dim=24), 11), "different widths"),
         (lambda: PromptTimeline.start(cond, 1), "num_keyframes must be an integer >= 2"),
         (lambda: PromptTimeline([]), "needs at least one PromptSegment"),
+        (lambda: extend_stage(1), "a video to continue has at least 2 keyframes"),
+        (lambda: SeededNoise.for_stage(0, "extend_from_1"), "'extend_from_<N>' \\(N >= 2 keyframes\\)"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
