@@ -98,6 +98,9 @@ class KandinskyVideoExtend(CheckedCombos, io.ComfyNode):
         if condition_frames >= num_keyframes:
             raise ValueError(f"{WHAT}: condition_frames ({condition_frames}) must be less than num_keyframes "
                              f"({num_keyframes}), or the segment adds no keyframe")
+        if condition_frames > n:
+            raise ValueError(f"{WHAT}: condition_frames ({condition_frames}) is more than the {n} keyframes of the "
+                             "video so far")
         timeline: PromptTimeline = sockets.prompt_timeline(previous_conditioning, n, WHAT)
         segments = sockets.recorded_segments(latent) or timeline.keyframe_counts
         added = num_keyframes - condition_frames
