@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from .noise import NoiseSource
 from .schedulers import Sampler, stage_sampler
-from .text import unconditional_context
+from .stage_inputs import assemble_interpolated  # noqa: F401  (kv_core.sampling.assemble_interpolated, as before)
+from .stage_inputs import (augment_key_frame, cfg, first_frame_condition, frame_index, guidance_contexts,
+                           interpolation_input, interpolation_neighbours, interpolation_scalars, keyframe_condition,
+                           keyframe_guidance, score_tensor)
 
 ProgressFn = Callable[[int, int, torch.Tensor], None]
 CancelFn = Callable[[], Optional[bool]]
@@ -70,42 +72,6 @@ def _check_context(context, mask, name):
         raise ValueError(f"{name} must be a tensor [B, L, D]")
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(context.shape[:2]):
         raise ValueError(f"{name} mask must be a tensor [B, L] matching {name} {tuple(context.shape)}")
-
-
-def _rows(t: torch.Tensor, rows: int, what: str) -> torch.Tensor:
-    if t.shape[0] == rows:
-        return t
-    if t.shape[0] == 1:
-        return t.expand(rows, *t.shape[1:])
-    raise ValueError(f"{what} has batch {t.shape[0]}; expected 1 or {rows}")
-
-
-def _pad_length(context, mask, length):
-    extra = length - context.shape[1]
-    if extra == 0:
-        return context, mask
-    return F.pad(context, (0, 0, 0, extra)), F.pad(mask, (0, extra))
-
-
-def guidance_contexts(cond: TextCondition, null_embedding: torch.Tensor, rows: int, device,
-                      dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Conditional and unconditional contexts of ``rows`` rows each, same length L.
-
-    Returns ``(context, mask, uncond_context, uncond_mask)`` on ``device``, masks bool.
-    A negative prompt of another length is zero-padded (mask 0) with the prompt to the
-    longer of the two.
-    """
-    ctx = _rows(cond.context, rows, "context").to(device=device, dtype=dtype)
-    mask = _rows(cond.context_mask, rows, "context_mask").to(device=device)
-    if cond.negative_context is None:
-        uc, um = unconditional_context(ctx, mask, null_embedding)
-    else:
-        uc = _rows(cond.negative_context, rows, "negative_context").to(device=device, dtype=dtype)
-        um = _rows(cond.negative_mask, rows, "negative_mask").to(device=device, dtype=mask.dtype)
-        length = max(ctx.shape[1], uc.shape[1])
-        ctx, mask = _pad_length(ctx, mask, length)
-        uc, um = _pad_length(uc, um, length)
-    return ctx, mask.bool(), uc, um.bool()
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -166,22 +132,15 @@ def sample_first_frame(
     x = noise.randn((b, 4, h, w), device=device)
     ctx, mask, uc, um = guidance_contexts(cond, null_embedding, b, device)
     context, context_mask = torch.cat([ctx, uc]), torch.cat([mask, um])
-    zero_condition = torch.zeros(2 * b, 5, h, w, device=device)  # condition latent 4 + mask 1
+    zero_condition = first_frame_condition(2 * b, h, w, device)
 
     def predict(x, t):
         inp = torch.cat([x.repeat(2, 1, 1, 1), zero_condition], dim=1)
         time = torch.full((2 * b,), float(t), device=device)
         e_cond, e_uncond = unet(inp, time, context, context_mask, mode="image").float().chunk(2)
-        return (guidance_scale + 1.0) * e_cond - guidance_scale * e_uncond
+        return cfg(e_cond, e_uncond, guidance_scale)
 
     return _run(sampler, x, predict, noise, progress, cancel, trace)
-
-
-def _score_tensor(value, rows, device):
-    """Motion score / augmentation level per row: int32 as the reference passes them
-    (float32 for a fractional motion score)."""
-    dtype = torch.int32 if float(value).is_integer() else torch.float32
-    return torch.full((rows,), value, dtype=dtype, device=device)
 
 
 def sample_keyframes(
@@ -207,7 +166,7 @@ def sample_keyframes(
 
     The first frame is noised to timestep ``noise_augmentation`` with *uniform* noise (as
     the reference) and put in the condition channels of frame 0 with mask 1. A
-    ``key_frame`` ``[m, 4, h, w]`` (1 <= m < T) conditions frames 0 .. m-1 the same way
+    ``key_frame`` ``[m, 4, h, w]`` (2 <= m < T) conditions frames 0 .. m-1 the same way
     (the long-video option of ``kv_core.extend``; the release conditions frame 0 only and
     was trained for that). Each step
     runs one forward of 3T rows, copy-major: (text, image), (null text, image),
@@ -220,31 +179,28 @@ def sample_keyframes(
     x = noise.randn((t_frames, 4, h, w), device=device)
     key_frame = key_frame.to(device=device, dtype=torch.float32)
     uniform = noise.rand(key_frame.shape, device=device)
-    noisy_key = sampler.add_noise(key_frame, uniform, noise_augmentation)
+    noisy_key = augment_key_frame(key_frame, uniform, noise_augmentation, sampler.alphas_cumprod)
 
-    # condition channels (latent 4 + mask 1) of the three copies: only frame 0 of the
-    # first two copies carries the image
-    condition = torch.zeros(3, t_frames, 5, h, w, device=device)
-    conditioned = 1 if key_frame.ndim == 3 else key_frame.shape[0]  # frames 0 .. conditioned-1
-    condition[:2, :conditioned, :4] = noisy_key.reshape(conditioned, -1, h, w)
-    condition[:2, :conditioned, 4] = 1.0
-    condition = condition.flatten(0, 1)
+    # condition channels (latent 4 + mask 1) of the three copies: only frame 0 (0 .. m-1)
+    # of the first two copies carries the image
+    with_image = keyframe_condition(noisy_key, t_frames, h, w, device)
+    condition = torch.cat([with_image, with_image, keyframe_condition(None, t_frames, h, w, device)])
 
     ctx, mask, uc, um = guidance_contexts(cond, null_embedding, t_frames, device)
     context, context_mask = torch.cat([ctx, uc, uc]), torch.cat([mask, um, um])
     rows = 3 * t_frames
-    frame_index = torch.arange(t_frames, device=device, dtype=torch.float32).repeat(3)
-    aug = _score_tensor(noise_augmentation, rows, device)
-    motion = _score_tensor(motion_score, rows, device)
+    frames_index = frame_index(t_frames, 3, device)
+    aug = score_tensor(noise_augmentation, rows, device)
+    motion = score_tensor(motion_score, rows, device)
     wp, wi = guidance_weight_prompt, guidance_weight_image
 
     def predict(x, t):
         inp = torch.cat([x.repeat(3, 1, 1, 1), condition], dim=1)
         time = torch.full((rows,), float(t), device=device)
         e = unet(inp, time, context, context_mask, mode="video", num_frames=t_frames,
-                 temporal_embed=frame_index, noise_aug_time=aug, motion_score=motion).float()
+                 temporal_embed=frames_index, noise_aug_time=aug, motion_score=motion).float()
         e_full, e_image, e_uncond = e.chunk(3)
-        return (1 - wi) * e_uncond + (wi - wp) * e_image + wp * e_full
+        return keyframe_guidance(e_full, e_image, e_uncond, wp, wi)
 
     return _run(sampler, x, predict, noise, progress, cancel, trace)
 
@@ -282,33 +238,24 @@ def sample_interpolation(
     groups = n - 1
     x = noise.randn((groups, 3 * c, h, w), device=device)
     frames = frames.to(device=device, dtype=torch.float32)
-    left = torch.cat([frames[:-1], torch.zeros_like(frames[:-1])])
-    right = torch.cat([frames[1:], torch.zeros_like(frames[1:])])
+    (left_c, right_c), (left_u, right_u) = interpolation_neighbours(frames), interpolation_neighbours(frames, False)
+    left, right = torch.cat([left_c, left_u]), torch.cat([right_c, right_u])
 
     ctx, mask, uc, um = guidance_contexts(cond, null_embedding, groups, device)
     context, context_mask = torch.cat([ctx, uc]), torch.cat([mask, um])
     rows = 2 * groups
-    perturbation = torch.full((rows,), perturbation_time, dtype=torch.int32, device=device)
-    skip = torch.full((rows,), skip_frames, dtype=torch.int32, device=device)
-    temporal_mask = torch.ones(rows, device=device)
+    conditional = torch.ones(rows, dtype=torch.bool)
     if use_temporal_mask:
-        temporal_mask[groups:] = 0.0
+        conditional[groups:] = False
+    perturbation, skip, temporal_mask = interpolation_scalars(rows, skip_frames, perturbation_time, conditional,
+                                                              device)
 
     def predict(x, t):
-        inp = torch.cat([left, x.repeat(2, 1, 1, 1), right], dim=1)
+        inp = interpolation_input(left, x.repeat(2, 1, 1, 1), right)
         time = torch.full((rows,), int(t), dtype=torch.int64, device=device)
         v = unet(inp, time, context, context_mask, num_groups=groups, perturbation_time=perturbation,
                  skip_frames=skip, temporal_mask=temporal_mask).float()
         v_cond, v_uncond = v.chunk(2)
-        return (guidance_scale + 1.0) * v_cond - guidance_scale * v_uncond
+        return cfg(v_cond, v_uncond, guidance_scale)
 
     return _run(sampler, x, predict, noise, progress, cancel, trace)
-
-
-def assemble_interpolated(frames: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Interleave ``frames`` ``[N, C, h, w]`` with ``groups`` ``[N - 1, 3C, h, w]`` into
-    ``[4N - 3, C, h, w]``: frame 4i is ``frames[i]``, frames 4i+1 … 4i+3 are group i."""
-    n, c, h, w = frames.shape
-    groups = groups.to(frames.dtype).reshape(n - 1, 3, c, h, w)
-    body = torch.cat([frames[:-1, None], groups], dim=1).reshape(4 * (n - 1), c, h, w)
-    return torch.cat([body, frames[-1:]])

@@ -41,6 +41,7 @@ from .rules import (_is_int, check_context_width, check_guidance, check_noise_au
 from .sampling import (CancelFn, ProgressFn, TextCondition, assemble_interpolated, check_cancel,
                        model_device, sample_first_frame, sample_interpolation, sample_keyframes)
 from .schedulers import stage_sampler
+from .windows import WindowedInterpolationUNet, window_layout
 
 
 def _stage_noise(noise, stage: str) -> NoiseSource:
@@ -193,7 +194,7 @@ def interpolate_frames(
     pass_index: int = 1, guidance_scale: float = 0.5, sampler: str = "ddpm", steps: Optional[int] = None,
     noise=None, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
     trace: dict | None = None, skip_frames: Optional[int] = None, device=None,
-    dtype: Optional[torch.dtype] = None,
+    dtype: Optional[torch.dtype] = None, window: Optional[int] = None, overlap: Optional[int] = None,
 ) -> torch.Tensor:
     """One interpolation pass: ``frames`` ``[N, 4, h, w]`` -> ``[4N - 3, 4, h, w]``.
 
@@ -202,7 +203,12 @@ def interpolate_frames(
     directly instead. A seed draws the noise stream of
     ``interpolation_stage(N)``: keyed on the input frame count, which the frames carry, so
     interpolating a saved latent gives the direct run's result for any keyframe count.
-    ``trace["interpolated"]`` receives the ``[N - 1, 12, h, w]`` loop result."""
+    ``trace["interpolated"]`` receives the ``[N - 1, 12, h, w]`` loop result.
+
+    ``window``: run the U-Net on windows of that many groups (``overlap`` groups shared by
+    neighbours; default a quarter of the window) instead of all N - 1 at once, for long
+    videos; None or 0: one batch, as the release. Same noise either way; see
+    :mod:`kv_core.windows`."""
     if skip_frames is None:
         if pass_index not in SKIP_FRAMES:
             raise ValueError(f"pass_index must be 1 (first interpolation, skip_frames 3) or 2 "
@@ -215,8 +221,12 @@ def interpolate_frames(
     check_context_width(cond, null_embedding, "interpolation U-Net")
     guidance_scale = check_guidance("guidance_scale", guidance_scale)
     check_sampler("interpolation", sampler, steps)
+    network = _in_dtype(unet, dtype)
+    if window:
+        window_layout(int(frames.shape[0]) - 1, window, overlap)  # a bad window fails before anything runs
+        network = WindowedInterpolationUNet(network, window, overlap, cancel=cancel)
     noise = _stage_noise(noise, interpolation_stage(int(frames.shape[0])))
-    groups = sample_interpolation(_in_dtype(unet, dtype), cond, null_embedding, frames, skip_frames=skip_frames,
+    groups = sample_interpolation(network, cond, null_embedding, frames, skip_frames=skip_frames,
                                   guidance_scale=guidance_scale,
                                   sampler=stage_sampler("interpolation", sampler, steps),
                                   noise=noise, device=_device(unet, device), progress=progress, cancel=cancel,

@@ -149,6 +149,16 @@ def randomize_(module: nn.Module, generator: torch.Generator, *, damp: float = 0
     return module
 
 
+def random_unet(kind: str, generator: torch.Generator) -> tuple[nn.Module, torch.Tensor]:
+    """A tiny keyframe (``KEYFRAME_UNET``) or interpolation U-Net with random weights, fp32,
+    CPU, in eval mode without gradients, and a random null embedding ``[TINY_CONTEXT_DIM]``
+    (for benchmarks and tests that need no files)."""
+    config = TINY_T2V_CONFIG if kind == KEYFRAME_UNET else TINY_INTERPOLATION_CONFIG
+    module = randomize_(build_network(kind, config, device="cpu", dtype=torch.float32), generator).eval()
+    module.requires_grad_(False)
+    return module, torch.randn(TINY_CONTEXT_DIM, generator=generator)
+
+
 def write_tiny_tokenizer(folder, *, extra_ids: int = 8):
     """Train a tiny SentencePiece unigram model (T5 layout: pad 0, eos 1, unk 2) and save it
     as a T5 tokenizer folder; returns the tokenizer."""

@@ -8,10 +8,12 @@ import torch
 from comfy_api.latest import io
 
 from ..kv_core.stages import decode_chunk_sizes, decode_frames
+from ..kv_core.video_input import restore_frames
 from . import sockets
 from .inputs import CATEGORY, MAX_KEYFRAMES, image_output
 from .networks import activation_memory, stage
 from .progress import StepProgress
+from .video_input import recorded_fit, recorded_fps
 
 MAX_CHUNK = 256
 
@@ -50,7 +52,8 @@ class KandinskyVideoDecode(io.ComfyNode):
             outputs=[
                 io.Image.Output(display_name="images", tooltip="The frames, [frames, H, W, 3] in 0..1."),
                 io.Float.Output(display_name="fps", tooltip="Frame rate to play the frames at (12, 45, 177 frames "
-                                                            "of a 12-keyframe video: 2.18, 8.18, 32.2 fps)."),
+                                                            "of a 12-keyframe video: 2.18, 8.18, 32.2 fps; an "
+                                                            "encoded video: its fps x 4 per Interpolate)."),
             ],
         )
 
@@ -58,8 +61,13 @@ class KandinskyVideoDecode(io.ComfyNode):
     def execute(cls, video_movq, latent, chunk_size=0, num_keyframes=0, segment_keyframes=0) -> io.NodeOutput:
         videos = sockets.latent_videos(latent, "Kandinsky Video Decode")
         num_frames, (h, w) = int(videos[0].shape[0]), videos[0].shape[-2:]
-        fps = sockets.video_frame_rate(latent, num_frames, int(num_keyframes), int(segment_keyframes),
-                                       "Kandinsky Video Decode")
+        fit, fps = recorded_fit(latent), recorded_fps(latent)
+        if fps is None:  # made from keyframes: one video, or a long video at its first segment's rate
+            fps = sockets.video_frame_rate(latent, num_frames, int(num_keyframes), int(segment_keyframes),
+                                           "Kandinsky Video Decode")
+        elif num_keyframes or segment_keyframes:
+            raise ValueError(f"Kandinsky Video Decode: this latent is an encoded video at {fps:g} fps, not made "
+                             "from keyframes: set num_keyframes and segment_keyframes to 0")
         chunk = int(chunk_size) or None
         sizes = decode_chunk_sizes(num_frames, chunk)
         bar = StepProgress(len(sizes) * len(videos))
@@ -70,6 +78,8 @@ class KandinskyVideoDecode(io.ComfyNode):
                 decoded = decode_frames(video_movq.module, video, chunk_size=chunk,
                                         progress=lambda k, n, done=i * len(sizes): bar(done + k, bar.bar.total),
                                         cancel=bar.cancel, device=device, dtype=video_movq.compute_dtype)
+                if fit is not None:  # an encoded video: back to the input's size (see Encode Video's fit)
+                    decoded = restore_frames(decoded, fit)
                 frames.append(image_output(decoded))
                 del decoded
         images = frames[0] if len(frames) == 1 else torch.cat(frames)

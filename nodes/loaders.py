@@ -1,4 +1,5 @@
-"""Loader nodes: one per network of the release, each with a weight-dtype choice.
+"""Loader nodes: one per network of the release, each with a weight-dtype choice and a
+device choice (:mod:`.devices`).
 
 Files are listed from ``models/kandinsky_video/`` (text encoders also from
 ``models/text_encoders/``). A ``configs.json`` beside a checkpoint (as in the official
@@ -7,6 +8,7 @@ safetensors, or the official one adapted to the checkpoint's shapes, is used.
 """
 from __future__ import annotations
 
+import logging
 
 import torch
 
@@ -18,6 +20,7 @@ from ..kv_core import checkpoints as ckpt
 from ..kv_core import dtypes
 from ..kv_core.text import TextEncoder as KVTextEncoder, check_text_parts
 from . import model_files, sockets
+from .devices import device_input, offload_device_for, resolve_device
 from .common import (FP8, WEIGHT_DTYPE_TOOLTIP, WEIGHT_DTYPES, file_params, operations_for,
                      weight_and_compute_dtype)
 from .inputs import CATEGORY, CheckedCombos
@@ -25,6 +28,14 @@ from .model_files import check_model_name, release_configs, resolve_model_file, 
 from .networks import Network, wrap
 
 LOADERS = f"{CATEGORY}/loaders"
+logger = logging.getLogger(__name__)
+
+
+def _placed(title: str, device: str, network: Network) -> io.NodeOutput:
+    """The loader's output; a device chosen on the node is said in the log."""
+    if device not in (None, "default"):
+        logger.info("%s: runs on %s (device input)", title, network.load_device)
+    return io.NodeOutput(network)
 
 
 def _dtype_input() -> io.Combo.Input:
@@ -37,12 +48,13 @@ def _load_error(network: str, name: str, path: str, err: Exception) -> ValueErro
                       f"(expected {model_files.EXPECTED_FILES[network]}): {err}")
 
 
-def load_network(network: str, name: str, weight_dtype: str) -> Network:
-    """Load a U-Net or MoVQ checkpoint into a ModelPatcher-wrapped :class:`Network`."""
+def load_network(network: str, name: str, weight_dtype: str, device: str = "default") -> Network:
+    """Load a U-Net or MoVQ checkpoint into a ModelPatcher-wrapped :class:`Network` that
+    runs on ``device`` (a loader's device choice, :mod:`.devices`)."""
     path = resolve_model_file(name, network)
     unet = network in (ckpt.KEYFRAME_UNET, ckpt.INTERPOLATION_UNET)
-    load_device = mm.get_torch_device()
-    offload_device = mm.unet_offload_device() if unet else mm.vae_offload_device()
+    load_device = resolve_device(device, mm.get_torch_device())
+    offload_device = offload_device_for(load_device, mm.unet_offload_device() if unet else mm.vae_offload_device())
     weight, compute = weight_and_compute_dtype(weight_dtype, "unet" if unet else "movq", load_device,
                                                file_params(path))
     fp8 = weight if weight in FP8 else None
@@ -94,13 +106,15 @@ class _NetworkLoader(CheckedCombos, io.ComfyNode):
                                tooltip=f"The {model_files.NETWORK_NAMES[cls.NETWORK]}: "
                                        f"{model_files.EXPECTED_FILES[cls.NETWORK]} in models/kandinsky_video/."),
                 _dtype_input(),
+                device_input(),
             ],
             outputs=[cls.OUTPUT.Output(display_name=cls.NETWORK)],
         )
 
     @classmethod
     def execute(cls, **kwargs) -> io.NodeOutput:
-        return io.NodeOutput(load_network(cls.NETWORK, kwargs[cls.INPUT], kwargs["weight_dtype"]))
+        device = kwargs.get("device", "default")
+        return _placed(cls.TITLE, device, load_network(cls.NETWORK, kwargs[cls.INPUT], kwargs["weight_dtype"], device))
 
 
 class KandinskyVideoKeyframeUNetLoader(_NetworkLoader):
@@ -214,12 +228,15 @@ def _text_settings(projections_path: str, projections_name: str) -> tuple[int, i
     return tokens_length, context_dim, configs
 
 
-def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtype: str) -> Network:
+def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtype: str,
+                      device: str = "default") -> Network:
+    """Load Flan-UL2's encoder and the projections into a :class:`Network` that runs on
+    ``device`` (a loader's device choice, :mod:`.devices`)."""
     encoder_path = resolve_text_encoder(text_encoder_name)
     projections_path = resolve_model_file(projections_name, ckpt.TEXT_PROJECTIONS)
     tokens_length, context_dim, configs = _text_settings(projections_path, projections_name)  # fails fast
-    load_device = mm.text_encoder_device()
-    offload_device = mm.text_encoder_offload_device()
+    load_device = resolve_device(device, mm.text_encoder_device())
+    offload_device = offload_device_for(load_device, mm.text_encoder_offload_device())
     weight, compute = weight_and_compute_dtype(weight_dtype, "text", load_device, file_params(encoder_path))
     fp8 = weight if weight in FP8 else None
     try:
@@ -267,6 +284,7 @@ class KandinskyVideoTextEncoderLoader(CheckedCombos, io.ComfyNode):
                 io.Combo.Input("projections_name", options=model_files.model_files(),
                                tooltip="t5_projections.pt of the release, in models/kandinsky_video/."),
                 _dtype_input(),
+                device_input(),
             ],
             outputs=[sockets.TextEncoder.Output(display_name="text_encoder")],
         )
@@ -281,8 +299,9 @@ class KandinskyVideoTextEncoderLoader(CheckedCombos, io.ComfyNode):
         return check_model_name(projections_name, ckpt.TEXT_PROJECTIONS)
 
     @classmethod
-    def execute(cls, text_encoder_name, projections_name, weight_dtype) -> io.NodeOutput:
-        return io.NodeOutput(load_text_encoder(text_encoder_name, projections_name, weight_dtype))
+    def execute(cls, text_encoder_name, projections_name, weight_dtype, device="default") -> io.NodeOutput:
+        return _placed("Load Kandinsky Video Text Encoder", device,
+                       load_text_encoder(text_encoder_name, projections_name, weight_dtype, device))
 
 
 NODES = [

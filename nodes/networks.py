@@ -8,6 +8,7 @@ one stage. ComfyUI's model management decides what stays loaded.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -93,6 +94,36 @@ def offload_after_stage() -> bool:
     return os.environ.get(OFFLOAD_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def holds_stale_weights(patcher) -> bool:
+    """Whether a patcher ComfyUI lists as loaded has lost weights it placed: a layer that
+    does not cast its weights at run time holds one off the load device (another patcher
+    of the same module, the core-sampling MODEL's, moved it)."""
+    device = torch.device(patcher.load_device)
+    for m in patcher.model.modules():
+        if getattr(m, "comfy_cast_weights", False):
+            continue
+        if any(p.device != device for p in m.parameters(recurse=False)):
+            return True
+    return False
+
+
+def release_other_holders(network: Network) -> None:
+    """Before a stage loads ``network``: unload the core-sampling MODELs of its module
+    (``nodes.core_model``) that are loaded, and the network itself when those moved its
+    weights, so that one patcher holds the module at a time."""
+    core = getattr(network, "core_patcher", None)
+    if core is None:
+        return
+    loaded = [p for p in mm.loaded_models() if p is not None]
+    others = [p for p in loaded if p is not network.patcher and p.is_clone(core)]
+    mine = any(p is network.patcher for p in loaded)
+    if others or (mine and holds_stale_weights(network.patcher)):
+        for p in others:
+            offload(dataclasses.replace(network, patcher=p))
+        if mine:
+            offload(network)
+
+
 @contextlib.contextmanager
 def stage(*networks: Network, memory_required: int = 0) -> Iterator[torch.device]:
     """Load ``networks`` for one stage with ComfyUI's ``load_models_gpu`` (which unloads
@@ -100,6 +131,8 @@ def stage(*networks: Network, memory_required: int = 0) -> Iterator[torch.device
     device to run on. The networks stay loaded afterwards for the next stage or prompt,
     unless :func:`offload_after_stage` says otherwise; a stage that fails or is
     interrupted unloads them, so the memory is free for the next prompt."""
+    for n in networks:
+        release_other_holders(n)
     mm.load_models_gpu([n.patcher for n in networks], memory_required=int(memory_required))
     ok = False
     try:

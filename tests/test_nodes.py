@@ -23,6 +23,7 @@ import websocket
 from PIL import Image
 
 from kv_core.tiny import write_tiny_release
+from tools.thumbnails import EXAMPLE_VIDEO, example_video_source
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
@@ -33,11 +34,11 @@ SIZE = 64  # smallest video size the networks take (tests keep the tiny runs fas
 # Node ids, input names (in order) and output types are an interface: saved workflows
 # refer to them. Changing this table means breaking users' workflows.
 INTERFACE = {
-    "KandinskyVideoKeyframeUNetLoader": (["unet_name", "weight_dtype"], ["KV_KEYFRAME_UNET"]),
-    "KandinskyVideoInterpolationUNetLoader": (["unet_name", "weight_dtype"], ["KV_INTERPOLATION_UNET"]),
-    "KandinskyVideoMoVQLoader": (["movq_name", "weight_dtype"], ["KV_MOVQ"]),
-    "KandinskyVideoVideoMoVQLoader": (["movq_name", "weight_dtype"], ["KV_VIDEO_MOVQ"]),
-    "KandinskyVideoTextEncoderLoader": (["text_encoder_name", "projections_name", "weight_dtype"],
+    "KandinskyVideoKeyframeUNetLoader": (["unet_name", "weight_dtype", "device"], ["KV_KEYFRAME_UNET"]),
+    "KandinskyVideoInterpolationUNetLoader": (["unet_name", "weight_dtype", "device"], ["KV_INTERPOLATION_UNET"]),
+    "KandinskyVideoMoVQLoader": (["movq_name", "weight_dtype", "device"], ["KV_MOVQ"]),
+    "KandinskyVideoVideoMoVQLoader": (["movq_name", "weight_dtype", "device"], ["KV_VIDEO_MOVQ"]),
+    "KandinskyVideoTextEncoderLoader": (["text_encoder_name", "projections_name", "weight_dtype", "device"],
                                         ["KV_TEXT_ENCODER"]),
     "KandinskyVideoTextEncode": (["text_encoder", "prompt", "negative_prompt"], ["KV_CONDITIONING"]),
     "KandinskyVideoFirstFrame": (["keyframe_unet", "movq", "conditioning", "width", "height", "guidance_scale",
@@ -46,10 +47,27 @@ INTERFACE = {
     "KandinskyVideoKeyframes": (["keyframe_unet", "conditioning", "first_frame", "motion", "noise_augmentation",
                                  "guidance_weight_prompt", "guidance_weight_image", "steps", "sampler", "seed",
                                  "num_keyframes"], ["LATENT"]),
-    "KandinskyVideoInterpolate": (["interpolation_unet", "conditioning", "latent", "skip_frames", "guidance_scale",
-                                   "steps", "sampler", "seed"], ["LATENT"]),
+    "KandinskyVideoInterpolate": (["interpolation_unet", "latent", "skip_frames", "guidance_scale", "steps",
+                                   "sampler", "seed", "conditioning", "window"], ["LATENT"]),
     "KandinskyVideoDecode": (["video_movq", "latent", "chunk_size", "num_keyframes", "segment_keyframes"],
                              ["IMAGE", "FLOAT"]),
+    "KandinskyVideoEncodeVideo": (["movq", "interpolation_unet", "images", "fps", "fit", "max_side", "mask"],
+                                  ["LATENT"]),
+    # the core sampling path (nodes/core_sampling.py)
+    "KandinskyVideoKeyframeModel": (["keyframe_unet"], ["MODEL"]),
+    "KandinskyVideoInterpolationModel": (["interpolation_unet"], ["MODEL"]),
+    "KandinskyVideoFirstFrameConditioning": (["model", "conditioning", "width", "height"],
+                                             ["CONDITIONING", "CONDITIONING", "LATENT"]),
+    "KandinskyVideoDecodeFirstFrame": (["movq", "latent"], ["IMAGE"]),
+    "KandinskyVideoKeyframesConditioning": (["model", "conditioning", "first_frame", "num_keyframes", "motion",
+                                             "noise_augmentation", "seed"],
+                                            ["CONDITIONING", "CONDITIONING", "CONDITIONING", "LATENT"]),
+    "KandinskyVideoInterpolationConditioning": (["model", "latent", "skip_frames", "conditioning"],
+                                                ["CONDITIONING", "CONDITIONING", "LATENT"]),
+    "KandinskyVideoAssembleFrames": (["frames", "groups"], ["LATENT"]),
+    "KandinskyVideoGuider": (["model", "positive", "negative", "guidance_scale", "image_guidance_scale", "clamp_x0",
+                              "image_only"], ["GUIDER"]),
+    "KandinskyVideoSigmas": (["stage", "steps", "spacing"], ["SIGMAS"]),
     "KandinskyVideoExtend": (["keyframe_unet", "previous_conditioning", "latent", "motion", "noise_augmentation",
                               "guidance_weight_prompt", "guidance_weight_image", "steps", "sampler", "seed",
                               "num_keyframes", "conditioning", "condition_frames", "condition_source", "movq"],
@@ -62,7 +80,8 @@ INTERFACE = {
 @pytest.fixture(scope="session")
 def kv_release(comfy_host):
     """The tiny release under its official file names in models/kandinsky_video/, and
-    ComfyUI's example.png in input/ (for the image-to-video workflow)."""
+    ComfyUI's example.png in input/ (for the image-to-video workflow) and a real video clip
+    (for the any-video template)."""
     folder = comfy_host.base_dir / "kv_tiny_release"  # one per host, whichever module asks first
     if not (folder / "flan-ul2").is_dir():
         write_tiny_release(folder)
@@ -70,6 +89,7 @@ def kv_release(comfy_host):
         comfy_host.add_model("kandinsky_video", folder / name)
     example = comfy_host.comfyui / "input" / "example.png"
     shutil.copy(example, comfy_host.input_dir / "example.png")
+    shutil.copy(example_video_source(), comfy_host.input_dir / EXAMPLE_VIDEO)  # the any-video template's input
     return folder
 
 
@@ -84,15 +104,15 @@ def shipped_workflow(name: str) -> dict:
 
 
 def fast(prompt: dict, *, steps: int = 2, size: int = SIZE, seed: int | None = None) -> dict:
-    """A copy of an API prompt with few steps and a small size (the tests' only changes
-    to the shipped defaults)."""
+    """A copy of an API prompt with few steps and a small size (``max_side`` of Encode Video
+    too) — the tests' only changes to the shipped defaults."""
     prompt = copy.deepcopy(prompt)
     for node in prompt.values():
         inputs = node["inputs"]
         if node["class_type"].startswith("KandinskyVideo"):
             if "steps" in inputs:
                 inputs["steps"] = steps
-            for key in ("width", "height"):
+            for key in ("width", "height", "max_side"):
                 if key in inputs:
                     inputs[key] = size
             if seed is not None and "seed" in inputs:
@@ -612,6 +632,84 @@ def test_two_bad_values_give_one_error_each_and_nan_is_refused(kv):
     result = kv.run(bad, timeout=300)
     assert result.status == "error" and result.error["node_id"] == keyframes
     assert "guidance_weight_image must be a finite number" in result.error["exception_message"]
+
+
+LOADERS = ("KandinskyVideoKeyframeUNetLoader", "KandinskyVideoInterpolationUNetLoader", "KandinskyVideoMoVQLoader",
+           "KandinskyVideoVideoMoVQLoader", "KandinskyVideoTextEncoderLoader")
+
+
+def _this_machines_devices() -> list[str]:
+    import torch
+
+    gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return ["default", "cpu", *gpus]
+
+
+def test_every_loader_offers_default_cpu_and_this_machines_gpus_last_and_optional(kv):
+    """The device choice is the last input and optional: workflows saved without it (every
+    template, every earlier release's workflow) load with ``default``."""
+    for node_id in LOADERS:
+        info = kv.object_info(node_id)
+        assert kv.pack_node_types()[node_id]["input_order"]["optional"][-1] == "device", node_id
+        spec = info["input"]["optional"]["device"]
+        options = spec[1]["options"] if spec[0] == "COMBO" else spec[0]
+        assert options[:len(_this_machines_devices())] == _this_machines_devices(), (node_id, options)
+        assert spec[1]["default"] == "default"
+
+
+def test_a_stage_forced_to_cpu_gives_the_all_default_result(kv):
+    """Text encoder and video MoVQ on ``cpu``, the rest on ComfyUI's choice: the loaders say
+    where they put each network, and the frames are those of the all-default run (on a
+    CPU-only host both choices are the CPU: this checks the wiring and the hand-overs)."""
+    prompt = i2v_prompt(kv, steps=1, seed=11)
+    default = kv.run(prompt, timeout=600)
+    assert default.ok, default.describe()
+    forced = copy.deepcopy(prompt)
+    for class_type in ("KandinskyVideoTextEncoderLoader", "KandinskyVideoVideoMoVQLoader"):
+        forced[node_of(forced, class_type)]["inputs"]["device"] = "cpu"
+    mark = kv.log_mark()
+    result = kv.run(forced, timeout=600)
+    assert result.ok, result.describe()
+    log = kv.log_since(mark)
+    assert "Load Kandinsky Video Text Encoder: runs on cpu (device input)" in log, log[-2000:]
+    assert "Load Kandinsky Video Video MoVQ: runs on cpu (device input)" in log, log[-2000:]
+    pictures = [_picture(kv, item) for item in default.outputs["900"]["images"]]
+    again = [_picture(kv, item) for item in result.outputs["900"]["images"]]
+    assert len(pictures) == len(again) == 12
+    for a, b in zip(pictures, again):
+        assert np.array_equal(a, b)
+
+
+def test_a_device_this_machine_lacks_is_refused_naming_the_choices(kv):
+    """A workflow saved on a machine with four GPUs: one error, on that loader's ``device``
+    input, naming the value and this machine's choices; nothing runs."""
+    prompt = i2v_prompt(kv)
+    loader = node_of(prompt, "KandinskyVideoKeyframeUNetLoader")
+    prompt[loader]["inputs"]["device"] = "cuda:3"
+    result = kv.run(prompt, timeout=120)
+    assert result.status == "rejected", result.describe()
+    assert list(result.node_errors) == [loader], result.node_errors
+    errors = result.node_errors[loader]["errors"]
+    assert [e["extra_info"]["input_name"] for e in errors] == ["device"], errors
+    details = errors[0]["details"]
+    assert "cuda:3" in details and all(f"'{d}'" in details for d in _this_machines_devices()), details
+
+
+def test_the_frontend_loads_a_template_saved_without_the_device_input_with_default(kv, comfy_browser):
+    """The templates were saved before the loaders had a device input: the frontend fills
+    the missing trailing widget with its default, as the API conversion does."""
+    workflow = shipped_workflow("kandinsky_video_text_to_video_8fps")
+    loaders = [n for n in workflow["nodes"] if n["type"] in LOADERS]
+    widgets_before = {"KandinskyVideoTextEncoderLoader": 3}  # the others: file and weight_dtype
+    assert len(loaders) == 5
+    assert all(len(n["widgets_values"]) == widgets_before.get(n["type"], 2) for n in loaders), loaders
+    comfy_browser.load_workflow(workflow)
+    comfy_browser.close_dialogs()
+    prompt = comfy_browser.graph_to_prompt()
+    devices = {v["class_type"]: v["inputs"].get("device") for v in prompt.values() if v["class_type"] in LOADERS}
+    assert devices == dict.fromkeys(LOADERS, "default"), devices
+    api = kv.to_api(workflow)
+    assert all("device" not in v["inputs"] for v in api.values() if v["class_type"] in LOADERS)
 
 
 # fp16 also runs (checked by hand) but CPU fp16 kernels are slow: it is left to GPU runs

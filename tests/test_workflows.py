@@ -19,7 +19,7 @@ import pytest
 from kv_core.extend import long_video_frame_rate
 from kv_core.pipeline import frame_rate
 from test_nodes import REPO, SIZE, WORKFLOWS, fast, kv, kv_release, shipped_workflow  # noqa: F401 (fixtures)
-from tools.thumbnails import hidden_nodes, thumbnail_path
+from tools.thumbnails import EXAMPLE_VIDEO, hidden_nodes, thumbnail_path
 
 # workflow -> (frames, keyframes) of the video it writes
 EXPECTED = {
@@ -27,11 +27,17 @@ EXPECTED = {
     "kandinsky_video_text_to_video_8fps_low_vram": (45, 12),
     "kandinsky_video_text_to_video_32fps": (177, 12),
     "kandinsky_video_image_to_video": (45, 12),
+    "kandinsky_video_interpolate_any_video": (None, None),  # 4N - 3 frames of its input video: VIDEO_INPUTS
+    "kandinsky_video_text_to_video_8fps_core_sampling": (45, 12),
     "kandinsky_video_long_video_3_prompts": (133, 34),
 }
 # long videos: the keyframes each segment adds (the rate is the first segment's, kv_core.extend)
 SEGMENTS = {"kandinsky_video_long_video_3_prompts": [12, 11, 11]}
-PACK_ONLY = {"LoadImage", "PreviewImage", "CreateVideo", "SaveVideo", "MarkdownNote"}  # core nodes used
+# workflow -> the video in ComfyUI's input/ that it interpolates once: the video it writes has
+# 4N - 3 frames at 4 x the input's frame rate, at the input's size
+VIDEO_INPUTS = {"kandinsky_video_interpolate_any_video": EXAMPLE_VIDEO}
+PACK_ONLY = {"LoadImage", "PreviewImage", "CreateVideo", "SaveVideo", "MarkdownNote",  # core nodes used
+             "LoadVideo", "GetVideoComponents", "SamplerCustomAdvanced", "KSamplerSelect", "RandomNoise"}
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 RELEASE_URL = "https://huggingface.co/ai-forever/KandinskyVideo_1_1/resolve/main/"
 # loader -> the official file its properties.models names (the widget value it ships with)
@@ -43,6 +49,8 @@ LOADER_FILES = {
     "KandinskyVideoTextEncoderLoader": "t5_projections.pt",
 }
 STAGES = ["Text", "First frame", "Keyframes", "Interpolation", "Decode"]  # group titles, left to right
+VIDEO_STAGES = ["Video", "Encode", "Interpolation", "Decode"]  # those of a VIDEO_INPUTS template
+AUTO_SKIP = -1  # Interpolate's skip_frames "from the frame rate" (nodes/video_input.py)
 TITLE_HEIGHT = 30  # LiteGraph's node title bar, drawn above a node's pos
 
 
@@ -53,15 +61,24 @@ def read_video(path: Path) -> tuple[int, float, tuple[int, int]]:
         return frames, float(stream.average_rate), (stream.codec_context.width, stream.codec_context.height)
 
 
+def expected_video(host, name: str, size: int) -> tuple[int, float, tuple[int, int]]:
+    """(frames, fps, (width, height)) of the video a template writes at the tests' size."""
+    if name in VIDEO_INPUTS:  # x4 of a real input video, given back at its size
+        frames, fps, wh = read_video(host.input_dir / VIDEO_INPUTS[name])
+        return 4 * frames - 3, 4 * fps, wh
+    frames, keyframes = EXPECTED[name]
+    rate = long_video_frame_rate(frames, SEGMENTS[name]) if name in SEGMENTS else frame_rate(frames, keyframes)
+    return frames, rate, (size, size)
+
+
 def check_video(host, result, name: str, size: int) -> None:
     videos = [p for p in host.output_files(result) if p.suffix in (".mp4", ".webm", ".webp")]
     assert len(videos) == 1, result.outputs
     frames, fps, wh = read_video(videos[0])
-    want_frames, keyframes = EXPECTED[name]
+    want_frames, want_fps, want_size = expected_video(host, name, size)
     assert frames == want_frames
-    rate = long_video_frame_rate(want_frames, SEGMENTS[name]) if name in SEGMENTS else frame_rate(want_frames, keyframes)
-    assert fps == pytest.approx(rate, abs=2e-3)
-    assert wh == (size, size)
+    assert fps == pytest.approx(want_fps, abs=2e-3)
+    assert wh == want_size
 
 
 def test_shipped_workflows_use_only_this_pack_and_core_nodes():
@@ -80,10 +97,19 @@ def test_shipped_workflows_keep_the_release_defaults():
                 assert values[:6] == ["medium", 20, 5, 2, 50, "ddpm"] and values[-1] == 12
             elif node["type"] == "KandinskyVideoFirstFrame":
                 assert values[:5] == [512, 512, 5, 50, "ddpm"]
-            elif node["type"] == "KandinskyVideoInterpolate":
-                assert values[1:4] == [0.5, 10, "ddpm"] and values[0] in (3, 1)
+            elif node["type"] == "KandinskyVideoInterpolate":  # an input video's pass picks its skip_frames
+                assert values[1:4] == [0.5, 10, "ddpm"] and values[0] in ((AUTO_SKIP,) if name in VIDEO_INPUTS
+                                                                          else (3, 1))
             elif node["type"] == "KandinskyVideoEncodeFirstFrame":
                 assert values == [512, 512, "reference"]
+            elif node["type"] == "KandinskyVideoSigmas":  # the release's steps and spacing of its stage
+                assert values[1:] == [0, "default"]
+            elif node["type"] == "KSamplerSelect":  # the release's DDPM (core ddpm is the same chain)
+                assert values == ["ddpm"]
+            elif node["type"] == "KandinskyVideoKeyframesConditioning":  # num_keyframes, motion, augmentation
+                assert values[:3] == [12, "medium", 20]
+            elif node["type"] == "KandinskyVideoGuider":  # w 5 / (wp 5, wi 2) / w 0.5, with the clamp
+                assert values in ([5, 2, True], [0.5, 2, True])
             elif node["type"] == "KandinskyVideoExtend":  # the Keyframes settings, then the seam options
                 assert values[:6] == ["medium", 20, 5, 2, 50, "ddpm"] and values[-3:] == [12, 1, "latent"]
 
@@ -152,7 +178,8 @@ def _inside(box, bounding) -> bool:
 def test_template_has_a_group_per_stage_left_to_right(name):
     workflow = shipped_workflow(name)
     groups = sorted(workflow["groups"], key=lambda g: g["bounding"][0])
-    assert [next(s for s in STAGES if s in g["title"]) for g in groups] == STAGES, [g["title"] for g in groups]
+    stages = VIDEO_STAGES if name in VIDEO_INPUTS else STAGES
+    assert [next(s for s in stages if s in g["title"]) for g in groups] == stages, [g["title"] for g in groups]
     for left, right in zip(groups, groups[1:]):
         assert left["bounding"][0] + left["bounding"][2] <= right["bounding"][0]  # side by side
     stage = {}
@@ -219,7 +246,7 @@ SET_FAST = """(size) => {
         if (!node.type.startsWith('KandinskyVideo')) continue;
         for (const w of node.widgets || []) {
             if (w.name === 'steps') w.value = 2;
-            if (w.name === 'width' || w.name === 'height') w.value = size;
+            if (w.name === 'width' || w.name === 'height' || w.name === 'max_side') w.value = size;
         }
     }
     return true;

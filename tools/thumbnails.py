@@ -46,6 +46,27 @@ WORKFLOWS = REPO / "workflows"
 VIEWPORT = (1400, 757)
 RELEASE_FILES = ("configs.json", "t2v.pt", "interpolation.pt", "movq.pt", "video_movq.pt",
                  "t5_projections.pt", "flan-ul2")
+#: The input video the any-video template names (its Load Video), which the tests and this tool put
+#: into ComfyUI's input/ folder: see example_video_source.
+EXAMPLE_VIDEO = "kandinsky_video_example.webm"
+
+
+def example_video_source() -> Path:
+    """A real video clip that no one in this project made: the smallest ``.webm`` shipped in
+    ComfyUI's own frontend package (``comfyui_frontend_package``, a requirement of ComfyUI;
+    in 1.32.9 ``images/cloud-subscription.webm``: 25 frames, 8 fps, 768x768, VP9).
+    ``FileNotFoundError`` when that package is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("comfyui_frontend_package")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    clips = sorted((p for root in roots for p in Path(root).rglob("*.webm")), key=lambda p: p.stat().st_size)
+    if not clips:
+        raise FileNotFoundError("no .webm in comfyui_frontend_package (pip install comfyui-frontend-package, "
+                                "which ComfyUI's requirements.txt names)")
+    return clips[0]
+
+
 #: Frontend settings for a clean picture (the saved view itself is left alone).
 SCREENSHOT_SETTINGS = {
     "Comfy.TutorialCompleted": True,
@@ -181,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         host = ComfyHost(ensure_comfyui(), models={"kandinsky_video": [release / n for n in RELEASE_FILES]})
         with host:
             shutil.copy(host.comfyui / "input" / "example.png", host.input_dir / "example.png")
+            shutil.copy(example_video_source(), host.input_dir / EXAMPLE_VIDEO)
             for key, value in SCREENSHOT_SETTINGS.items():
                 host.post(f"/settings/{key}", value).raise_for_status()
             # twice the pixels: the canvas is drawn at device scale 2, so text stays sharp

@@ -1,0 +1,306 @@
+"""The Kandinsky Video U-Nets as ComfyUI core ``MODEL``s (host glue for the core sampling path).
+
+:func:`core_model` wraps an already loaded network (``nodes.networks.Network``) in a
+``comfy.model_base.BaseModel`` subclass and a ``ModelPatcher`` — the very module of the
+loaded network, not a second copy — so ``SamplerCustomAdvanced`` / ``KSampler``, every core
+sampler and scheduler, and core model patches run it.
+
+What the model is to the host:
+
+* model sampling: discrete, 1000 steps, the release's zero-terminal-SNR cosine schedule
+  (``kv_core.stage_inputs.schedule_sigmas``: ``abar`` floored at 2**-24 only at t = 999,
+  sigma_max ~ 4096), EPS for the keyframe U-Net (first frame and keyframes), V_PREDICTION
+  for the interpolation U-Net;
+* latents (identity latent format, the MoVQ's unscaled values):
+  first frame ``[B, 4, h, w]`` (image mode), keyframes ``[B, 4, T, h, w]`` (video mode, the
+  pack's LATENT layout), interpolation groups ``[B, 12, G, h, w]``: G = N - 1 groups, and
+  the 12 channels of a group are its three new frames, frame-major (channels 0-3 frame
+  4i+1, 4-7 frame 4i+2, 8-11 frame 4i+3), as ``kv_core.sampling.sample_interpolation``
+  returns them;
+* conditioning: the Kandinsky Video conditioning nodes put the text context in the
+  CONDITIONING tensor ``[1, L, D]`` and the rest in its dict (keys ``KEY_*`` below);
+  :meth:`KandinskyVideoModel.extra_conds` turns them into ``comfy.conds`` objects. Every
+  cond of a stage has the same context length L (the null text is padded like the prompt),
+  and the context mask is a ``CONDRegular``: conds whose lengths differ are never batched
+  together (core ``CONDCrossAttn`` would pad them by repeating, and the U-Net's attention
+  pooling averages over every position, padding included), so batching never changes a
+  result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+import comfy.conds
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.model_sampling
+import comfy.patcher_extension
+import comfy.samplers
+
+from ..kv_core.checkpoints import INTERPOLATION_UNET, KEYFRAME_UNET
+from ..kv_core.stage_inputs import (GROUP_FRAMES, LATENT_CHANNELS, clamp_x0, first_frame_condition, frame_index,
+                                    interpolation_input, keyframe_guidance, schedule_sigmas)
+from .networks import Network, holds_stale_weights, offload
+from .progress import MoVQLatentFormat
+
+# keys of the conditioning dict our conditioning nodes fill
+KEY_STAGE = "kandinsky_video_stage"            # "first_frame" | "keyframes" | "interpolation"
+KEY_MASK = "kandinsky_video_context_mask"      # [1, L] bool: True = real token
+KEY_CONDITION = "kandinsky_video_condition"    # keyframes: [1, 5, T, h, w] (latent 4 + mask 1)
+KEY_MOTION = "kandinsky_video_motion"          # keyframes: [1] motion score
+KEY_AUGMENTATION = "kandinsky_video_noise_augmentation"  # keyframes: [1] augmentation timestep
+KEY_NEIGHBOURS = "kandinsky_video_neighbours"  # interpolation: [1, 8, G, h, w] (left 4, right 4)
+KEY_SKIP = "kandinsky_video_skip_frames"       # interpolation: [1] int32
+KEY_PERTURBATION = "kandinsky_video_perturbation_time"  # interpolation: [1] int32
+KEY_TEMPORAL_MASK = "kandinsky_video_temporal_mask"     # interpolation: [1] float (1 cond, 0 uncond)
+
+STAGES_OF = {KEYFRAME_UNET: ("first_frame", "keyframes"), INTERPOLATION_UNET: ("interpolation",)}
+WHICH_NODE = {"first_frame": "Kandinsky Video First Frame Conditioning",
+              "keyframes": "Kandinsky Video Keyframes Conditioning",
+              "interpolation": "Kandinsky Video Interpolation Conditioning"}
+
+
+class GroupLatentFormat(comfy.latent_formats.LatentFormat):
+    """Interpolation groups: 12 channels = 3 frames x 4 MoVQ channels (frame-major). The
+    preview shows the mean of the three frames with the MoVQ format's factors."""
+
+    latent_channels = GROUP_FRAMES * LATENT_CHANNELS
+    latent_rgb_factors = [[v / GROUP_FRAMES for v in row] for row in MoVQLatentFormat.latent_rgb_factors] * GROUP_FRAMES
+
+
+def model_sampling(prediction: str):
+    """Discrete model sampling over the release schedule; ``prediction`` "eps" or "v"."""
+    base = comfy.model_sampling.EPS if prediction == "eps" else comfy.model_sampling.V_PREDICTION
+
+    class KandinskyVideoSampling(comfy.model_sampling.ModelSamplingDiscrete, base):
+        def __init__(self):
+            super().__init__(None)
+            self.set_sigmas(schedule_sigmas())
+
+    return KandinskyVideoSampling()
+
+
+class _Config:
+    """The part of a ``comfy.supported_models_base.BASE`` that ``BaseModel`` and the
+    samplers read (no U-Net is created: the network is already loaded)."""
+
+    def __init__(self, latent_format):
+        self.unet_config = {"disable_unet_model_creation": True}
+        self.latent_format = latent_format
+        self.manual_cast_dtype = None
+        self.custom_operations = None
+        self.optimizations = {}
+        self.scaled_fp8 = None
+        self.memory_usage_factor = 1.0
+        self.sampling_settings = {}
+        self.supported_inference_dtypes = [torch.float32, torch.bfloat16, torch.float16]
+
+    def process_unet_state_dict(self, sd):
+        return sd
+
+    def process_unet_state_dict_for_saving(self, sd):
+        return sd
+
+
+class CoreAdapter(torch.nn.Module):
+    """``diffusion_model(xc, t, context=..., **extra)`` as core models are called -> the
+    kv_core network's own call. Rows are video-major with frames (groups) inner, as the
+    pack's loops batch them."""
+
+    def __init__(self, network: torch.nn.Module, kind: str):
+        super().__init__()
+        self.net = network
+        self.kind = kind
+
+    def forward(self, x, timesteps, context=None, control=None, transformer_options=None, **kw):
+        stage = kw.get(KEY_STAGE)
+        mask = kw.get(KEY_MASK)
+        if stage not in STAGES_OF[self.kind] or mask is None or context is None:
+            got = f"a stage {stage!r}" if stage else "conditioning without the Kandinsky Video inputs"
+            raise ValueError(f"this Kandinsky Video MODEL needs conditioning from "
+                             f"{' or '.join(WHICH_NODE[s] for s in STAGES_OF[self.kind])} (got {got})")
+        b = x.shape[0]
+        if self.kind == KEYFRAME_UNET:
+            if stage == "first_frame":
+                if x.ndim != 4:
+                    raise ValueError(f"the first frame is an image latent [B, 4, h, w], got {list(x.shape)}")
+                return self.net(x, timesteps, context, mask, mode="image")
+            if x.ndim != 5:
+                raise ValueError(f"keyframes are a video latent [B, 4, T, h, w], got {list(x.shape)}")
+            t_frames = x.shape[2]
+            rows = _rows(x)
+            per_row = lambda v: v.repeat_interleave(t_frames, 0)  # noqa: E731
+            out = self.net(rows, per_row(timesteps), per_row(context), per_row(mask), mode="video",
+                           num_frames=t_frames, temporal_embed=frame_index(t_frames, b, x.device),
+                           noise_aug_time=per_row(kw[KEY_AUGMENTATION]), motion_score=per_row(kw[KEY_MOTION]))
+            return _unrows(out, b)
+        if x.ndim != 5:
+            raise ValueError(f"interpolation groups are a latent [B, 12, G, h, w], got {list(x.shape)}")
+        groups = x.shape[2]
+        per_row = lambda v: v.repeat_interleave(groups, 0)  # noqa: E731
+        neighbours = _rows(kw[KEY_NEIGHBOURS].to(x))
+        inp = interpolation_input(neighbours[:, :LATENT_CHANNELS], _rows(x), neighbours[:, LATENT_CHANNELS:])
+        out = self.net(inp, per_row(timesteps), per_row(context), per_row(mask), num_groups=groups,
+                       perturbation_time=per_row(kw[KEY_PERTURBATION]), skip_frames=per_row(kw[KEY_SKIP]),
+                       temporal_mask=per_row(kw[KEY_TEMPORAL_MASK]))
+        return _unrows(out, b)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, T, h, w]`` -> ``[B*T, C, h, w]`` (frames inner)."""
+    b, c, t, h, w = x.shape
+    return x.movedim(2, 1).reshape(b * t, c, h, w)
+
+
+def _unrows(rows: torch.Tensor, b: int) -> torch.Tensor:
+    n, c, h, w = rows.shape
+    return rows.reshape(b, n // b, c, h, w).movedim(1, 2)
+
+
+class KandinskyVideoModel(comfy.model_base.BaseModel):
+    """A kv_core U-Net as a core model (see the module docstring)."""
+
+    def __init__(self, network: Network):
+        kind = network.kind
+        if kind not in STAGES_OF:
+            raise ValueError(f"{network.describe()} is not a U-Net")
+        video = kind == INTERPOLATION_UNET
+        model_type = comfy.model_base.ModelType.V_PREDICTION if video else comfy.model_base.ModelType.EPS
+        super().__init__(_Config(GroupLatentFormat() if video else MoVQLatentFormat()), model_type,
+                         device=network.load_device)
+        self.model_sampling = model_sampling("v" if video else "eps")
+        self.diffusion_model = CoreAdapter(network.module, kind)
+        self.kind = kind
+        self.compute_dtype = network.compute_dtype
+        self.null_embedding = network.null_embedding
+
+    def get_dtype(self):
+        return self.compute_dtype
+
+    def memory_required(self, input_shape, cond_shapes={}):
+        # as the pack's own stages estimate it (nodes.networks.activation_memory): rows x area
+        rows = input_shape[0] * (input_shape[2] if len(input_shape) == 5 else 1)
+        return int(rows * math.prod(input_shape[-2:]) * mm.dtype_size(self.compute_dtype) * 15 * 1024)
+
+    def extra_conds(self, **kwargs):
+        stage = kwargs.get(KEY_STAGE)
+        out = {}
+        if kwargs.get("cross_attn") is not None:
+            out["c_crossattn"] = comfy.conds.CONDCrossAttn(kwargs["cross_attn"])
+        if stage is None:
+            return out
+        out[KEY_STAGE] = comfy.conds.CONDConstant(stage)
+        out[KEY_MASK] = comfy.conds.CONDRegular(kwargs[KEY_MASK])
+        if stage == "first_frame":
+            noise = kwargs["noise"]
+            out["c_concat"] = comfy.conds.CONDNoiseShape(first_frame_condition(1, *noise.shape[-2:], noise.device))
+        elif stage == "keyframes":
+            out["c_concat"] = comfy.conds.CONDNoiseShape(kwargs[KEY_CONDITION])
+            out[KEY_MOTION] = comfy.conds.CONDRegular(kwargs[KEY_MOTION])
+            out[KEY_AUGMENTATION] = comfy.conds.CONDRegular(kwargs[KEY_AUGMENTATION])
+        else:
+            out[KEY_NEIGHBOURS] = comfy.conds.CONDNoiseShape(kwargs[KEY_NEIGHBOURS])
+            for key in (KEY_SKIP, KEY_PERTURBATION, KEY_TEMPORAL_MASK):
+                out[key] = comfy.conds.CONDRegular(kwargs[key])
+        return out
+
+
+def _one_holder(network: Network):
+    """OUTER_SAMPLE wrapper of the core MODEL: before sampling, the module has one holder.
+
+    The pack's own patcher (``network.patcher``) and the core one share the module. When
+    the pack's is loaded, it is unloaded (and so is any loaded core patcher of the module,
+    whose weights that moves), and when a loaded core patcher lost weights to the pack's
+    patcher meanwhile, it is unloaded; ComfyUI then loads the core patcher afresh."""
+
+    def wrapper(executor, *args, **kwargs):
+        patcher = executor.class_obj.model_patcher
+        loaded = [p for p in mm.loaded_models() if p is not None]
+        pack_loaded = any(p is network.patcher for p in loaded)
+        core_loaded = [p for p in loaded if p is not network.patcher and p.is_clone(patcher)]
+        if pack_loaded or (core_loaded and holds_stale_weights(patcher)):
+            if pack_loaded:
+                offload(network)
+            for p in core_loaded:
+                offload(dataclasses.replace(network, patcher=p))
+        return executor(*args, **kwargs)
+
+    return wrapper
+
+
+def core_model(network: Network) -> comfy.model_patcher.ModelPatcher:
+    """A ``MODEL`` (ModelPatcher) around ``network``'s module, made once per loaded network
+    (the loader's output is cached, so is this)."""
+    patcher = getattr(network, "core_patcher", None)
+    if patcher is None:
+        model = KandinskyVideoModel(network)
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=network.load_device,
+                                                   offload_device=network.patcher.offload_device)
+        patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "kandinsky_video",
+                                     _one_holder(network))
+        network.core_patcher = patcher  # nodes.networks.stage unloads it before the pack's stages
+    return patcher.clone()
+
+
+def kandinsky_model(model, stage: str, what: str) -> KandinskyVideoModel:
+    """The Kandinsky Video model inside a MODEL, checked to run ``stage``."""
+    inner = getattr(model, "model", None)
+    if not isinstance(inner, KandinskyVideoModel):
+        raise ValueError(f"{what}: the MODEL is not a Kandinsky Video U-Net; connect Kandinsky Video "
+                         f"{'Interpolation' if stage == 'interpolation' else 'Keyframe'} Model")
+    if stage not in STAGES_OF[inner.kind]:
+        need = "Interpolation" if stage == "interpolation" else "Keyframe"
+        this = "interpolation" if inner.kind == INTERPOLATION_UNET else "keyframe"
+        raise ValueError(f"{what}: this MODEL is the {this} U-Net; the {stage.replace('_', ' ')} stage needs "
+                         f"Kandinsky Video {need} Model")
+    if inner.null_embedding is None:
+        raise ValueError(f"{what}: the U-Net was loaded without its null embedding (the null-text context)")
+    return inner
+
+
+class KandinskyVideoGuider(comfy.samplers.CFGGuider):
+    """The release's guidance on core sampling, combined in full before the x0 clamp.
+
+    Two conds (first frame, interpolation): ``(w + 1) cond - w uncond`` through core
+    ``cfg_function`` (so ``sampler_cfg_function`` and post-CFG patches apply as for core
+    CFG with ``cfg = w + 1``). Three conds (keyframes): ``(1 - wi) uncond +
+    (wi - wp) image_only + wp full`` — core ``DualCFGGuider``'s regular style with cond1 =
+    full, cond2 = image_only, negative = uncond, cfg_conds = wp, cfg_cond2_negative = wi —
+    then the post-CFG patches. Then, when ``clamp`` is on (the release), ``clamp(x0, -1, 1)``
+    of the whole combination (core's post-CFG hooks inside DualCFGGuider only see its
+    partial ``cfg_function`` term, so a clamp there would differ)."""
+
+    def set_weights(self, guidance_scale: float, image_guidance_scale: float = 0.0, clamp: bool = True):
+        self.guidance_scale = float(guidance_scale)
+        self.image_guidance_scale = float(image_guidance_scale)
+        self.clamp = bool(clamp)
+        self.set_cfg(self.guidance_scale + 1.0)
+
+    def set_conds(self, positive, negative, image_only=None):
+        conds = {"positive": positive, "negative": negative}
+        if image_only is not None:
+            conds["image_only"] = image_only
+        self.inner_set_conds(conds)
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        positive, negative = self.conds.get("positive"), self.conds.get("negative")
+        image_only = self.conds.get("image_only")
+        if image_only is None:
+            out = comfy.samplers.calc_cond_batch(self.inner_model, [positive, negative], x, timestep, model_options)
+            denoised = comfy.samplers.cfg_function(self.inner_model, out[0], out[1], self.cfg, x, timestep,
+                                                   model_options=model_options, cond=positive, uncond=negative)
+        else:
+            out = comfy.samplers.calc_cond_batch(self.inner_model, [positive, image_only, negative], x, timestep,
+                                                 model_options)
+            denoised = keyframe_guidance(out[0], out[1], out[2], self.guidance_scale, self.image_guidance_scale)
+            for fn in model_options.get("sampler_post_cfg_function", []):
+                denoised = fn({"denoised": denoised, "cond": positive, "uncond": negative,
+                               "cond_scale": self.guidance_scale, "model": self.inner_model,
+                               "uncond_denoised": out[2], "cond_denoised": out[0], "sigma": timestep,
+                               "model_options": model_options, "input": x})
+        return clamp_x0(denoised) if self.clamp else denoised
