@@ -65,7 +65,8 @@ import torch
 
 from .noise import SeededNoise, check_seed, extend_stage
 from .rules import _is_int, check_num_keyframes, frame_rate, interpolation_passes, movq_factor, REFERENCE_KEYFRAMES
-from .sampling import CancelFn, ProgressFn, TextCondition, _pad_length
+from .sampling import CancelFn, ProgressFn, TextCondition
+from .stage_inputs import _pad_length
 from .stages import decode_first_frame, encode_first_frame, generate_keyframes
 from .text import unconditional_context
 
@@ -302,7 +303,7 @@ class PromptTimeline:
             ctx, mask = c.context.float().cpu(), c.context_mask.cpu().to(torch.int64)
             if c.negative_context is None:
                 neg, neg_mask = unconditional_context(ctx, mask, null_embedding.float().cpu())
-            else:  # first as a run of this prompt alone pads them (sampling.guidance_contexts)
+            else:  # first as a run of this prompt alone pads them (stage_inputs.guidance_contexts)
                 neg, neg_mask = c.negative_context.float().cpu(), c.negative_mask.cpu().to(torch.int64)
                 pair = max(ctx.shape[1], neg.shape[1])
                 ctx, mask = _pad_length(ctx, mask, pair)
