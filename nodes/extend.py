@@ -17,6 +17,7 @@ from .inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos
 from .keyframes import KandinskyVideoKeyframes
 from .networks import activation_memory, stage
 from .progress import StepProgress
+from .video_input import recorded_fps
 
 WHAT = "Kandinsky Video Extend"
 # the segment's own settings are the Keyframes node's, with its tooltips and ranges
@@ -87,6 +88,10 @@ class KandinskyVideoExtend(CheckedCombos, io.ComfyNode):
         n, (h, w) = int(videos[0].shape[0]), videos[0].shape[-2:]
         if n < 2:
             raise ValueError(f"{WHAT}: the latent has {n} frame; a video to continue has at least 2 keyframes")
+        if recorded_fps(latent) is not None:
+            raise ValueError(f"{WHAT}: this latent is an encoded video (Encode Video) at its own frame rate, not "
+                             "keyframes: to continue it, take its last frame (core Image From Batch) into Encode "
+                             "First Frame -> Keyframes, then Extend that")
         recorded = sockets.recorded_keyframes(latent)
         if recorded is not None and recorded != n:
             raise ValueError(f"{WHAT}: this latent has {n} frames made from {recorded} keyframes: it is "

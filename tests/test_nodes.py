@@ -589,6 +589,20 @@ def test_extend_options_reencode_and_multi_frame_condition(kv):
     result = kv.run(prompt, timeout=600)
     assert result.status == "error" and result.error["node_id"] == "600"
     assert "connect Load Kandinsky Video Image MoVQ to movq" in result.error["exception_message"]
+    # an encoded video (4 copies of the picture at 6 fps) is no keyframes latent
+    prompt["600"]["inputs"].update(condition_source="latent", condition_frames=1)
+    image = node_of(prompt, "KandinskyVideoEncodeFirstFrame")
+    prompt["610"] = {"class_type": "RepeatImageBatch", "inputs": {"image": prompt[image]["inputs"]["image"],
+                                                                 "amount": 4}}
+    prompt["611"] = {"class_type": "KandinskyVideoInterpolationUNetLoader",
+                     "inputs": {"unet_name": "interpolation.pt", "weight_dtype": "default"}}
+    prompt["612"] = {"class_type": "KandinskyVideoEncodeVideo", "inputs": {
+        "movq": [node_of(prompt, "KandinskyVideoMoVQLoader"), 0], "interpolation_unet": ["611", 0],
+        "images": ["610", 0], "fps": 6.0, "fit": "pad", "max_side": 0}}
+    prompt["600"]["inputs"]["latent"] = ["612", 0]
+    result = kv.run(prompt, timeout=600)
+    assert result.status == "error" and result.error["node_id"] == "600"
+    assert "this latent is an encoded video (Encode Video)" in result.error["exception_message"]
 
 
 @pytest.mark.parametrize("class_type,name,value", [
