@@ -216,6 +216,22 @@ def test_per_group_contexts_reach_the_interpolation_unet(pipe):
         rtol=0, atol=0)
 
 
+def test_windows_give_each_group_its_segments_prompt(pipe):
+    """Interpolation in windows of groups (``window=``, for long videos): each window's
+    U-Net call gets the rows of its own groups, so the per-segment prompts follow them."""
+    a, b = condition(1, 4), condition(2, 6)
+    timeline = PromptTimeline.start(a, 3).extended(b, 2)  # groups: a, a, b, b
+    unet = Recorder(pipe.interpolation_unet)
+    null = pipe.interpolation_null_embedding
+    interpolate_frames(unet, null, timeline.condition(5, null), video(5), noise=2, window=2, **FAST)
+    calls = unet.calls[:2]  # the two windows of the first step
+    assert [c["context"].shape[0] for c in calls] == [4, 4]  # 2 groups, cond and uncond rows
+    for call, prompt in zip(calls, (a, b)):
+        length = prompt.context.shape[1]
+        for row in (0, 1):
+            torch.testing.assert_close(call["context"][row, :length], prompt.context[0], rtol=0, atol=0)
+
+
 # --- the documented loop ------------------------------------------------------------------------
 
 def test_the_readme_loop_makes_a_long_video(pipe):
