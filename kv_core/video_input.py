@@ -141,7 +141,8 @@ def _multiple(rule) -> int:
 def plan_fit(width: int, height: int, rule, mode: str = "pad", max_side: int = 0) -> VideoFit:
     """The :class:`VideoFit` of a ``width`` x ``height`` input for the networks' ``rule`` (a
     :class:`~kv_core.rules.SizeRule` or its pixel multiple). ``ValueError`` for an unknown
-    mode, a bad ``max_side``, or ``crop`` of a side shorter than one multiple."""
+    mode, a bad ``max_side`` (negative, or below one multiple: a video shrunk that far is
+    mostly padding), or ``crop`` of a side shorter than one multiple."""
     if mode not in FIT_MODES:
         raise ValueError(f"fit must be one of {FIT_MODES}, got {mode!r}")
     for name, value in (("width", width), ("height", height)):
@@ -150,6 +151,9 @@ def plan_fit(width: int, height: int, rule, mode: str = "pad", max_side: int = 0
     if not _is_int(max_side) or max_side < 0:
         raise ValueError(f"max_side must be 0 (off) or a positive number of pixels, got {max_side!r}")
     m = _multiple(rule)
+    if max_side and max_side < m:
+        raise ValueError(f"max_side {max_side} is below the smallest size the networks take ({m} pixels): the frames "
+                         f"would be mostly padding or resampling; set max_side to 0 (off) or at least {m}")
     ww, wh = width, height
     if max_side and max(width, height) > max_side:
         s = max_side / max(width, height)

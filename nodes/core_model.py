@@ -29,6 +29,7 @@ What the model is to the host:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import torch
@@ -194,6 +195,7 @@ class KandinskyVideoModel(comfy.model_base.BaseModel):
             out["c_crossattn"] = comfy.conds.CONDCrossAttn(kwargs["cross_attn"])
         if stage is None:
             return out
+        check_latent_fits(stage, kwargs)
         out[KEY_STAGE] = comfy.conds.CONDConstant(stage)
         out[KEY_MASK] = comfy.conds.CONDRegular(kwargs[KEY_MASK])
         if stage == "first_frame":
@@ -208,6 +210,76 @@ class KandinskyVideoModel(comfy.model_base.BaseModel):
             for key in (KEY_SKIP, KEY_PERTURBATION, KEY_TEMPORAL_MASK):
                 out[key] = comfy.conds.CONDRegular(kwargs[key])
         return out
+
+
+def _expected_latent(stage: str, values: dict):
+    """The latent shape a stage's conds were made for, batch left out: ``[4, h, w]`` (first
+    frame: any size, only the rank is fixed), ``[4, T, h, w]`` (keyframes), ``[12, G, h, w]``
+    (interpolation); None for the first frame."""
+    if stage == "keyframes":
+        c = values.get(KEY_CONDITION)
+        return None if c is None else (LATENT_CHANNELS, *c.shape[2:])
+    if stage == "interpolation":
+        n = values.get(KEY_NEIGHBOURS)
+        return None if n is None else (GROUP_FRAMES * LATENT_CHANNELS, *n.shape[2:])
+    return None
+
+
+def check_latent_fits(stage: str, values: dict) -> None:
+    """Refuse, naming the fix, a latent that is not the one the conds' Conditioning node
+    made (another stage's, another size, frame or group count): without this check the
+    host fails deep inside with a tensor size error."""
+    noise = values.get("noise")
+    if not isinstance(noise, torch.Tensor):
+        return
+    node = WHICH_NODE.get(stage, "the Kandinsky Video Conditioning node")
+    expected = _expected_latent(stage, values)
+    if stage == "first_frame":
+        ok, want = noise.ndim == 4 and noise.shape[1] == LATENT_CHANNELS, "[1, 4, h, w]"
+    else:
+        ok = expected is not None and tuple(noise.shape[1:]) == tuple(expected)
+        want = f"[1, {', '.join(str(v) for v in expected or ())}]"
+    if not ok:
+        raise ValueError(f"the latent being sampled is {list(noise.shape)}, but the guider's conds come from "
+                         f"{node} and need its latent {want}: connect that node's latent output to the "
+                         f"sampler's latent_image (the conds and the latent of one Conditioning node belong "
+                         f"together)")
+
+
+def _cond_stage(conditioning, name: str, what: str) -> str:
+    """The stage a core CONDITIONING from our Conditioning nodes was made for."""
+    stages = set()
+    if isinstance(conditioning, list) and conditioning:
+        for entry in conditioning:
+            extra = entry[1] if isinstance(entry, (list, tuple)) and len(entry) == 2 else None
+            stages.add(extra.get(KEY_STAGE) if isinstance(extra, dict) else None)
+    if len(stages) != 1 or None in stages:
+        raise ValueError(f"{what}: {name} is not from a Kandinsky Video Conditioning node (First Frame, Keyframes or "
+                         f"Interpolation Conditioning); connect that node's {name} output")
+    return stages.pop()
+
+
+def check_guider_inputs(model, positive, negative, image_only, what: str) -> str:
+    """The stage of a Kandinsky Video Guider's conds, checked: all from one stage, for this
+    MODEL (a Kandinsky Video U-Net that runs that stage), and image_only given exactly for
+    the keyframes (their release guidance needs all three conds; without it the two-cond
+    formula would run with the no-image negative, a silently different result)."""
+    stage = _cond_stage(positive, "positive", what)
+    if _cond_stage(negative, "negative", what) != stage:
+        raise ValueError(f"{what}: positive and negative come from different Conditioning nodes; connect both "
+                         f"from the same {WHICH_NODE[stage]}")
+    kandinsky_model(model, stage, what)
+    if stage == "keyframes":
+        if image_only is None:
+            raise ValueError(f"{what}: keyframes need all three conds of {WHICH_NODE[stage]}: connect its image_only "
+                             "output to image_only (the release's guidance mixes prompt, image and null text)")
+        if _cond_stage(image_only, "image_only", what) != stage:
+            raise ValueError(f"{what}: image_only comes from another Conditioning node; connect the image_only of "
+                             f"the same {WHICH_NODE[stage]}")
+    elif image_only is not None:
+        raise ValueError(f"{what}: image_only is for the keyframes only; disconnect it for the "
+                         f"{stage.replace('_', ' ')} stage")
+    return stage
 
 
 def _one_holder(network: Network):
@@ -233,6 +305,19 @@ def _one_holder(network: Network):
     return wrapper
 
 
+def _note_plain_cfg_on_keyframes(executor, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: a guider with only positive and negative (core KSampler /
+    CFGGuider) on the keyframes' conds runs plain CFG between prompt + image and null text
+    without image; that runs, but is not the release's keyframe guidance, so say so."""
+    conds = getattr(executor.class_obj, "conds", None) or {}
+    stages = {c.get(KEY_STAGE) for group in conds.values() for c in (group or []) if isinstance(c, dict)}
+    if "keyframes" in stages and set(conds) <= {"positive", "negative"}:
+        logging.warning("Kandinsky Video keyframes sampled with positive and negative only (KSampler / CFGGuider): "
+                        "plain CFG, not the release's keyframe guidance; for that use Kandinsky Video Guider with "
+                        "image_only (or core DualCFGGuider regular: cond1 positive, cond2 image_only)")
+    return executor(*args, **kwargs)
+
+
 def core_model(network: Network) -> comfy.model_patcher.ModelPatcher:
     """A ``MODEL`` (ModelPatcher) around ``network``'s module, made once per loaded network
     (the loader's output is cached, so is this)."""
@@ -243,6 +328,8 @@ def core_model(network: Network) -> comfy.model_patcher.ModelPatcher:
                                                    offload_device=network.patcher.offload_device)
         patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "kandinsky_video",
                                      _one_holder(network))
+        patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "kandinsky_video_guidance",
+                                     _note_plain_cfg_on_keyframes)
         network.core_patcher = patcher  # nodes.networks.stage unloads it before the pack's stages
     return patcher.clone()
 

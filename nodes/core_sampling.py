@@ -8,6 +8,8 @@ any core sampler, scheduler and model patch. Thin adapters of ``nodes.core_model
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
 import comfy.model_management as mm
@@ -25,6 +27,7 @@ from . import core_model as cm
 from . import sockets
 from .inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos, size_inputs
 from .networks import activation_memory, stage
+from .video_input import AUTO_SKIP, carry_video_record, resolve_skip_frames
 
 CORE = f"{CATEGORY}/core sampling"
 LOSSES = ("What this path loses against the pack's own stage nodes: the noise comes from the core noise node, "
@@ -217,12 +220,17 @@ class KandinskyVideoInterpolationConditioning(io.ComfyNode):
                          "LATENT of zeros [1, 12, N-1, h, w]: the three new frames of each of the N-1 gaps, "
                          "frame-major on the 12 channels. Guide with Kandinsky Video Guider (guidance 0.5 = core "
                          "cfg 1.5), sigmas from Kandinsky Video Sigmas (interpolation), then Kandinsky Video "
-                         "Assemble Frames. " + LOSSES),
+                         "Assemble Frames. The sampler runs all N-1 groups in one U-Net batch (no window): for "
+                         "long videos that do not fit memory use Kandinsky Video Interpolate with a window. "
+                         + LOSSES),
             inputs=[io.Model.Input("model", tooltip="From Kandinsky Video Interpolation Model."),
                     io.Latent.Input("latent", tooltip="The video to interpolate: from Keyframes (either path), a "
-                                                      "previous Assemble Frames or Interpolate, or Load Latent."),
-                    io.Int.Input("skip_frames", default=SKIP_FRAMES[1], min=0, max=MAX_SKIP_FRAMES,
-                                 tooltip="3 for the first pass (2 -> 8 fps), 1 for the second (8 -> 32 fps)."),
+                                                      "previous Assemble Frames or Interpolate, Encode Video (any "
+                                                      "video), or Load Latent."),
+                    io.Int.Input("skip_frames", default=SKIP_FRAMES[1], min=AUTO_SKIP, max=MAX_SKIP_FRAMES,
+                                 tooltip="3 for the first pass (2 -> 8 fps), 1 for the second (8 -> 32 fps). -1 "
+                                         "(auto): from the latent's frame rate, 3 below 4.2 fps, 1 from there up "
+                                         "(as Interpolate)."),
                     sockets.Conditioning.Input("conditioning", optional=True,
                                                tooltip="From Kandinsky Video Text Encode (the release uses the "
                                                        "keyframes' prompt). Without it, both sides use the null "
@@ -243,6 +251,7 @@ class KandinskyVideoInterpolationConditioning(io.ComfyNode):
         if n < 2:
             raise ValueError(f"{what}: interpolation needs a video of at least 2 frames, got {n}")
         size_rule(interpolation_unet=inner.diffusion_model.net).check_latent(h, w, "video latent")
+        skip_frames = resolve_skip_frames(skip_frames, latent, n, what)
         ctx, mask, uc, um = _contexts(model, conditioning, "interpolation", what)
         groups = n - 1
 
@@ -280,8 +289,16 @@ class KandinskyVideoAssembleFrames(io.ComfyNode):
         if len(video) != 1 or not isinstance(g, torch.Tensor) or g.ndim != 5 or g.shape[0] != 1:
             raise ValueError(f"{what}: expected one video in frames and the sampled groups [1, 12, N-1, h, w] of the "
                              "Interpolation Conditioning in groups")
+        n, _, h, w = video[0].shape
+        if tuple(g.shape[1:]) != (GROUP_FRAMES * LATENT_CHANNELS, n - 1, h, w):
+            raise ValueError(f"{what}: the {n} frames [1, 4, {n}, {h}, {w}] need their groups "
+                             f"[1, 12, {n - 1}, {h}, {w}], got {list(g.shape)}: connect to groups the sampler "
+                             "output whose latent_image came from the Interpolation Conditioning of this very video "
+                             "(frames = that node's latent input)")
         assembled = assemble_interpolated(video[0].cpu(), g[0].movedim(1, 0).float().cpu())
-        return io.NodeOutput(sockets.video_latent(assembled, sockets.recorded_keyframes(frames)))
+        # an Encode Video latent's frame rate (x4) and size record go on to Decode, as through Interpolate
+        return io.NodeOutput(carry_video_record(frames, sockets.video_latent(assembled,
+                                                                             sockets.recorded_keyframes(frames))))
 
 
 class KandinskyVideoGuider(io.ComfyNode):
@@ -305,11 +322,14 @@ class KandinskyVideoGuider(io.ComfyNode):
                     io.Boolean.Input("clamp_x0", default=True,
                                      tooltip="Clamp the guided x0 to [-1, 1] as the release does."),
                     io.Conditioning.Input("image_only", optional=True,
-                                          tooltip="Keyframes: the image_only output of the Keyframes Conditioning.")],
+                                          tooltip="Keyframes (required there): the image_only output of the Keyframes "
+                                                  "Conditioning. Leave it unconnected for the first frame and "
+                                                  "interpolation.")],
             outputs=[io.Guider.Output()])
 
     @classmethod
     def execute(cls, model, positive, negative, guidance_scale, image_guidance_scale, clamp_x0, image_only=None):
+        cm.check_guider_inputs(model, positive, negative, image_only, "Kandinsky Video Guider")
         guider = cm.KandinskyVideoGuider(model)
         guider.set_conds(positive, negative, image_only)
         guider.set_weights(guidance_scale, image_guidance_scale, clamp_x0)
@@ -328,7 +348,8 @@ class KandinskyVideoSigmas(CheckedCombos, io.ComfyNode):
             inputs=[io.Combo.Input("stage", options=list(STAGES), default="keyframes",
                                    tooltip="The stage whose schedule to give (its network's timesteps)."),
                     io.Int.Input("steps", default=0, min=0, max=NUM_TRAIN_TIMESTEPS,
-                                 tooltip="0 = the release's (50, 50, 10)."),
+                                 tooltip="0 = the release's (50, 50, 10). Leading spacing starts below pure "
+                                         "noise with few steps (4: t = 750, 93 % noise): use trailing below 8."),
                     io.Combo.Input("spacing", options=["default", "leading", "trailing", "linspace"],
                                    default="default",
                                    tooltip="default = the release's (first frame / keyframes leading, "
@@ -337,7 +358,19 @@ class KandinskyVideoSigmas(CheckedCombos, io.ComfyNode):
 
     @classmethod
     def execute(cls, stage, steps, spacing):
-        sigmas = release_sigmas(stage, steps or STEPS[stage], SPACING[stage] if spacing == "default" else spacing)
+        steps, spacing = steps or STEPS[stage], SPACING[stage] if spacing == "default" else spacing
+        sigmas = release_sigmas(stage, steps, spacing)
+        # a sampler starts from noise * sigmas[0]: its share of pure noise (VP) is s / sqrt(1 + s^2)
+        start = float(sigmas[0]) / (1.0 + float(sigmas[0]) ** 2) ** 0.5
+        if steps == 1 and spacing != "trailing":
+            raise ValueError(f"Kandinsky Video Sigmas: 1 step with {spacing} spacing is timestep 0 alone (sigma "
+                             f"{float(sigmas[0]):.3g}: nothing would be denoised); use spacing 'trailing' (it starts "
+                             "at pure noise) or more steps")
+        if start < 0.98:
+            logging.warning("Kandinsky Video Sigmas: %d %s steps start at sigma %.3g, only %.0f %% of pure noise: the "
+                            "sampler starts from a partly noised blank latent (the pack's stage nodes start from pure "
+                            "noise there); use spacing 'trailing' or 8 steps or more", steps, spacing,
+                            float(sigmas[0]), 100 * start)
         return io.NodeOutput(sigmas)
 
 

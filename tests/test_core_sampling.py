@@ -444,6 +444,133 @@ def test_a_foreign_model_or_the_wrong_unet_is_refused_with_the_node_to_use(host,
         cs.KandinskyVideoFirstFrameConditioning.execute(object(), nets["text"], 64, 64)
 
 
+def test_the_guider_refuses_conds_that_do_not_fit_naming_the_wiring(host, nets):
+    """Wiring mistakes that used to run silently wrong (keyframe conds without image_only:
+    the two-cond formula with the no-image negative) or end in a tensor size error deep in
+    the host (a foreign MODEL, conds of two stages, image_only on another stage, a latent
+    from another Conditioning node) are refused with the connection to make."""
+    import comfy.model_patcher
+
+    cs = host.nodes.core_sampling
+    guider_node = cs.KandinskyVideoGuider.execute
+    model, _, ff_latent, ff_sigmas = _first_frame(host, nets)
+    ff_pos, ff_neg, _ = out(cs.KandinskyVideoFirstFrameConditioning.execute(model, nets["text"], 64, 64))
+    _, kf_guider, kf_latent, kf_sigmas, (kf_pos, kf_image_only, kf_neg, _) = _keyframes(host, nets)
+    with pytest.raises(ValueError, match="connect its image_only output"):
+        guider_node(model, kf_pos, kf_neg, 5.0, 2.0, True)
+    with pytest.raises(ValueError, match="image_only is for the keyframes only"):
+        guider_node(model, ff_pos, ff_neg, 5.0, 2.0, True, kf_image_only)
+    with pytest.raises(ValueError, match="different Conditioning nodes"):
+        guider_node(model, kf_pos, ff_neg, 5.0, 2.0, True, kf_image_only)
+    with pytest.raises(ValueError, match="negative is not from a Kandinsky Video Conditioning node"):
+        guider_node(model, ff_pos, [[torch.zeros(1, 77, 768), {}]], 5.0, 2.0, True)
+    foreign = comfy.model_patcher.ModelPatcher(torch.nn.Linear(2, 2), "cpu", "cpu")
+    with pytest.raises(ValueError, match="not a Kandinsky Video U-Net"):
+        guider_node(foreign, ff_pos, ff_neg, 5.0, 2.0, True)
+    interpolation = out(cs.KandinskyVideoInterpolationModel.execute(interpolation_unet=nets["interpolation"]))[0]
+    with pytest.raises(ValueError, match="needs Kandinsky Video Keyframe Model"):
+        guider_node(interpolation, ff_pos, ff_neg, 5.0, 2.0, True)
+
+    # a latent from another node: named before sampling, not a torch size error
+    ff_guider = out(guider_node(model, ff_pos, ff_neg, 5.0, 2.0, True))[0]
+    samples = kf_latent["samples"]
+    with pytest.raises(ValueError, match="First Frame Conditioning and need its latent"):
+        core_sample(ff_guider, torch.zeros(samples.shape), samples, "ddim", ff_sigmas)
+    for wrong in (ff_latent, torch.zeros(1, 4, 6, 8, 8), torch.zeros(1, 4, 4, 16, 16)):
+        with pytest.raises(ValueError, match=r"Keyframes Conditioning and need its latent \[1, 4, 4, 8, 8\]"):
+            core_sample(kf_guider, torch.zeros(wrong.shape), wrong, "ddim", kf_sigmas)
+    frames = torch.randn(3, 4, 8, 8, generator=nets["g"])
+    _, in_guider, _, in_sigmas = _interpolation(host, nets, frames)
+    with pytest.raises(ValueError, match=r"Interpolation Conditioning and need its latent \[1, 12, 2, 8, 8\]"):
+        core_sample(in_guider, torch.zeros(1, 12, 4, 8, 8), torch.zeros(1, 12, 4, 8, 8), "ddim", in_sigmas)
+
+
+def test_assemble_frames_refuses_groups_of_another_video_naming_the_wiring(host, nets):
+    cs = host.nodes.core_sampling
+    video = host.nodes.sockets.video_latent(torch.zeros(3, 4, 8, 8), 3)
+    for groups in (torch.zeros(1, 12, 4, 8, 8), torch.zeros(1, 4, 2, 8, 8), torch.zeros(1, 12, 2, 16, 16)):
+        with pytest.raises(ValueError, match=r"Assemble Frames: the 3 frames .* need their groups \[1, 12, 2, 8, 8\]"):
+            cs.KandinskyVideoAssembleFrames.execute(video, {"samples": groups})
+
+
+def test_sigmas_refuse_one_step_that_denoises_nothing_and_warn_of_few_leading_steps(host, nets, caplog):
+    """Leading (and linspace) spacing with 1 step is timestep 0 alone (sigma 0.006): the
+    sampler would return its start, a blank latent; few leading steps start below pure
+    noise (a washed-out result), which the log says."""
+    import logging
+
+    cs = host.nodes.core_sampling
+    for spacing in ("default", "leading", "linspace"):
+        with pytest.raises(ValueError, match="1 step with .* spacing is timestep 0 alone.*use spacing 'trailing'"):
+            cs.KandinskyVideoSigmas.execute("keyframes", 1, spacing)
+    assert float(out(cs.KandinskyVideoSigmas.execute("keyframes", 1, "trailing"))[0][0]) > 4000
+    with caplog.at_level(logging.WARNING):
+        cs.KandinskyVideoSigmas.execute("keyframes", 4, "default")
+    assert "4 leading steps start at sigma 2.45, only 93 % of pure noise" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        for steps in (0, 8, 1000):
+            cs.KandinskyVideoSigmas.execute("first_frame", steps, "default")
+        cs.KandinskyVideoSigmas.execute("interpolation", 1, "default")
+    assert "Kandinsky Video Sigmas" not in caplog.text
+
+
+def test_an_encoded_video_keeps_its_rate_and_size_through_the_core_path(host, nets):
+    """Encode Video -> Interpolation Conditioning -> sampler -> Assemble Frames -> Decode:
+    skip_frames -1 takes the rate the latent records (as Interpolate does), and Assemble
+    Frames passes the rate (x4) and the fit on, so Decode gives 4 x fps at the input's
+    size (before, the record was dropped: Decode asked for a keyframe count, and with one
+    gave the release's rate at the network's padded size)."""
+    import kvpack.nodes.video_input as vi
+    from kvpack.kv_core.video_input import plan_fit
+
+    cs, cm = host.nodes.core_sampling, host.nodes.core_model
+    model = out(cs.KandinskyVideoInterpolationModel.execute(interpolation_unet=nets["interpolation"]))[0]
+    frames = torch.randn(3, 4, 8, 8, generator=nets["g"])
+    fit = plan_fit(60, 50, 32, "pad")
+    for fps, skip in ((24.0, 1), (2.0, 3)):
+        video = host.nodes.sockets.video_latent(frames, None)
+        video[vi.FPS_KEY], video[vi.FIT_KEY] = fps, fit.to_dict()
+        pos, neg, groups = out(cs.KandinskyVideoInterpolationConditioning.execute(model, video, -1))
+        assert int(pos[0][1][cm.KEY_SKIP]) == int(neg[0][1][cm.KEY_SKIP]) == skip
+        assembled = out(cs.KandinskyVideoAssembleFrames.execute(video, groups))[0]
+        assert assembled["samples"].shape == (1, 4, 9, 8, 8)
+        assert assembled[vi.FPS_KEY] == 4 * fps and assembled[vi.FIT_KEY] == fit.to_dict()
+        assert vi.recorded_fit(assembled) == fit
+    generated = host.nodes.sockets.video_latent(frames, 3)  # 3 keyframes: 3 / 5.5 fps -> 3
+    pos, _, _ = out(cs.KandinskyVideoInterpolationConditioning.execute(model, generated, -1))
+    assert int(pos[0][1][cm.KEY_SKIP]) == 3
+    with pytest.raises(ValueError, match="does not say its frame rate.*set skip_frames to 3"):
+        cs.KandinskyVideoInterpolationConditioning.execute(model, {"samples": generated["samples"]}, -1)
+
+
+def test_plain_cfg_on_the_keyframes_is_logged_as_not_the_release_guidance(host, nets, caplog):
+    """Core KSampler / CFGGuider can only take positive and negative: on the keyframes that
+    is plain CFG (prompt + image against null text without image), which runs but is not
+    the release's three-cond guidance, so the log says it; the Kandinsky Video Guider and
+    core DualCFGGuider (three conds) are not flagged, nor is CFG on another stage."""
+    import logging
+
+    import comfy.samplers
+    from comfy_extras.nodes_custom_sampler import Guider_DualCFG
+
+    _, guider, latent, sigmas, (pos, image_only, neg, model) = _keyframes(host, nets)
+    samples = latent["samples"]
+    cfg = comfy.samplers.CFGGuider(model)
+    cfg.set_conds(pos, neg)
+    cfg.set_cfg(6.0)
+    dual = Guider_DualCFG(model)
+    dual.set_conds(pos, image_only, neg)
+    dual.set_cfg(5.0, 2.0, nested=False)
+    _, ff_guider, ff_latent, ff_sigmas = _first_frame(host, nets)
+    for g, lat, sig, flagged in ((cfg, samples, sigmas, True), (guider, samples, sigmas, False),
+                                 (dual, samples, sigmas, False), (ff_guider, ff_latent, ff_sigmas, False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            core_sample(g, torch.zeros(lat.shape), lat, "ddim", sig[-2:])
+        assert ("not the release's keyframe guidance" in caplog.text) == flagged, (g, caplog.text)
+
+
 def test_a_long_videos_prompt_timeline_is_refused_by_the_core_interpolation(host, nets):
     """Core sampling takes one context for every group: a prompt timeline of several
     segments (Kandinsky Video Extend) is refused, naming the node that honours it; a

@@ -75,6 +75,11 @@ def test_max_side_scales_down_and_back():
     assert plan_fit(100, 50, 32, "pad", max_side=200).scaled is False  # never scales up
     with pytest.raises(ValueError, match="max_side must be 0"):
         plan_fit(100, 50, 32, "pad", max_side=-1)
+    for mode in FIT_MODES:  # a side shrunk below one multiple would be mostly padding (pad) or resampled up
+        with pytest.raises(ValueError, match="max_side 8 is below the smallest size the networks take .64 pixels.*"
+                                             "at least 64"):
+            plan_fit(1000, 500, 64, mode, max_side=8)
+    assert plan_fit(1000, 500, 64, "pad", max_side=64).net_width == 64
     with pytest.raises(ValueError, match="fit must be one of"):
         plan_fit(100, 50, 32, "stretch")
 
