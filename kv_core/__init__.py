@@ -19,4 +19,6 @@ Each stage has one obvious module:
 - ``rules``               sizes, settings, frame counts and rates (checked before any network runs)
 - ``stages``              the stage functions: the only orchestration (the nodes and the pipeline call them)
 - ``pipeline``            the whole text/image-to-video pipeline over the stages
+- ``extend``              long videos: segments continued from the last keyframe, joined, and the
+                          prompt timeline of their interpolation
 """

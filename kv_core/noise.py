@@ -30,6 +30,7 @@ import torch
 
 STAGES = ("first_frame", "keyframes")
 _INTERPOLATION = re.compile(r"interpolation_from_([0-9]+)")
+_EXTEND = re.compile(r"extend_from_([0-9]+)")
 MAX_SEED = 2 ** 64 - 1
 
 
@@ -57,15 +58,25 @@ def interpolation_stage(num_frames: int) -> str:
     return f"interpolation_from_{num_frames}"
 
 
+def extend_stage(num_keyframes: int) -> str:
+    """The noise stream of a segment that continues a video of ``num_keyframes``
+    keyframes (``"extend_from_12"``, ``kv_core.extend``): keyed on what its input carries,
+    so the segment is reproduced from the same keyframes and seed (a loaded latent too),
+    and segments of one seed at different places draw different noise."""
+    if isinstance(num_keyframes, bool) or not isinstance(num_keyframes, int) or num_keyframes < 2:
+        raise ValueError(f"a video to continue has at least 2 keyframes, got {num_keyframes!r}")
+    return f"extend_from_{num_keyframes}"
+
+
 def stage_seed(seed: int, stage: str) -> int:
-    """The seed of one pipeline stage (one of ``STAGES``, or ``interpolation_stage(N)``),
-    derived from the user seed with a hash so that neighbouring seeds and different stages
-    never share a stream."""
+    """The seed of one pipeline stage (one of ``STAGES``, ``interpolation_stage(N)`` or
+    ``extend_stage(N)``), derived from the user seed with a hash so that neighbouring seeds
+    and different stages never share a stream."""
     check_seed(seed)
-    match = _INTERPOLATION.fullmatch(stage) if isinstance(stage, str) else None
+    match = (_INTERPOLATION.fullmatch(stage) or _EXTEND.fullmatch(stage)) if isinstance(stage, str) else None
     if stage not in STAGES and not (match and int(match.group(1)) >= 2):
-        raise ValueError(f"stage must be one of {STAGES} or 'interpolation_from_<N>' (N >= 2 input frames), "
-                         f"got {stage!r}")
+        raise ValueError(f"stage must be one of {STAGES}, 'interpolation_from_<N>' (N >= 2 input frames) or "
+                         f"'extend_from_<N>' (N >= 2 keyframes), got {stage!r}")
     digest = hashlib.blake2b(f"kandinsky-video:{stage}:{seed}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1  # torch.Generator takes < 2**63 safely
 

@@ -165,7 +165,10 @@ def sample_keyframes(
     frame ``key_frame`` ``[4, h, w]``.
 
     The first frame is noised to timestep ``noise_augmentation`` with *uniform* noise (as
-    the reference) and put in the condition channels of frame 0 with mask 1. Each step
+    the reference) and put in the condition channels of frame 0 with mask 1. A
+    ``key_frame`` ``[m, 4, h, w]`` (2 <= m < T) conditions frames 0 .. m-1 the same way
+    (the long-video option of ``kv_core.extend``; the release conditions frame 0 only and
+    was trained for that). Each step
     runs one forward of 3T rows, copy-major: (text, image), (null text, image),
     (null text, no image), then ``(1 - wi) uncond + (wi - wp) image_only + wp full``.
     """
@@ -178,8 +181,8 @@ def sample_keyframes(
     uniform = noise.rand(key_frame.shape, device=device)
     noisy_key = augment_key_frame(key_frame, uniform, noise_augmentation, sampler.alphas_cumprod)
 
-    # condition channels (latent 4 + mask 1) of the three copies: only frame 0 of the
-    # first two copies carries the image
+    # condition channels (latent 4 + mask 1) of the three copies: only frame 0 (0 .. m-1)
+    # of the first two copies carries the image
     with_image = keyframe_condition(noisy_key, t_frames, h, w, device)
     condition = torch.cat([with_image, with_image, keyframe_condition(None, t_frames, h, w, device)])
 

@@ -171,11 +171,14 @@ def augment_key_frame(key_frame: torch.Tensor, uniform: torch.Tensor, noise_augm
 def keyframe_condition(noisy_key: Optional[torch.Tensor], num_frames: int, h: int, w: int,
                        device=None) -> torch.Tensor:
     """Condition channels of one video copy ``[num_frames, 5, h, w]``: ``noisy_key``
-    ``[4, h, w]`` and mask 1 on frame 0 (None: no image, all zeros)."""
+    ``[4, h, w]`` and mask 1 on frame 0 (None: no image, all zeros). ``noisy_key``
+    ``[m, 4, h, w]`` conditions frames 0 .. m-1 the same way (``kv_core.extend``'s
+    multi-frame option, outside what the release was trained for)."""
     condition = torch.zeros(num_frames, CONDITION_CHANNELS, h, w, device=device)
     if noisy_key is not None:
-        condition[0, :LATENT_CHANNELS] = noisy_key.to(device=condition.device, dtype=condition.dtype)
-        condition[0, LATENT_CHANNELS] = 1.0
+        keys = noisy_key if noisy_key.ndim == 4 else noisy_key[None]
+        condition[:keys.shape[0], :LATENT_CHANNELS] = keys.to(device=condition.device, dtype=condition.dtype)
+        condition[:keys.shape[0], LATENT_CHANNELS] = 1.0
     return condition
 
 

@@ -163,12 +163,18 @@ def generate_keyframes(
     device=None, dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """Keyframe latents ``[num_keyframes, 4, h, w]`` conditioned on ``key_latent``
-    ``[4, h, w]`` (from ``encode_first_frame``). ``motion``: preset name or number."""
-    if not isinstance(key_latent, torch.Tensor) or key_latent.ndim != 3:
-        raise ValueError("key_latent must be a tensor [4, h, w] from encode_first_frame")
+    ``[4, h, w]`` (from ``encode_first_frame``; frame 0, as the release). ``motion``:
+    preset name or number. A ``key_latent`` ``[m, 4, h, w]`` with 2 <= m < num_keyframes
+    conditions frames 0 .. m-1 (``kv_core.extend``'s multi-frame option: outside what
+    the release was trained for)."""
+    num_keyframes = check_num_keyframes(num_keyframes)
+    if not isinstance(key_latent, torch.Tensor) or key_latent.ndim not in (3, 4) or (
+            key_latent.ndim == 4 and not 2 <= key_latent.shape[0] < num_keyframes):
+        shape = list(key_latent.shape) if isinstance(key_latent, torch.Tensor) else type(key_latent).__name__
+        raise ValueError(f"key_latent must be a tensor [4, h, w] from encode_first_frame, or [m, 4, h, w] with "
+                         f"2 <= m < num_keyframes ({num_keyframes}) to condition the first m frames; got {shape}")
     size_rule(unet=unet).check_latent(*key_latent.shape[-2:], "first-frame latent")
     check_context_width(cond, null_embedding, "keyframe U-Net")
-    num_keyframes = check_num_keyframes(num_keyframes)
     score = motion_score(motion)
     noise_augmentation = check_noise_augmentation(noise_augmentation)
     wp = check_guidance("guidance_weight_prompt", guidance_weight_prompt)

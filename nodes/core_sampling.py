@@ -50,6 +50,11 @@ def _contexts(model, conditioning, stage_name: str, what: str):
         mask = torch.zeros(1, DEFAULT_TOKENS_LENGTH, dtype=torch.bool)
         mask[:, 0] = True
         return ctx, mask, ctx, mask
+    timeline = getattr(conditioning, "timeline", None)  # a long video's prompts (Kandinsky Video Extend)
+    if stage_name == "interpolation" and timeline is not None and len(timeline.segments) > 1:
+        raise ValueError(f"{what}: this conditioning is a long video's prompt timeline (one prompt per segment); "
+                         "the core sampling path takes one prompt for every group: use Kandinsky Video Interpolate "
+                         "for per-segment prompts, or wire one Text Encode here")
     cond = conditioning.text_condition()
     if cond.context.shape[-1] != null.shape[-1]:
         raise ValueError(f"{what}: the text conditioning has width {cond.context.shape[-1]} but this U-Net takes "

@@ -7,7 +7,6 @@ import torch
 
 from comfy_api.latest import io
 
-from ..kv_core.rules import frame_rate
 from ..kv_core.stages import decode_chunk_sizes, decode_frames
 from ..kv_core.video_input import restore_frames
 from . import sockets
@@ -44,6 +43,11 @@ class KandinskyVideoDecode(io.ComfyNode):
                                      "records it (straight from Keyframes / Interpolate). A latent from Load "
                                      "Latent carries only its frames: set this to the Keyframes node's "
                                      "num_keyframes (12 in the release), or the node says so."),
+                io.Int.Input("segment_keyframes", default=0, min=0, max=MAX_KEYFRAMES, optional=True,
+                             tooltip="A long video (Kandinsky Video Extend) plays at the rate of its first "
+                                     "segment: this is that segment's keyframe count. 0: as the latent records "
+                                     "it, or a single video. Set it (with num_keyframes = the joined keyframes) "
+                                     "after Load Latent of a long video."),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="The frames, [frames, H, W, 3] in 0..1."),
@@ -54,16 +58,16 @@ class KandinskyVideoDecode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, video_movq, latent, chunk_size=0, num_keyframes=0) -> io.NodeOutput:
+    def execute(cls, video_movq, latent, chunk_size=0, num_keyframes=0, segment_keyframes=0) -> io.NodeOutput:
         videos = sockets.latent_videos(latent, "Kandinsky Video Decode")
         num_frames, (h, w) = int(videos[0].shape[0]), videos[0].shape[-2:]
         fit, fps = recorded_fit(latent), recorded_fps(latent)
-        if fps is None:
-            keyframes = sockets.video_keyframes(latent, num_frames, int(num_keyframes), "Kandinsky Video Decode")
-            fps = frame_rate(num_frames, keyframes)
-        elif num_keyframes:
+        if fps is None:  # made from keyframes: one video, or a long video at its first segment's rate
+            fps = sockets.video_frame_rate(latent, num_frames, int(num_keyframes), int(segment_keyframes),
+                                           "Kandinsky Video Decode")
+        elif num_keyframes or segment_keyframes:
             raise ValueError(f"Kandinsky Video Decode: this latent is an encoded video at {fps:g} fps, not made "
-                             "from keyframes: set num_keyframes to 0")
+                             "from keyframes: set num_keyframes and segment_keyframes to 0")
         chunk = int(chunk_size) or None
         sizes = decode_chunk_sizes(num_frames, chunk)
         bar = StepProgress(len(sizes) * len(videos))

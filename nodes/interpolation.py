@@ -36,7 +36,9 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
                 sockets.Conditioning.Input("conditioning", optional=True,
                                            tooltip="From Kandinsky Video Text Encode (the release uses the same "
                                                    "prompt context as the keyframes). Optional: without it, the "
-                                                   "null-text context (no prompt; the frames alone guide it)."),
+                                                   "null-text context (no prompt; the frames alone guide it). From "
+                                                   "a long video's last Extend: each group gets its segment's "
+                                                   "prompt."),
                 io.Latent.Input("latent", tooltip="Video latent from Kandinsky Video Keyframes or a previous "
                                                   "Interpolate (or Load Latent of one)."),
                 io.Int.Input("skip_frames", default=SKIP_FRAMES[1], min=AUTO_SKIP, max=MAX_SKIP_FRAMES,
@@ -64,10 +66,12 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
         videos = sockets.latent_videos(latent, "Kandinsky Video Interpolate")
         skip_frames = resolve_skip_frames(skip_frames, latent, int(videos[0].shape[0]),
                                           "Kandinsky Video Interpolate")
-        text = (conditioning.text_condition() if conditioning is not None
-                else null_condition(interpolation_unet.null_embedding))
         window = int(window) or None
         groups, (h, w) = videos[0].shape[0] - 1, videos[0].shape[-2:]
+        # a long video's prompt timeline gives each group its segment's prompt (checked before loading)
+        text = (sockets.interpolation_condition(conditioning, groups + 1, interpolation_unet.null_embedding,
+                                                "Kandinsky Video Interpolate") if conditioning is not None
+                else null_condition(interpolation_unet.null_embedding))
         progress = StepProgress(steps * len(videos), lambda x: x.reshape(-1, 4, *x.shape[-2:]))
         out = []
         rows = 2 * max(min(groups, window or groups), 1)  # a window's rows are what the U-Net holds at once
@@ -85,7 +89,8 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
                     cancel=progress.cancel, device=device, dtype=interpolation_unet.compute_dtype).cpu())
         keyframes = sockets.recorded_keyframes(latent)  # passed on for Decode's frame rate, if known
         # an Encode Video latent's frame rate (x4) and size record go on to Decode
-        return io.NodeOutput(carry_video_record(latent, sockets.video_latent(out, keyframes)))
+        out = sockets.video_latent(out, keyframes, sockets.recorded_segments(latent))  # a long video's segments too
+        return io.NodeOutput(carry_video_record(latent, out))
 
 
 NODES = [KandinskyVideoInterpolate]

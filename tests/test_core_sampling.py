@@ -569,3 +569,22 @@ def test_plain_cfg_on_the_keyframes_is_logged_as_not_the_release_guidance(host, 
         with caplog.at_level(logging.WARNING):
             core_sample(g, torch.zeros(lat.shape), lat, "ddim", sig[-2:])
         assert ("not the release's keyframe guidance" in caplog.text) == flagged, (g, caplog.text)
+
+
+def test_a_long_videos_prompt_timeline_is_refused_by_the_core_interpolation(host, nets):
+    """Core sampling takes one context for every group: a prompt timeline of several
+    segments (Kandinsky Video Extend) is refused, naming the node that honours it; a
+    timeline of one segment is its prompt."""
+    cs, sockets = host.nodes.core_sampling, host.nodes.sockets
+    PromptTimeline = sockets.PromptTimeline  # the pack's own kv_core, as the host loaded it
+    model = out(cs.KandinskyVideoInterpolationModel.execute(interpolation_unet=nets["interpolation"]))[0]
+    text = nets["text"]
+    video = sockets.video_latent(torch.zeros(5, 4, 8, 8), 5)
+    two = sockets.ConditioningTimeline("a", "", text.condition,
+                                       PromptTimeline.start(text.condition, 3).extended(text.condition, 2))
+    with pytest.raises(ValueError, match="use Kandinsky Video Interpolate for per-segment prompts"):
+        cs.KandinskyVideoInterpolationConditioning.execute(model, video, 3, two)
+    one = sockets.ConditioningTimeline("a", "", text.condition, PromptTimeline.start(text.condition, 5))
+    got = out(cs.KandinskyVideoInterpolationConditioning.execute(model, video, 3, one))
+    want = out(cs.KandinskyVideoInterpolationConditioning.execute(model, video, 3, text))
+    assert torch.equal(got[0][0][0], want[0][0][0])

@@ -49,7 +49,8 @@ INTERFACE = {
                                  "num_keyframes"], ["LATENT"]),
     "KandinskyVideoInterpolate": (["interpolation_unet", "latent", "skip_frames", "guidance_scale", "steps",
                                    "sampler", "seed", "conditioning", "window"], ["LATENT"]),
-    "KandinskyVideoDecode": (["video_movq", "latent", "chunk_size", "num_keyframes"], ["IMAGE", "FLOAT"]),
+    "KandinskyVideoDecode": (["video_movq", "latent", "chunk_size", "num_keyframes", "segment_keyframes"],
+                             ["IMAGE", "FLOAT"]),
     "KandinskyVideoEncodeVideo": (["movq", "interpolation_unet", "images", "fps", "fit", "max_side", "mask"],
                                   ["LATENT"]),
     # the core sampling path (nodes/core_sampling.py)
@@ -67,6 +68,10 @@ INTERFACE = {
     "KandinskyVideoGuider": (["model", "positive", "negative", "guidance_scale", "image_guidance_scale", "clamp_x0",
                               "image_only"], ["GUIDER"]),
     "KandinskyVideoSigmas": (["stage", "steps", "spacing"], ["SIGMAS"]),
+    "KandinskyVideoExtend": (["keyframe_unet", "previous_conditioning", "latent", "motion", "noise_augmentation",
+                              "guidance_weight_prompt", "guidance_weight_image", "steps", "sampler", "seed",
+                              "num_keyframes", "conditioning", "condition_frames", "condition_source", "movq"],
+                             ["LATENT", "KV_CONDITIONING"]),
 }
 
 
@@ -380,6 +385,17 @@ def _video(host, result, key: str) -> tuple[np.ndarray, float]:
     return frames, float(result.outputs[key + "2"]["text"][0])
 
 
+def _saved_latents(host, result) -> dict:
+    """The ``.latent`` files a run saved, copied into input/ for Load Latent: the tag before
+    the counter of each file name (``..._k_00001_.latent`` -> ``k``) -> file name."""
+    saved = {}
+    for p in host.output_files(result):
+        if p.suffix == ".latent":
+            shutil.copy(p, host.input_dir / p.name)
+            saved[p.name.split("_")[-3]] = p.name
+    return saved
+
+
 def _interpolate(prompt: dict, like: dict, latent: list, key: str, skip_frames: int) -> None:
     """An Interpolate with the inputs of ``like`` but another latent and skip_frames."""
     prompt[key] = {"class_type": "KandinskyVideoInterpolate",
@@ -410,11 +426,7 @@ def test_saved_latent_gives_the_direct_run(kv, num_keyframes):
     _decoded(prompt, [first, 0], "820", f"{tag}/direct1")
     _decoded(prompt, ["800", 0], "830", f"{tag}/direct2")
     direct = kv.run(prompt, timeout=900, check=True)
-    saved = {}
-    for p in kv.output_files(direct):
-        if p.suffix == ".latent":
-            shutil.copy(p, kv.input_dir / p.name)
-            saved[p.name.split("_")[-3]] = p.name
+    saved = _saved_latents(kv, direct)
     assert set(saved) == {"k", "i"}
     one, fps1 = _video(kv, direct, "820")
     two, fps2 = _video(kv, direct, "830")
@@ -472,6 +484,125 @@ def test_decode_of_a_loaded_latent_asks_for_the_keyframe_count(kv):
     result = kv.run(direct, timeout=600)
     assert result.status == "error"
     assert "num_keyframes is 6 but this latent was made from 12 keyframes" in result.error["exception_message"]
+
+
+def _long_video(host, seed: int) -> dict:
+    """The shipped three-prompt template as a fast API prompt without its video file."""
+    prompt = fast(host.to_api(shipped_workflow("kandinsky_video_long_video_3_prompts")), seed=seed)
+    for key in [k for k, v in prompt.items() if v["class_type"] in ("KandinskyVideoDecode", "CreateVideo",
+                                                                   "SaveVideo")]:
+        del prompt[key]
+    return prompt
+
+
+def test_long_video_chain_and_its_saved_latents(kv):
+    """Keyframes -> Extend -> Extend (three prompts, 12 keyframes each) -> Interpolate ->
+    Decode: 34 joined keyframes, 133 frames at the rate of one segment (45 / 5.5 s). A saved
+    latent reproduces the run: Load Latent of the joined keyframes -> Interpolate with the
+    Extend's prompt timeline, and Load Latent of the interpolated one -> Decode with the
+    counts set; without them Decode refuses and names segment_keyframes. A timeline of
+    another video and an interpolated latent given to Extend are refused."""
+    prompt = _long_video(kv, seed=31)
+    extends = sorted(k for k, v in prompt.items() if v["class_type"] == "KandinskyVideoExtend")
+    interpolate = node_of(prompt, "KandinskyVideoInterpolate")
+    last = next(k for k in extends if prompt[interpolate]["inputs"]["latent"] == [k, 0])
+    assert prompt[interpolate]["inputs"]["conditioning"] == [last, 1]  # the prompt timeline
+    tag = f"kv_long_{uuid.uuid4().hex[:6]}"
+    _save_latent(prompt, last, "810", f"latents/{tag}_k")
+    _save_latent(prompt, interpolate, "811", f"latents/{tag}_i")
+    _decoded(prompt, [interpolate, 0], "820", f"{tag}/direct")
+    _decoded(prompt, [last, 0], "821", f"{tag}/keyframes")
+    direct = kv.run(prompt, timeout=900, check=True)
+    frames, fps = _video(kv, direct, "820")
+    keyframes, keyframe_fps = _video(kv, direct, "821")
+    assert (len(keyframes), len(frames)) == (34, 133)
+    assert fps == pytest.approx(45 / 5.5) and keyframe_fps == pytest.approx(12 / 5.5)
+    saved = _saved_latents(kv, direct)
+    assert set(saved) == {"k", "i"}
+
+    loaded = copy.deepcopy(prompt)
+    for key in ("810", "811", "820", "8201", "8202", "821", "8211", "8212"):
+        del loaded[key]
+    loaded["700"] = {"class_type": "LoadLatent", "inputs": {"latent": saved["k"]}}
+    loaded["701"] = {"class_type": "LoadLatent", "inputs": {"latent": saved["i"]}}
+    _interpolate(loaded, prompt[interpolate], ["700", 0], "710", 3)
+    _decoded(loaded, ["710", 0], "720", f"{tag}/720", 34)
+    loaded["720"]["inputs"]["segment_keyframes"] = 12
+    _decoded(loaded, ["701", 0], "730", f"{tag}/730", 34)
+    loaded["730"]["inputs"]["segment_keyframes"] = 12
+    after = kv.run(loaded, timeout=900, check=True)
+    for key in ("720", "730"):
+        got, got_fps = _video(kv, after, key)
+        assert got_fps == pytest.approx(fps), key
+        assert np.array_equal(got, frames), (key, int(np.abs(got.astype(int) - frames).max()))
+
+    movq = node_of(prompt, "KandinskyVideoVideoMoVQLoader")
+    bare = {"1": {"class_type": "LoadLatent", "inputs": {"latent": saved["i"]}},
+            "2": {"class_type": "KandinskyVideoVideoMoVQLoader", "inputs": dict(prompt[movq]["inputs"])},
+            "3": {"class_type": "KandinskyVideoDecode", "inputs": {"video_movq": ["2", 0], "latent": ["1", 0],
+                                                                  "chunk_size": 0}},
+            "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}}}
+    result = kv.run(bare, timeout=600)
+    assert result.status == "error" and "segment_keyframes to its first segment's" in result.error["exception_message"]
+
+    wrong = copy.deepcopy(prompt)
+    first = next(k for k in extends if k != last)
+    wrong[interpolate]["inputs"]["conditioning"] = [first, 1]  # the timeline of 23 keyframes
+    result = kv.run(wrong, timeout=600)
+    assert result.status == "error" and result.error["node_id"] == interpolate
+    assert "the prompt timeline covers 23 keyframes (12 + 11) but the video has 34 frames" in \
+        result.error["exception_message"]
+    wrong = copy.deepcopy(prompt)
+    keyframes_node = node_of(prompt, "KandinskyVideoKeyframes")
+    _interpolate(wrong, prompt[interpolate], [keyframes_node, 0], "715", 3)
+    wrong["715"]["inputs"]["conditioning"] = prompt[keyframes_node]["inputs"]["conditioning"]
+    wrong[first]["inputs"]["latent"] = ["715", 0]  # 45 interpolated frames of 12 keyframes
+    result = kv.run(wrong, timeout=600)
+    assert result.status == "error" and result.error["node_id"] == first
+    assert "45 frames made from 12 keyframes: it is interpolated" in result.error["exception_message"]
+    wrong = copy.deepcopy(prompt)
+    wrong[last]["inputs"]["latent"] = ["701", 0]  # loaded: no record, but its prompt timeline has 23 keyframes
+    wrong["701"] = loaded["701"]
+    result = kv.run(wrong, timeout=600)
+    assert result.status == "error" and result.error["node_id"] == last
+    assert "the latent has 133: wire the conditioning output of the Extend node" in result.error["exception_message"]
+
+
+def test_extend_options_reencode_and_multi_frame_condition(kv):
+    """Extend's non-default options in the host: the condition re-encoded by the image MoVQ
+    and conditioning on the last 2 keyframes (12 + 4 - 2 = 14 keyframes, at the rate of
+    the 12-keyframe first segment); reencode without a MoVQ is refused before sampling."""
+    prompt = i2v_prompt(kv, seed=5)
+    keyframes = node_of(prompt, "KandinskyVideoKeyframes")
+    decode = node_of(prompt, "KandinskyVideoDecode")
+    prompt["600"] = {"class_type": "KandinskyVideoExtend", "inputs": {
+        **{k: v for k, v in prompt[keyframes]["inputs"].items() if k not in ("first_frame", "conditioning")},
+        "previous_conditioning": prompt[keyframes]["inputs"]["conditioning"], "latent": [keyframes, 0],
+        "num_keyframes": 4, "condition_frames": 2, "condition_source": "reencode",
+        "movq": [node_of(prompt, "KandinskyVideoMoVQLoader"), 0]}}
+    prompt[decode]["inputs"]["latent"] = ["600", 0]
+    prompt["901"] = {"class_type": "PreviewAny", "inputs": {"source": [decode, 1]}}
+    result = kv.run(prompt, timeout=600, check=True)
+    assert len(result.outputs["900"]["images"]) == 14
+    assert float(result.outputs["901"]["text"][0]) == pytest.approx(12 / 5.5)
+    del prompt["600"]["inputs"]["movq"]
+    result = kv.run(prompt, timeout=600)
+    assert result.status == "error" and result.error["node_id"] == "600"
+    assert "connect Load Kandinsky Video Image MoVQ to movq" in result.error["exception_message"]
+    # an encoded video (4 copies of the picture at 6 fps) is no keyframes latent
+    prompt["600"]["inputs"].update(condition_source="latent", condition_frames=1)
+    image = node_of(prompt, "KandinskyVideoEncodeFirstFrame")
+    prompt["610"] = {"class_type": "RepeatImageBatch", "inputs": {"image": prompt[image]["inputs"]["image"],
+                                                                 "amount": 4}}
+    prompt["611"] = {"class_type": "KandinskyVideoInterpolationUNetLoader",
+                     "inputs": {"unet_name": "interpolation.pt", "weight_dtype": "default"}}
+    prompt["612"] = {"class_type": "KandinskyVideoEncodeVideo", "inputs": {
+        "movq": [node_of(prompt, "KandinskyVideoMoVQLoader"), 0], "interpolation_unet": ["611", 0],
+        "images": ["610", 0], "fps": 6.0, "fit": "pad", "max_side": 0}}
+    prompt["600"]["inputs"]["latent"] = ["612", 0]
+    result = kv.run(prompt, timeout=600)
+    assert result.status == "error" and result.error["node_id"] == "600"
+    assert "this latent is an encoded video (Encode Video)" in result.error["exception_message"]
 
 
 @pytest.mark.parametrize("class_type,name,value", [

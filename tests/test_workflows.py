@@ -16,6 +16,7 @@ from pathlib import Path
 import av
 import pytest
 
+from kv_core.extend import long_video_frame_rate
 from kv_core.pipeline import frame_rate
 from test_nodes import REPO, SIZE, WORKFLOWS, fast, kv, kv_release, shipped_workflow  # noqa: F401 (fixtures)
 from tools.thumbnails import EXAMPLE_VIDEO, hidden_nodes, thumbnail_path
@@ -28,7 +29,10 @@ EXPECTED = {
     "kandinsky_video_image_to_video": (45, 12),
     "kandinsky_video_interpolate_any_video": (None, None),  # 4N - 3 frames of its input video: VIDEO_INPUTS
     "kandinsky_video_text_to_video_8fps_core_sampling": (45, 12),
+    "kandinsky_video_long_video_3_prompts": (133, 34),
 }
+# long videos: the keyframes each segment adds (the rate is the first segment's, kv_core.extend)
+SEGMENTS = {"kandinsky_video_long_video_3_prompts": [12, 11, 11]}
 # workflow -> the video in ComfyUI's input/ that it interpolates once: the video it writes has
 # 4N - 3 frames at 4 x the input's frame rate, at the input's size
 VIDEO_INPUTS = {"kandinsky_video_interpolate_any_video": EXAMPLE_VIDEO}
@@ -63,7 +67,8 @@ def expected_video(host, name: str, size: int) -> tuple[int, float, tuple[int, i
         frames, fps, wh = read_video(host.input_dir / VIDEO_INPUTS[name])
         return 4 * frames - 3, 4 * fps, wh
     frames, keyframes = EXPECTED[name]
-    return frames, frame_rate(frames, keyframes), (size, size)
+    rate = long_video_frame_rate(frames, SEGMENTS[name]) if name in SEGMENTS else frame_rate(frames, keyframes)
+    return frames, rate, (size, size)
 
 
 def check_video(host, result, name: str, size: int) -> None:
@@ -105,6 +110,8 @@ def test_shipped_workflows_keep_the_release_defaults():
                 assert values[:3] == [12, "medium", 20]
             elif node["type"] == "KandinskyVideoGuider":  # w 5 / (wp 5, wi 2) / w 0.5, with the clamp
                 assert values in ([5, 2, True], [0.5, 2, True])
+            elif node["type"] == "KandinskyVideoExtend":  # the Keyframes settings, then the seam options
+                assert values[:6] == ["medium", 20, 5, 2, 50, "ddpm"] and values[-3:] == [12, 1, "latent"]
 
 
 def _widgets(workflow: dict) -> dict:
