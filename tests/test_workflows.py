@@ -114,6 +114,14 @@ def test_shipped_workflows_keep_the_release_defaults():
                 assert values[:6] == ["medium", 20, 5, 2, 50, "ddpm"] and values[-3:] == [12, 1, "latent"]
 
 
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_template_noise_seeds_are_distinct(name):
+    """Each RandomNoise starts its own noise stream: one seed in the first frame's, the
+    keyframes' and the interpolation's RandomNoise would start all three identically."""
+    seeds = [n["widgets_values"][0] for n in shipped_workflow(name)["nodes"] if n["type"] == "RandomNoise"]
+    assert len(seeds) == len(set(seeds)), f"{name}: RandomNoise seeds {seeds} repeat"
+
+
 def _widgets(workflow: dict) -> dict:
     return {n["id"]: (n["type"], n.get("widgets_values")) for n in workflow["nodes"]}
 
