@@ -16,6 +16,7 @@ import torch
 
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.patcher_extension
 
 from .core_model import STAGES_OF, unet_patcher
 from .model_files import NETWORK_NAMES
@@ -57,6 +58,7 @@ def wrap(module: torch.nn.Module, kind: str, name: str, compute_dtype, *, load_d
                                offload_device=offload_device)
     else:
         patcher = comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device)
+    patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_LOAD, "kandinsky_video", _placed_after_load)
     return Network(kind, name, patcher, compute_dtype, null_embedding, configs)
 
 
@@ -72,6 +74,14 @@ def _place_stray_parameters(module: torch.nn.Module, device) -> None:
         for p in m.parameters(recurse=False):
             if p.device != device:
                 p.data = p.data.to(device)
+
+
+def _placed_after_load(patcher, device_to, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+    """ON_LOAD callback of every network's patcher (clones inherit it, so the core MODEL
+    of a U-Net has it too): after any load, also a partial one by a clone that the pack's
+    :func:`stage` never sees, the stray parameters are on the device it loaded to."""
+    if device_to is not None:
+        _place_stray_parameters(patcher.model, device_to)
 
 
 def offload(network: Network) -> None:

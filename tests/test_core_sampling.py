@@ -431,6 +431,27 @@ def test_the_core_model_is_a_clone_of_the_loaders_one_patcher(host, nets):
         assert torch.equal(comfy.utils.get_attr(kf.module, key.removeprefix("diffusion_model.net.")), original)
 
 
+def test_a_partial_load_of_the_core_model_places_the_stray_parameters(host, monkeypatch):
+    """A low-VRAM (partial) load by the core MODEL — a clone that the pack's stage() never
+    sees — places the parameters that cannot be cast at run time (the U-Net's learned
+    merge scalars: direct parameters of modules with children) on the load device. The
+    load goes to the meta device here (a second device on a CPU-only machine; a tensor
+    cannot be moved there in place, so the call is recorded, not made)."""
+    from kvpack.kv_core import checkpoints as ck, tiny
+    from kvpack.nodes import core_model, networks
+
+    module, null = tiny.random_unet(ck.KEYFRAME_UNET, torch.Generator().manual_seed(1))
+    meta = torch.device("meta")
+    net = networks.wrap(module, ck.KEYFRAME_UNET, "tiny", torch.float32, load_device=meta,
+                        offload_device=torch.device("cpu"), null_embedding=null)
+    placed = []
+    monkeypatch.setattr(networks, "_place_stray_parameters", lambda m, device: placed.append((m, device)))
+
+    clone = core_model.core_model(net)
+    clone.load(meta, lowvram_model_memory=1, full_load=False)
+    assert placed == [(net.patcher.model, meta)]
+
+
 def test_simple_scheduler_gives_the_trailing_interpolation_sigmas(host, nets):
     """Core ``simple`` = the release's trailing spacing when the step count divides 1000
     (the release's 10 steps); otherwise they differ by one timestep at most (``simple``
