@@ -28,9 +28,9 @@ What the model is to the host:
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -46,8 +46,10 @@ import comfy.samplers
 from ..kv_core.checkpoints import INTERPOLATION_UNET, KEYFRAME_UNET
 from ..kv_core.stage_inputs import (GROUP_FRAMES, LATENT_CHANNELS, clamp_x0, first_frame_condition, frame_index,
                                     interpolation_input, keyframe_guidance, schedule_sigmas)
-from .networks import Network, holds_stale_weights, offload
 from .progress import MoVQLatentFormat
+
+if TYPE_CHECKING:
+    from .networks import Network
 
 # keys of the conditioning dict our conditioning nodes fill
 KEY_STAGE = "kandinsky_video_stage"            # "first_frame" | "keyframes" | "interpolation"
@@ -164,21 +166,29 @@ def _unrows(rows: torch.Tensor, b: int) -> torch.Tensor:
 
 
 class KandinskyVideoModel(comfy.model_base.BaseModel):
-    """A kv_core U-Net as a core model (see the module docstring)."""
+    """A kv_core U-Net as a core model (see the module docstring).
 
-    def __init__(self, network: Network):
-        kind = network.kind
+    Adds no parameters: its state is the U-Net's (under ``diffusion_model.net.``) plus the
+    model sampling's buffers (two 1000-value schedules). Built on the module where it lies;
+    nothing is copied or moved (``device`` is left to the ModelPatcher, which takes its
+    offload device, where the loaders put the weights). ``kv_network`` is the kv_core
+    module itself, kept outside the module tree (it is registered once, inside
+    ``diffusion_model``) so that an object patch of ``diffusion_model`` by a core node
+    never changes what the pack's own stages run."""
+
+    def __init__(self, module: torch.nn.Module, kind: str, compute_dtype: torch.dtype,
+                 null_embedding: torch.Tensor | None = None):
         if kind not in STAGES_OF:
-            raise ValueError(f"{network.describe()} is not a U-Net")
+            raise ValueError(f"a {kind!r} network is not a Kandinsky Video U-Net")
         video = kind == INTERPOLATION_UNET
         model_type = comfy.model_base.ModelType.V_PREDICTION if video else comfy.model_base.ModelType.EPS
-        super().__init__(_Config(GroupLatentFormat() if video else MoVQLatentFormat()), model_type,
-                         device=network.load_device)
+        super().__init__(_Config(GroupLatentFormat() if video else MoVQLatentFormat()), model_type, device=None)
         self.model_sampling = model_sampling("v" if video else "eps")
-        self.diffusion_model = CoreAdapter(network.module, kind)
+        self.diffusion_model = CoreAdapter(module, kind)
+        object.__setattr__(self, "kv_network", module)  # a plain attribute, not a second submodule
         self.kind = kind
-        self.compute_dtype = network.compute_dtype
-        self.null_embedding = network.null_embedding
+        self.compute_dtype = compute_dtype
+        self.null_embedding = null_embedding
 
     def get_dtype(self):
         return self.compute_dtype
@@ -282,29 +292,6 @@ def check_guider_inputs(model, positive, negative, image_only, what: str) -> str
     return stage
 
 
-def _one_holder(network: Network):
-    """OUTER_SAMPLE wrapper of the core MODEL: before sampling, the module has one holder.
-
-    The pack's own patcher (``network.patcher``) and the core one share the module. When
-    the pack's is loaded, it is unloaded (and so is any loaded core patcher of the module,
-    whose weights that moves), and when a loaded core patcher lost weights to the pack's
-    patcher meanwhile, it is unloaded; ComfyUI then loads the core patcher afresh."""
-
-    def wrapper(executor, *args, **kwargs):
-        patcher = executor.class_obj.model_patcher
-        loaded = [p for p in mm.loaded_models() if p is not None]
-        pack_loaded = any(p is network.patcher for p in loaded)
-        core_loaded = [p for p in loaded if p is not network.patcher and p.is_clone(patcher)]
-        if pack_loaded or (core_loaded and holds_stale_weights(patcher)):
-            if pack_loaded:
-                offload(network)
-            for p in core_loaded:
-                offload(dataclasses.replace(network, patcher=p))
-        return executor(*args, **kwargs)
-
-    return wrapper
-
-
 def _note_plain_cfg_on_keyframes(executor, *args, **kwargs):
     """OUTER_SAMPLE wrapper: a guider with only positive and negative (core KSampler /
     CFGGuider) on the keyframes' conds runs plain CFG between prompt + image and null text
@@ -318,20 +305,25 @@ def _note_plain_cfg_on_keyframes(executor, *args, **kwargs):
     return executor(*args, **kwargs)
 
 
-def core_model(network: Network) -> comfy.model_patcher.ModelPatcher:
-    """A ``MODEL`` (ModelPatcher) around ``network``'s module, made once per loaded network
-    (the loader's output is cached, so is this)."""
-    patcher = getattr(network, "core_patcher", None)
-    if patcher is None:
-        model = KandinskyVideoModel(network)
-        patcher = comfy.model_patcher.ModelPatcher(model, load_device=network.load_device,
-                                                   offload_device=network.patcher.offload_device)
-        patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "kandinsky_video",
-                                     _one_holder(network))
-        patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "kandinsky_video_guidance",
-                                     _note_plain_cfg_on_keyframes)
-        network.core_patcher = patcher  # nodes.networks.stage unloads it before the pack's stages
-    return patcher.clone()
+def unet_patcher(module: torch.nn.Module, kind: str, compute_dtype: torch.dtype, null_embedding=None, *,
+                 load_device, offload_device) -> comfy.model_patcher.ModelPatcher:
+    """The one ModelPatcher of a loaded U-Net (``nodes.networks.wrap`` makes it at load):
+    a :class:`KandinskyVideoModel` around ``module``, which stays where it is."""
+    patcher = comfy.model_patcher.ModelPatcher(KandinskyVideoModel(module, kind, compute_dtype, null_embedding),
+                                               load_device=load_device, offload_device=offload_device)
+    patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "kandinsky_video_guidance",
+                                 _note_plain_cfg_on_keyframes)
+    return patcher
+
+
+def core_model(network: "Network") -> comfy.model_patcher.ModelPatcher:
+    """The core ``MODEL`` of a loaded U-Net: a clone of its patcher (``network.patcher``),
+    so patches that core nodes add to the MODEL stay on their clones and never reach the
+    pack's own stages, and loading either one hands over the same weights."""
+    if not isinstance(getattr(network.patcher, "model", None), KandinskyVideoModel):
+        raise ValueError(f"{network.describe()} is not a Kandinsky Video U-Net; connect a Kandinsky Video "
+                         "Keyframe or Interpolation U-Net loader")
+    return network.patcher.clone()
 
 
 def kandinsky_model(model, stage: str, what: str) -> KandinskyVideoModel:

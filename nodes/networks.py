@@ -8,7 +8,6 @@ one stage. ComfyUI's model management decides what stays loaded.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -17,7 +16,9 @@ import torch
 
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.patcher_extension
 
+from .core_model import STAGES_OF, unet_patcher
 from .model_files import NETWORK_NAMES
 
 
@@ -34,7 +35,10 @@ class Network:
 
     @property
     def module(self) -> torch.nn.Module:
-        return self.patcher.model
+        """The kv_core network: for a U-Net the module inside the patcher's core model
+        (``KandinskyVideoModel.kv_network``), for the others the patcher's model itself."""
+        model = self.patcher.model
+        return getattr(model, "kv_network", model)
 
     @property
     def load_device(self) -> torch.device:
@@ -46,7 +50,15 @@ class Network:
 
 def wrap(module: torch.nn.Module, kind: str, name: str, compute_dtype, *, load_device, offload_device,
          null_embedding=None, configs=None) -> Network:
-    patcher = comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device)
+    """``module`` (on ``offload_device``) as a :class:`Network`. A U-Net gets its one
+    patcher around the core model (``nodes.core_model.unet_patcher``), which both the
+    pack's stages and the core MODEL (a clone of it) load; the others a plain patcher."""
+    if kind in STAGES_OF:
+        patcher = unet_patcher(module, kind, compute_dtype, null_embedding, load_device=load_device,
+                               offload_device=offload_device)
+    else:
+        patcher = comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device)
+    patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_LOAD, "kandinsky_video", _placed_after_load)
     return Network(kind, name, patcher, compute_dtype, null_embedding, configs)
 
 
@@ -64,21 +76,30 @@ def _place_stray_parameters(module: torch.nn.Module, device) -> None:
                 p.data = p.data.to(device)
 
 
+def _placed_after_load(patcher, device_to, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+    """ON_LOAD callback of every network's patcher (clones inherit it, so the core MODEL
+    of a U-Net has it too): after any load, also a partial one by a clone that the pack's
+    :func:`stage` never sees, the stray parameters are on the device it loaded to."""
+    if device_to is not None:
+        _place_stray_parameters(patcher.model, device_to)
+
+
 def offload(network: Network) -> None:
     """Unload ``network`` to its offload device now (no-op when it is not loaded), through
     ComfyUI's own calls, which also keep its list of loaded models right.
 
     Hosts that have ``model_management.unload_model_and_clones`` (newer than 0.3.75; found
     by looking for it, never by version) unload the network's patcher with it. Older hosts
-    (0.3.75) get ``free_memory`` on the network's load device with every other loaded model
-    in ``keep_loaded``, which is what that call does on the newer ones.
+    (0.3.75) get ``free_memory`` on the network's load device with every loaded model but
+    the patcher and its clones (a U-Net's core MODELs) in ``keep_loaded``, which is what
+    that call does on the newer ones.
     """
     patcher = network.patcher
     unload = getattr(mm, "unload_model_and_clones", None)
     if unload is not None:
         unload(patcher)
     else:
-        others = [mm.LoadedModel(p) for p in mm.loaded_models() if p is not None and p is not patcher]
+        others = [mm.LoadedModel(p) for p in mm.loaded_models() if p is not None and not p.is_clone(patcher)]
         mm.free_memory(1e30, network.load_device, keep_loaded=others)
     mm.soft_empty_cache()
 
@@ -94,36 +115,6 @@ def offload_after_stage() -> bool:
     return os.environ.get(OFFLOAD_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def holds_stale_weights(patcher) -> bool:
-    """Whether a patcher ComfyUI lists as loaded has lost weights it placed: a layer that
-    does not cast its weights at run time holds one off the load device (another patcher
-    of the same module, the core-sampling MODEL's, moved it)."""
-    device = torch.device(patcher.load_device)
-    for m in patcher.model.modules():
-        if getattr(m, "comfy_cast_weights", False):
-            continue
-        if any(p.device != device for p in m.parameters(recurse=False)):
-            return True
-    return False
-
-
-def release_other_holders(network: Network) -> None:
-    """Before a stage loads ``network``: unload the core-sampling MODELs of its module
-    (``nodes.core_model``) that are loaded, and the network itself when those moved its
-    weights, so that one patcher holds the module at a time."""
-    core = getattr(network, "core_patcher", None)
-    if core is None:
-        return
-    loaded = [p for p in mm.loaded_models() if p is not None]
-    others = [p for p in loaded if p is not network.patcher and p.is_clone(core)]
-    mine = any(p is network.patcher for p in loaded)
-    if others or (mine and holds_stale_weights(network.patcher)):
-        for p in others:
-            offload(dataclasses.replace(network, patcher=p))
-        if mine:
-            offload(network)
-
-
 @contextlib.contextmanager
 def stage(*networks: Network, memory_required: int = 0) -> Iterator[torch.device]:
     """Load ``networks`` for one stage with ComfyUI's ``load_models_gpu`` (which unloads
@@ -131,8 +122,6 @@ def stage(*networks: Network, memory_required: int = 0) -> Iterator[torch.device
     device to run on. The networks stay loaded afterwards for the next stage or prompt,
     unless :func:`offload_after_stage` says otherwise; a stage that fails or is
     interrupted unloads them, so the memory is free for the next prompt."""
-    for n in networks:
-        release_other_holders(n)
     mm.load_models_gpu([n.patcher for n in networks], memory_required=int(memory_required))
     ok = False
     try:

@@ -386,34 +386,70 @@ def test_sampler_custom_advanced_reports_progress_previews_and_stops_on_interrup
         diffusion.forward = forward
 
 
-def test_one_patcher_holds_a_module_at_a_time(host, nets):
-    """The pack's patcher and the core MODEL's share the module: sampling on the core path
-    unloads the pack's, and a pack stage unloads the core one (which would otherwise move
-    the weights under the other's feet on a GPU); a holder whose weights were moved is seen."""
+def test_the_core_model_is_a_clone_of_the_loaders_one_patcher(host, nets):
+    """Each U-Net has one ModelPatcher (around the core model, made at load) and the core
+    MODEL is a clone of it: the module is counted and loaded once, mixing pack stages and
+    core sampling never lists two holders of it, and a weight patch added to a clone of
+    the MODEL (as a LoRA or model patch node does) applies while that clone samples and
+    is gone when the pack's stage loads the U-Net."""
     import comfy.model_management as mm
-    import comfy.model_patcher
+    import comfy.utils
 
     from kvpack.nodes import networks
 
     kf = nets["keyframe"]
     model, guider, latent, sigmas = _first_frame(host, nets)
+    assert model is not kf.patcher and model.is_clone(kf.patcher)
+    assert model.model.diffusion_model.net is kf.module  # the kv_core module itself, no copy
+    schedules = sum(b.numel() * b.element_size() for b in model.model.model_sampling.buffers())
+    assert model.model_size() == mm.module_size(kf.module) + schedules  # the module counted once
 
     def holders():
-        loaded = [p for p in mm.loaded_models() if p is not None]
-        return (any(p is kf.patcher for p in loaded), any(p is not kf.patcher and p.is_clone(model) for p in loaded))
+        return [p for p in mm.loaded_models() if p is not None and p.is_clone(kf.patcher)]
 
     with networks.stage(kf):
-        assert holders() == (True, False)
+        assert holders() == [kf.patcher]
     core_sample(guider, torch.zeros(latent.shape), latent, "ddim", sigmas[-2:])
-    assert holders() == (False, True)
+    assert len(holders()) == 1 and holders()[0] is not kf.patcher
     with networks.stage(kf):
-        assert holders() == (True, False)
+        assert holders() == [kf.patcher]
 
-    module = torch.nn.Sequential(torch.nn.Linear(2, 2))
-    assert not networks.holds_stale_weights(comfy.model_patcher.ModelPatcher(module, "cpu", "cpu"))
-    assert networks.holds_stale_weights(comfy.model_patcher.ModelPatcher(module, torch.device("meta"), "cpu"))
-    module[0].comfy_cast_weights = True  # a layer that fetches its weights at run time may stay off-device
-    assert not networks.holds_stale_weights(comfy.model_patcher.ModelPatcher(module, torch.device("meta"), "cpu"))
+    key = next(k for k, v in kf.patcher.model.state_dict().items() if k.endswith(".weight") and v.ndim >= 2)
+    original = comfy.utils.get_attr(kf.patcher.model, key).detach().clone()
+    delta = torch.full_like(original, 0.25)
+    patched = model.clone()
+    patched.add_patches({key: (delta,)})
+    assert not kf.patcher.patches and not model.patches
+    pos, neg, _ = out(host.nodes.core_sampling.KandinskyVideoFirstFrameConditioning.execute(
+        patched, nets["text"], 64, 64))
+    patched_guider = out(host.nodes.core_sampling.KandinskyVideoGuider.execute(patched, pos, neg, 5.0, 2.0, True))[0]
+    core_sample(patched_guider, torch.zeros(latent.shape), latent, "ddim", sigmas[-2:])
+    assert [p for p in holders()] == [patched]
+    assert torch.allclose(comfy.utils.get_attr(kf.patcher.model, key), original + delta)  # applied while it holds
+    with networks.stage(kf):
+        assert holders() == [kf.patcher]
+        assert torch.equal(comfy.utils.get_attr(kf.module, key.removeprefix("diffusion_model.net.")), original)
+
+
+def test_a_partial_load_of_the_core_model_places_the_stray_parameters(host, monkeypatch):
+    """A low-VRAM (partial) load by the core MODEL — a clone that the pack's stage() never
+    sees — places the parameters that cannot be cast at run time (the U-Net's learned
+    merge scalars: direct parameters of modules with children) on the load device. The
+    load goes to the meta device here (a second device on a CPU-only machine; a tensor
+    cannot be moved there in place, so the call is recorded, not made)."""
+    from kvpack.kv_core import checkpoints as ck, tiny
+    from kvpack.nodes import core_model, networks
+
+    module, null = tiny.random_unet(ck.KEYFRAME_UNET, torch.Generator().manual_seed(1))
+    meta = torch.device("meta")
+    net = networks.wrap(module, ck.KEYFRAME_UNET, "tiny", torch.float32, load_device=meta,
+                        offload_device=torch.device("cpu"), null_embedding=null)
+    placed = []
+    monkeypatch.setattr(networks, "_place_stray_parameters", lambda m, device: placed.append((m, device)))
+
+    clone = core_model.core_model(net)
+    clone.load(meta, lowvram_model_memory=1, full_load=False)
+    assert placed == [(net.patcher.model, meta)]
 
 
 def test_simple_scheduler_gives_the_trailing_interpolation_sigmas(host, nets):

@@ -34,8 +34,14 @@ REPLACED = lazy.install(comfy.ops)
 UNLOADED: list = []  # class names of the models given to unload_model_and_clones
 
 
+def _name(model) -> str:
+    """The class name of a patcher's network: a U-Net's kv_core module inside its core model
+    (``kv_network``), the model itself for the others."""
+    return type(getattr(model, "kv_network", model)).__name__
+
+
 def _simulated_unload_model_and_clones(model, unload_additional_models=True, all_devices=False):
-    UNLOADED.append(type(model.model).__name__)
+    UNLOADED.append(_name(model.model))
     keep = [m for m in mm.current_loaded_models if m.model is not None and not model.is_clone(m.model)]
     mm.free_memory(1e30, mm.get_torch_device(), keep)
 
@@ -70,7 +76,7 @@ class KVTestHostState:
             "replaced": REPLACED,
             "lazy_linear": bool(getattr(comfy.ops.manual_cast.Linear, lazy.LAZY_MARK, False)),
             "counts": dict(lazy.COUNTS),
-            "loaded": [type(p.model).__name__ for p in mm.loaded_models() if p is not None],
+            "loaded": [_name(p.model) for p in mm.loaded_models() if p is not None],
             "unloaded": list(UNLOADED),
             "unload_model_and_clones": hasattr(mm, "unload_model_and_clones"),
             "native_unload": NATIVE_UNLOAD is not None,
