@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -48,8 +47,6 @@ from ..kv_core.stage_inputs import (GROUP_FRAMES, LATENT_CHANNELS, clamp_x0, fir
                                     interpolation_input, keyframe_guidance, schedule_sigmas)
 from .progress import MoVQLatentFormat
 
-if TYPE_CHECKING:
-    from .networks import Network
 
 # keys of the conditioning dict our conditioning nodes fill
 KEY_STAGE = "kandinsky_video_stage"            # "first_frame" | "keyframes" | "interpolation"
@@ -316,10 +313,11 @@ def unet_patcher(module: torch.nn.Module, kind: str, compute_dtype: torch.dtype,
     return patcher
 
 
-def core_model(network: "Network") -> comfy.model_patcher.ModelPatcher:
+def core_model(network) -> comfy.model_patcher.ModelPatcher:
     """The core ``MODEL`` of a loaded U-Net: a clone of its patcher (``network.patcher``),
     so patches that core nodes add to the MODEL stay on their clones and never reach the
-    pack's own stages, and loading either one hands over the same weights."""
+    pack's own stages, and loading either one hands over the same weights. ``network`` is a
+    ``nodes.networks.Network`` (not imported: that module imports this one)."""
     if not isinstance(getattr(network.patcher, "model", None), KandinskyVideoModel):
         raise ValueError(f"{network.describe()} is not a Kandinsky Video U-Net; connect a Kandinsky Video "
                          "Keyframe or Interpolation U-Net loader")
