@@ -472,7 +472,7 @@ torch.save({"noise": noise, "frames": result.frames, "latents": result.intermedi
 def test_a_seed_gives_the_same_noise_and_outputs_equal_up_to_rounding(tmp_path):
     """The README's promise, exactly: noise bit-identical with 1 and 2 threads and across
     processes; the video equal up to floating-point rounding (stated tolerance: frames at
-    most 2/255 apart in under 5 % of values, latents within 1e-2), since other thread
+    most 2/255 apart in under 5 % of values, latents within 2e-2 and 1e-3 on average), since other thread
     counts sum in other orders."""
     from kv_core.noise import SeededNoise, interpolation_stage
     from kv_core.tiny import write_tiny_release
@@ -489,9 +489,13 @@ def test_a_seed_gives_the_same_noise_and_outputs_equal_up_to_rounding(tmp_path):
         assert torch.equal(x, here) and torch.equal(out[2]["noise"][stage], here), stage
     assert len({x.sum().item() for x in out[1]["noise"].values()}) == 4  # four distinct streams
     assert interpolation_stage(3) != interpolation_stage(9)
-    # measured: latents (|x| <= 1) at most 3.7e-3 apart (mean 2e-4), frames at most 1/255
-    # apart in 1.0 % of values; a different noise stream would change nearly every value
-    torch.testing.assert_close(out[1]["latents"], out[2]["latents"], atol=1e-2, rtol=0)
+    # measured: latents (|x| <= 1) at most 3.7e-3 apart (mean 2e-4) on one x86 CPU, 1.0017e-2
+    # at one of 2304 values on an AMD EPYC (same torch 2.14.1); frames at most 1/255 apart in
+    # 1.0 % of values. A different noise stream would move nearly every value by ~0.5, so a
+    # small mean difference with a bounded maximum still tells rounding from another draw.
+    latent_diff = (out[1]["latents"] - out[2]["latents"]).abs()
+    assert float(latent_diff.max()) <= 2e-2 and float(latent_diff.mean()) <= 1e-3, \
+        f"latents up to {float(latent_diff.max()):.3g} apart, mean {float(latent_diff.mean()):.3g}"
     diff = (out[1]["frames"].int() - out[2]["frames"].int()).abs()
     assert int(diff.max()) <= 2 and float((diff > 0).float().mean()) < 0.05, \
         f"{int(diff.max())}/255 apart in {float((diff > 0).float().mean()):.2%} of values"
