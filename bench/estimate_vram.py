@@ -53,9 +53,11 @@ if str(ROOT) not in sys.path:
 from kv_core import dtypes  # noqa: E402
 from kv_core.checkpoints import (INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ,  # noqa: E402
                                  build_network, official_config)
-from kv_core.sampling import TextCondition  # noqa: E402
-from kv_core.stages import (decode_chunk_sizes, decode_first_frame, decode_frames,  # noqa: E402
-                            encode_first_frame, generate_first_frame, generate_keyframes, interpolate_frames)
+from kv_core.conditioning import TextCondition  # noqa: E402
+from kv_core.stages.decode import decode_chunk_sizes, decode_frames  # noqa: E402
+from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame  # noqa: E402
+from kv_core.stages.interpolation import interpolate_frames  # noqa: E402
+from kv_core.stages.keyframes import generate_keyframes  # noqa: E402
 
 #: the estimate (fake tensors) and the same counter on a real run of the stage agree within this fraction
 COUNTER_AGREEMENT = 0.02

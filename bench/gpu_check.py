@@ -52,9 +52,11 @@ import bench_networks as bn  # noqa: E402
 import estimate_vram as ev  # noqa: E402
 from kv_core.checkpoints import (INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ,  # noqa: E402
                                  build_network, official_config)
-from kv_core.sampling import TextCondition  # noqa: E402
-from kv_core.stages import (decode_first_frame, decode_frames, encode_first_frame,  # noqa: E402
-                            generate_first_frame, generate_keyframes, interpolate_frames)
+from kv_core.conditioning import TextCondition  # noqa: E402
+from kv_core.stages.decode import decode_frames  # noqa: E402
+from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame  # noqa: E402
+from kv_core.stages.interpolation import interpolate_frames  # noqa: E402
+from kv_core.stages.keyframes import generate_keyframes  # noqa: E402
 from kv_core.tiny import TINY_T5_DIM, tiny_configs  # noqa: E402
 
 GIB = 2 ** 30

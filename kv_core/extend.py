@@ -48,7 +48,7 @@ The rules (the README's "Long videos" section says the same):
    gives (zeros would shrink the average). Masked positions are invisible to attention.
    A segment without a negative prompt gets the release's null-text context at its own
    prompt's length.
-8. **Seeds.** A segment's seed draws the stream ``noise.extend_stage(N)``, keyed on the
+8. **Seeds.** A segment's seed draws the stream ``sampling.noise.extend_stage(N)``, keyed on the
    keyframe count N of the video it continues (as an interpolation pass keys on its input
    frame count): the same keyframes (also from a saved latent), settings and seed
    reproduce the segment, and one seed used for every segment still draws different noise
@@ -63,12 +63,13 @@ from typing import Optional, Sequence
 
 import torch
 
-from .noise import SeededNoise, check_seed, extend_stage
-from .rules import _is_int, check_num_keyframes, frame_rate, interpolation_passes, movq_factor, REFERENCE_KEYFRAMES
-from .sampling import CancelFn, ProgressFn, TextCondition
-from .stage_inputs import _pad_length
-from .stages import decode_first_frame, encode_first_frame, generate_keyframes
-from .text import unconditional_context
+from .checks import is_int
+from .conditioning import TextCondition, null_text, pad_length
+from .rules import REFERENCE_KEYFRAMES, check_num_keyframes, frame_rate, interpolation_passes, movq_factor
+from .sampling.loop import CancelFn, ProgressFn
+from .sampling.noise import SeededNoise, check_seed, extend_stage
+from .stages.first_frame import decode_first_frame, encode_first_frame
+from .stages.keyframes import generate_keyframes
 
 CONDITION_SOURCES = ("latent", "reencode")
 
@@ -78,7 +79,7 @@ __all__ = ["CONDITION_SOURCES", "check_condition_frames", "condition_latents", "
 
 
 def check_condition_frames(value) -> int:
-    if not _is_int(value) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"condition_frames must be an integer >= 1 (1 as the release: the last keyframe "
                          f"conditions frame 0), got {value!r}")
     return int(value)
@@ -142,7 +143,7 @@ def generate_segment(
     if m >= num_keyframes:
         raise ValueError(f"a segment of {num_keyframes} keyframes conditioned on {m} frames adds nothing: "
                          f"num_keyframes must be more than condition_frames")
-    if noise is None or _is_int(noise):  # a seed: the stream of this place in the video (rule 8)
+    if noise is None or is_int(noise):  # a seed: the stream of this place in the video (rule 8)
         noise = SeededNoise.for_stage(check_seed(int(noise or 0)), extend_stage(int(previous.shape[0])))
     key = condition_latents(previous, m, source=condition_source, movq=movq, device=device, dtype=movq_dtype)
     return generate_keyframes(unet, null_embedding, cond, key, num_keyframes=num_keyframes, motion=motion,
@@ -181,7 +182,7 @@ def check_segments(segments: Sequence[int]) -> list[int]:
     """The keyframes each segment adds to a joined video, in order: the first >= 2 (all
     its keyframes), the others >= 1 (K - m). ``ValueError`` otherwise."""
     segments = list(segments) if isinstance(segments, (list, tuple)) else segments
-    if not isinstance(segments, list) or not segments or not all(_is_int(k) for k in segments):
+    if not isinstance(segments, list) or not segments or not all(is_int(k) for k in segments):
         raise ValueError(f"segments must be a non-empty list of keyframe counts, got {segments!r}")
     if segments[0] < 2 or any(k < 1 for k in segments[1:]):
         raise ValueError(f"segments {segments}: the first segment has at least 2 keyframes and every later one "
@@ -302,12 +303,12 @@ class PromptTimeline:
             c = s.condition
             ctx, mask = c.context.float().cpu(), c.context_mask.cpu().to(torch.int64)
             if c.negative_context is None:
-                neg, neg_mask = unconditional_context(ctx, mask, null_embedding.float().cpu())
-            else:  # first as a run of this prompt alone pads them (stage_inputs.guidance_contexts)
+                neg, neg_mask = null_text(ctx, mask, null_embedding.float().cpu())
+            else:  # first as a run of this prompt alone pads them (conditioning.guidance_contexts)
                 neg, neg_mask = c.negative_context.float().cpu(), c.negative_mask.cpu().to(torch.int64)
                 pair = max(ctx.shape[1], neg.shape[1])
-                ctx, mask = _pad_length(ctx, mask, pair)
-                neg, neg_mask = _pad_length(neg, neg_mask, pair)
+                ctx, mask = pad_length(ctx, mask, pair)
+                neg, neg_mask = pad_length(neg, neg_mask, pair)
             rows.append((ctx, mask, neg, neg_mask))
         length = max(max(r[0].shape[1], r[2].shape[1]) for r in rows)
         padded = []

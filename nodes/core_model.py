@@ -8,14 +8,14 @@ sampler and scheduler, and core model patches run it.
 What the model is to the host:
 
 * model sampling: discrete, 1000 steps, the release's zero-terminal-SNR cosine schedule
-  (``kv_core.stage_inputs.schedule_sigmas``: ``abar`` floored at 2**-24 only at t = 999,
+  (``kv_core.stages.schedule_sigmas``: ``abar`` floored at 2**-24 only at t = 999,
   sigma_max ~ 4096), EPS for the keyframe U-Net (first frame and keyframes), V_PREDICTION
   for the interpolation U-Net;
 * latents (identity latent format, the MoVQ's unscaled values):
   first frame ``[B, 4, h, w]`` (image mode), keyframes ``[B, 4, T, h, w]`` (video mode, the
   pack's LATENT layout), interpolation groups ``[B, 12, G, h, w]``: G = N - 1 groups, and
   the 12 channels of a group are its three new frames, frame-major (channels 0-3 frame
-  4i+1, 4-7 frame 4i+2, 8-11 frame 4i+3), as ``kv_core.sampling.sample_interpolation``
+  4i+1, 4-7 frame 4i+2, 8-11 frame 4i+3), as ``kv_core.stages.interpolation.sample_interpolation``
   returns them;
 * conditioning: the Kandinsky Video conditioning nodes put the text context in the
   CONDITIONING tensor ``[1, L, D]`` and the rest in its dict (keys ``KEY_*`` below);
@@ -43,8 +43,10 @@ import comfy.patcher_extension
 import comfy.samplers
 
 from ..kv_core.checkpoints import INTERPOLATION_UNET, KEYFRAME_UNET
-from ..kv_core.stage_inputs import (GROUP_FRAMES, LATENT_CHANNELS, clamp_x0, first_frame_condition, frame_index,
-                                    interpolation_input, keyframe_guidance, schedule_sigmas)
+from ..kv_core.stages import LATENT_CHANNELS, clamp_x0, schedule_sigmas
+from ..kv_core.stages.first_frame import first_frame_condition
+from ..kv_core.stages.interpolation import GROUP_FRAMES, interpolation_input
+from ..kv_core.stages.keyframes import frame_index, keyframe_guidance
 from .progress import MoVQLatentFormat
 
 

@@ -1,13 +1,13 @@
 """Decode: the video MoVQ turns a video latent into frames, chunk by chunk.
 
-An adapter of ``kv_core.stages.decode_frames``, once per video of the LATENT batch."""
+An adapter of ``kv_core.stages.decode.decode_frames``, once per video of the LATENT batch."""
 from __future__ import annotations
 
 import torch
 
 from comfy_api.latest import io
 
-from ..kv_core.stages import decode_chunk_sizes, decode_frames
+from ..kv_core.stages.decode import decode_chunk_sizes, decode_frames
 from ..kv_core.video_input import restore_frames
 from . import sockets
 from .inputs import CATEGORY, MAX_KEYFRAMES, image_output

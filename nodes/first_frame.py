@@ -16,8 +16,8 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..kv_core.image import RESIZE_MODES, image_batch_picture
-from ..kv_core.rules import first_frame_latent_size
-from ..kv_core.stages import decode_first_frame, encode_first_frame, generate_first_frame
+from ..kv_core.stages.first_frame import (decode_first_frame, encode_first_frame, first_frame_latent_size,
+                                          generate_first_frame)
 from . import sockets
 from .inputs import CATEGORY, CheckedCombos, sampler_inputs, size_inputs
 from .networks import activation_memory, stage

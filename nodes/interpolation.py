@@ -1,15 +1,14 @@
 """Interpolate: one x4 pass of the interpolation U-Net (N frames -> 4N - 3).
 
-An adapter of ``kv_core.stages.interpolate_frames``, once per video of the LATENT batch."""
+An adapter of ``kv_core.stages.interpolation.interpolate_frames``, once per video of the LATENT batch."""
 from __future__ import annotations
 
 import torch
 
 from comfy_api.latest import io
 
-from ..kv_core.rules import MAX_SKIP_FRAMES, SKIP_FRAMES
-from ..kv_core.stages import interpolate_frames
-from ..kv_core.video_input import null_condition
+from ..kv_core.conditioning import null_condition
+from ..kv_core.stages.interpolation import MAX_SKIP_FRAMES, SKIP_FRAMES, interpolate_frames
 from . import sockets
 from .inputs import CATEGORY, CheckedCombos, sampler_inputs
 from .networks import activation_memory, stage

@@ -1,14 +1,15 @@
 """Keyframes: the keyframe U-Net in video mode, from the first-frame condition.
 
-An adapter of ``kv_core.stages.generate_keyframes``."""
+An adapter of ``kv_core.stages.keyframes.generate_keyframes``."""
 from __future__ import annotations
 
 import torch
 
 from comfy_api.latest import io
 
-from ..kv_core.rules import MOTION_PRESETS, NUM_TRAIN_TIMESTEPS, REFERENCE_KEYFRAMES
-from ..kv_core.stages import generate_keyframes
+from ..kv_core.rules import REFERENCE_KEYFRAMES
+from ..kv_core.sampling.schedulers import NUM_TRAIN_TIMESTEPS
+from ..kv_core.stages.keyframes import MOTION_PRESETS, generate_keyframes
 from . import sockets
 from .inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos, sampler_inputs
 from .networks import activation_memory, stage

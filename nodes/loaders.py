@@ -16,8 +16,7 @@ import comfy.model_management as mm
 import comfy.ops
 from comfy_api.latest import io
 
-from ..kv_core import checkpoints as ckpt
-from ..kv_core import dtypes
+from ..kv_core import checkpoints as ckpt, dtypes
 from ..kv_core.text import TextEncoder as KVTextEncoder, check_text_parts
 from . import model_files, sockets
 from .devices import device_input, offload_device_for, resolve_device

@@ -17,7 +17,7 @@ import torch
 from comfy_api.latest import io
 
 from ..kv_core.rules import frame_rate, size_rule
-from ..kv_core.video_input import (DEFAULT_ENCODE_CHUNK, FIT_MODES, VideoFit, auto_skip_frames, check_fps,
+from ..kv_core.video_input import (DEFAULT_ENCODE_CHUNK, FIT_MODES, VideoFit, auto_skip_frames, check_frame_rate,
                                    encode_video, interpolated_fps, plan_fit)
 from . import sockets
 from .inputs import CATEGORY, CheckedCombos, MAX_SIZE
@@ -135,7 +135,7 @@ class KandinskyVideoEncodeVideo(CheckedCombos, io.ComfyNode):
 
     @classmethod
     def execute(cls, movq, interpolation_unet, images, fps, fit, max_side, mask=None) -> io.NodeOutput:
-        fps = check_fps(fps)
+        fps = check_frame_rate(fps)
         alpha = opacity(mask, images)
         rule = size_rule(movq=movq.module, interpolation_unet=interpolation_unet.module)
         plan = plan_fit(int(images.shape[2]), int(images.shape[1]), rule, fit, int(max_side))

@@ -4,10 +4,10 @@ import torch
 from test_checkpoints import CastOps
 
 from kv_core import dtypes
-from kv_core.layers import compute_dtype
-from kv_core.movq import MoVQ
+from kv_core.models.layers import compute_dtype
+from kv_core.models.movq import MoVQ
+from kv_core.models.text_projection import TextProjection
 from kv_core.text import project_context
-from kv_core.text_projection import TextProjection
 from kv_core.tiny import TINY_IMAGE_MOVQ_CONFIG
 
 FP8 = torch.float8_e4m3fn

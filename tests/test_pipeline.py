@@ -13,14 +13,18 @@ import pytest
 import torch
 from PIL import Image
 
-from kv_core.checkpoints import INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ, CheckpointError, build_network
+from kv_core.checkpoints import CheckpointError, INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ, build_network
+from kv_core.conditioning import TextCondition
 from kv_core.image import prepare_first_frame, resize_and_crop
-from kv_core.noise import ReplayNoise, RecordingNoise, SeededNoise
-from kv_core.pipeline import (KandinskyVideoPipeline, GenerationSettings, decode_first_frame, decode_frames,
-                              encode_first_frame, encode_prompt, frame_count, frame_rate, generate_first_frame,
-                              generate_keyframes, interpolate_frames, interpolation_passes, motion_score,
-                              reference_motion_score, size_rule)
-from kv_core.sampling import Interrupted, TextCondition
+from kv_core.pipeline import GenerationSettings, KandinskyVideoPipeline
+from kv_core.rules import frame_count, frame_rate, interpolation_passes, size_rule
+from kv_core.sampling.loop import Interrupted
+from kv_core.sampling.noise import RecordingNoise, ReplayNoise, SeededNoise
+from kv_core.stages.decode import decode_frames
+from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame
+from kv_core.stages.interpolation import interpolate_frames
+from kv_core.stages.keyframes import generate_keyframes, motion_score, reference_motion_score
+from kv_core.stages.text import encode_prompt
 from kv_core.tiny import randomize_, tiny_configs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +151,7 @@ def test_other_bad_calls_fail_before_any_network(boom_pipe):
         boom_pipe("a prompt", noise=-5)
     with pytest.raises(ValueError, match="give a prompt"):
         boom_pipe(None)
-    with pytest.raises(ValueError, match="conditioning must be a kv_core.sampling.TextCondition"):
+    with pytest.raises(ValueError, match="conditioning must be a kv_core.conditioning.TextCondition"):
         boom_pipe(conditioning=(torch.zeros(1, 2, 16), torch.ones(1, 2)))
     no_text = KandinskyVideoPipeline(unet=Boom(), null_embedding=torch.zeros(16), interpolation_unet=Boom(),
                                      interpolation_null_embedding=torch.zeros(16), movq=Boom(), video_movq=Boom())
@@ -458,8 +462,8 @@ def test_release_and_golden_shapes_give_their_rules():
 SEEDED_RUN = """
 import sys, torch
 torch.set_num_threads(int(sys.argv[1]))
-from kv_core.noise import SeededNoise, interpolation_stage
 from kv_core.pipeline import KandinskyVideoPipeline
+from kv_core.sampling.noise import SeededNoise, interpolation_stage
 noise = {stage: SeededNoise.for_stage(77, stage).randn((3, 4, 64, 64))
          for stage in ("first_frame", "keyframes", interpolation_stage(3), interpolation_stage(9))}
 result = KandinskyVideoPipeline.from_release(sys.argv[2])(
@@ -474,7 +478,7 @@ def test_a_seed_gives_the_same_noise_and_outputs_equal_up_to_rounding(tmp_path):
     processes; the video equal up to floating-point rounding (stated tolerance: frames at
     most 2/255 apart in under 5 % of values, latents within 1e-2), since other thread
     counts sum in other orders."""
-    from kv_core.noise import SeededNoise, interpolation_stage
+    from kv_core.sampling.noise import SeededNoise, interpolation_stage
     from kv_core.tiny import write_tiny_release
 
     write_tiny_release(tmp_path / "release")

@@ -7,11 +7,14 @@ import textwrap
 import pytest
 import torch
 
-from kv_core.noise import (STAGES, RecordingNoise, ReplayNoise, SeededNoise, as_noise_source, check_seed,
-                           stage_seed)
-from kv_core.sampling import (Interrupted, TextCondition, assemble_interpolated, sample_first_frame,
-                              sample_interpolation, sample_keyframes)
-from kv_core.schedulers import make_sampler
+from kv_core.conditioning import TextCondition
+from kv_core.sampling.loop import Interrupted
+from kv_core.sampling.noise import (RecordingNoise, ReplayNoise, STAGES, SeededNoise, as_noise_source, check_seed,
+                                    stage_seed)
+from kv_core.sampling.schedulers import make_sampler
+from kv_core.stages.first_frame import sample_first_frame
+from kv_core.stages.interpolation import assemble_interpolated, sample_interpolation
+from kv_core.stages.keyframes import sample_keyframes
 
 D, L = 6, 3
 
@@ -68,7 +71,7 @@ def test_bad_seeds(seed):
 def test_seeded_noise_matches_in_another_process():
     code = textwrap.dedent("""
         import sys, torch
-        from kv_core.noise import SeededNoise
+        from kv_core.sampling.noise import SeededNoise
         n = SeededNoise.for_stage(1234, "keyframes")
         x = torch.cat([n.randn((4, 4, 8, 8)).flatten(), n.rand((4, 8, 8)).flatten()])
         sys.stdout.buffer.write(x.numpy().tobytes())

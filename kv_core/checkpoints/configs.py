@@ -19,7 +19,7 @@ from typing import Mapping
 
 from torch import nn
 
-from .. import movq, unet, unet_interpolation
+from ..models import movq, unet, unet_interpolation
 from .contents import NetworkTensors
 from .formats import (CONFIG_SECTIONS, DESCRIPTIONS, INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ,
                       CheckpointError)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dtypes import layer_compute_dtype
+from ..dtypes import layer_compute_dtype
 from .layers import LayerFactory
 from .movq_blocks import (
     NORM_GROUPS,
