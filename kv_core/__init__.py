@@ -9,7 +9,7 @@ is cut along the stages of a generation:
 - ``sampling/``      schedulers and samplers, the noise streams, the step loop and host hooks
 - ``stages/``        one module per stage (text, first_frame, keyframes, interpolation,
                      decode), each with its network inputs, guidance, loop, checks and
-                     public functions; ``stages.STAGE_SAMPLING`` is the list of the stages
+                     public functions; ``stages.STAGE_TABLE`` is the list of the stages
 - ``rules``          what spans the stages: sizes, frame counts, frame rates
 - ``checks``         the type checks of user values
 - ``pipeline``       the whole text/image-to-video pipeline over the stages

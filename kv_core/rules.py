@@ -27,36 +27,26 @@ def check_size(width, height) -> None:
 RELEASE_MOVQ_FACTOR = 8  # the release's MoVQs: 4 levels, 3 halvings
 
 
+def _config(network, key: str, what: str):
+    config = getattr(network, "config", None)
+    if not isinstance(config, dict) or key not in config:
+        raise TypeError(f"cannot tell {what} of {type(network).__name__}: expected a kv_core network, "
+                        f"whose config (``.config``) holds {key!r}")
+    return config[key]
+
+
 def movq_factor(movq) -> int:
-    """Spatial downsampling factor of a MoVQ: ``2^(L-1)`` for ``L = len(ch_mult)`` levels
-    (8 in the release), read from its encoder and decoder. A network that is not a
-    ``kv_core.models.movq.MoVQ`` may declare it as ``downsampling_factor``."""
-    declared = getattr(movq, "downsampling_factor", None)
-    if declared is not None:
-        return int(declared)
-    encoder, decoder = getattr(movq, "encoder", None), getattr(movq, "decoder", None)
-    if encoder is None or not hasattr(encoder, "down") or decoder is None or not hasattr(decoder, "up"):
-        raise TypeError(f"cannot tell the downsampling factor of {type(movq).__name__}: expected a "
-                        "kv_core.models.movq.MoVQ (or an object with a downsampling_factor attribute)")
-    down, up = 2 ** (len(encoder.down) - 1), 2 ** (len(decoder.up) - 1)
-    if down != up:
-        raise ValueError(f"this MoVQ's encoder downsamples by {down} but its decoder upsamples by {up}")
-    return down
+    """Spatial downsampling factor of a MoVQ: ``2^(L-1)`` for its ``L = len(ch_mult)``
+    levels (8 in the release), read from its configuration (``movq.config``): the encoder
+    halves the picture at every level but the last and the decoder doubles it back."""
+    return 2 ** (len(_config(movq, "ch_mult", "the downsampling factor")) - 1)
 
 
 def unet_latent_multiple(unet) -> int:
     """What a U-Net's latent sides must be a multiple of: ``2^(L-1)`` for its L levels
-    (``len(dim_mult)``; every level but the last halves the latent and the up path
-    concatenates the skips, so the sizes must halve exactly). 8 in the release. A network
-    that is not a kv_core U-Net may declare it as ``latent_multiple``."""
-    declared = getattr(unet, "latent_multiple", None)
-    if declared is not None:
-        return int(declared)
-    levels = getattr(unet, "down_samples", None)
-    if levels is None:
-        raise TypeError(f"cannot tell which latent sizes {type(unet).__name__} takes: expected a kv_core "
-                        "U-Net (or an object with a latent_multiple attribute)")
-    return 2 ** (len(levels) - 1)
+    (``len(dim_mult)`` of ``unet.config``; every level but the last halves the latent and
+    the up path concatenates the skips, so the sizes must halve exactly). 8 in the release."""
+    return 2 ** (len(_config(unet, "dim_mult", "which latent sizes")) - 1)
 
 
 @dataclass(frozen=True)

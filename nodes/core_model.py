@@ -29,7 +29,6 @@ What the model is to the host:
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 
@@ -42,8 +41,8 @@ import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.samplers
 
-from ..kv_core.checkpoints import INTERPOLATION_UNET, KEYFRAME_UNET
-from ..kv_core.stages import LATENT_CHANNELS, clamp_x0, schedule_sigmas
+from ..kv_core.kinds import INTERPOLATION_UNET, KEYFRAME_UNET, activation_memory
+from ..kv_core.stages import LATENT_CHANNELS, STAGE_TABLE, STAGES, clamp_x0, schedule_sigmas
 from ..kv_core.stages.first_frame import first_frame_condition
 from ..kv_core.stages.interpolation import GROUP_FRAMES, interpolation_input
 from ..kv_core.stages.keyframes import frame_index, keyframe_guidance
@@ -61,10 +60,10 @@ KEY_SKIP = "kandinsky_video_skip_frames"       # interpolation: [1] int32
 KEY_PERTURBATION = "kandinsky_video_perturbation_time"  # interpolation: [1] int32
 KEY_TEMPORAL_MASK = "kandinsky_video_temporal_mask"     # interpolation: [1] float (1 cond, 0 uncond)
 
-STAGES_OF = {KEYFRAME_UNET: ("first_frame", "keyframes"), INTERPOLATION_UNET: ("interpolation",)}
-WHICH_NODE = {"first_frame": "Kandinsky Video First Frame Conditioning",
-              "keyframes": "Kandinsky Video Keyframes Conditioning",
-              "interpolation": "Kandinsky Video Interpolation Conditioning"}
+# the stages each U-Net runs, and the conditioning node of each stage (kv_core.stages' list)
+STAGES_OF = {kind: tuple(s.name for s in STAGE_TABLE.values() if s.network == kind)
+             for kind in (KEYFRAME_UNET, INTERPOLATION_UNET)}
+WHICH_NODE = {stage: f"Kandinsky Video {stage.replace('_', ' ').title()} Conditioning" for stage in STAGES}
 
 
 class GroupLatentFormat(comfy.latent_formats.LatentFormat):
@@ -193,9 +192,9 @@ class KandinskyVideoModel(comfy.model_base.BaseModel):
         return self.compute_dtype
 
     def memory_required(self, input_shape, cond_shapes={}):
-        # as the pack's own stages estimate it (nodes.networks.activation_memory): rows x area
+        # as the pack's own stages estimate it (kv_core.kinds.activation_memory): rows x area
         rows = input_shape[0] * (input_shape[2] if len(input_shape) == 5 else 1)
-        return int(rows * math.prod(input_shape[-2:]) * mm.dtype_size(self.compute_dtype) * 15 * 1024)
+        return activation_memory(self.kind, rows, *input_shape[-2:], mm.dtype_size(self.compute_dtype))
 
     def extra_conds(self, **kwargs):
         stage = kwargs.get(KEY_STAGE)

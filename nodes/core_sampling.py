@@ -149,7 +149,7 @@ class KandinskyVideoDecodeFirstFrame(io.ComfyNode):
             raise ValueError("Kandinsky Video Decode First Frame: expected a first-frame LATENT [1, 4, h, w] from "
                              "core sampling with Kandinsky Video First Frame Conditioning")
         h, w = samples.shape[-2:]
-        with torch.inference_mode(), stage(movq, memory_required=activation_memory(1, h, w, movq.compute_dtype, 300)
+        with torch.inference_mode(), stage(movq, memory_required=activation_memory(movq, 1, h, w)
                                            ) as device:
             pictures = [decode_first_frame(movq.module, s[None].float(), device=device, dtype=movq.compute_dtype)
                         for s in samples]

@@ -72,7 +72,7 @@ class KandinskyVideoDecode(io.ComfyNode):
         sizes = decode_chunk_sizes(num_frames, chunk)
         bar = StepProgress(len(sizes) * len(videos))
         frames = []
-        memory = activation_memory(max(sizes), h, w, video_movq.compute_dtype, 300)
+        memory = activation_memory(video_movq, max(sizes), h, w)
         with torch.inference_mode(), stage(video_movq, memory_required=memory) as device:
             for i, video in enumerate(videos):
                 decoded = decode_frames(video_movq.module, video, chunk_size=chunk,

@@ -113,7 +113,7 @@ class KandinskyVideoExtend(CheckedCombos, io.ComfyNode):
         timeline = timeline.extended(own.text_condition(), added)
 
         progress = StepProgress(steps * len(videos), lambda x: x)
-        memory = activation_memory(3 * num_keyframes, h, w, keyframe_unet.compute_dtype, 15)
+        memory = activation_memory(keyframe_unet, 3 * num_keyframes, h, w)
         networks = (keyframe_unet, movq) if condition_source == "reencode" else (keyframe_unet,)
         out = []
         with torch.inference_mode(), stage(*networks, memory_required=memory) as device:

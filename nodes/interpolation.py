@@ -74,7 +74,7 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
         progress = StepProgress(steps * len(videos), lambda x: x.reshape(-1, 4, *x.shape[-2:]))
         out = []
         rows = 2 * max(min(groups, window or groups), 1)  # a window's rows are what the U-Net holds at once
-        memory = activation_memory(rows, h, w, interpolation_unet.compute_dtype, 15)
+        memory = activation_memory(interpolation_unet, rows, h, w)
         with torch.inference_mode(), stage(interpolation_unet, memory_required=memory) as device:
             for i, frames in enumerate(videos):
                 # the noise stream follows from the input frame count (kv_core's rule), which

@@ -58,7 +58,7 @@ class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
                 num_keyframes) -> io.NodeOutput:
         h, w = first_frame.latent.shape[-2:]
         progress = StepProgress(steps, lambda x: x)
-        memory = activation_memory(3 * num_keyframes, h, w, keyframe_unet.compute_dtype, 15)
+        memory = activation_memory(keyframe_unet, 3 * num_keyframes, h, w)
         with torch.inference_mode(), stage(keyframe_unet, memory_required=memory) as device:
             frames = generate_keyframes(
                 keyframe_unet.module, keyframe_unet.null_embedding, conditioning.text_condition(), first_frame.latent,

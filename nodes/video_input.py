@@ -145,8 +145,7 @@ class KandinskyVideoEncodeVideo(CheckedCombos, io.ComfyNode):
         f = rule.factor or 8
         chunks = -(-int(images.shape[0]) // DEFAULT_ENCODE_CHUNK)
         bar = StepProgress(chunks)
-        memory = activation_memory(DEFAULT_ENCODE_CHUNK, plan.net_height // f, plan.net_width // f,
-                                   movq.compute_dtype, 300)
+        memory = activation_memory(movq, DEFAULT_ENCODE_CHUNK, plan.net_height // f, plan.net_width // f)
         with torch.inference_mode(), stage(movq, memory_required=memory) as device:
             latents, clipped = encode_video(movq.module, images, plan, alpha=alpha, device=device,
                                             dtype=movq.compute_dtype, progress=bar, cancel=bar.cancel)

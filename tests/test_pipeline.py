@@ -72,10 +72,9 @@ def run(pipe, cond, **kw):
 # --- validation -----------------------------------------------------------------------------
 
 class Boom(torch.nn.Module):
-    """A network that must never run (it declares the release's size factors)."""
+    """A network that must never run (its config has the release's levels)."""
 
-    downsampling_factor = 8  # as a MoVQ
-    latent_multiple = 8      # as a U-Net
+    config = {"ch_mult": (1, 2, 2, 4), "dim_mult": (1, 2, 4, 8)}  # as a MoVQ (x8) and a U-Net (x8)
 
     def __init__(self):
         super().__init__()

@@ -9,8 +9,8 @@ import torch
 
 from kv_core.conditioning import TextCondition
 from kv_core.sampling.loop import Interrupted
-from kv_core.sampling.noise import (RecordingNoise, ReplayNoise, STAGES, SeededNoise, as_noise_source, check_seed,
-                                    stage_seed)
+from kv_core.sampling.noise import (NAMED_STREAMS, RecordingNoise, ReplayNoise, SeededNoise, as_noise_source,
+                                    check_seed, stage_seed)
 from kv_core.sampling.schedulers import make_sampler
 from kv_core.stages.first_frame import sample_first_frame
 from kv_core.stages.interpolation import assemble_interpolated, sample_interpolation
@@ -55,8 +55,8 @@ def test_seeded_noise_is_reproducible_and_stage_streams_differ():
     assert torch.equal(a.randn((3, 4)), b.randn((3, 4)))
     assert torch.equal(a.rand((7,)), b.rand((7,)))
     assert not torch.equal(SeededNoise(5).randn((8,)), SeededNoise(6).randn((8,)))
-    seeds = {stage_seed(s, st) for s in (0, 1, 2) for st in STAGES}
-    assert len(seeds) == 3 * len(STAGES)
+    seeds = {stage_seed(s, st) for s in (0, 1, 2) for st in NAMED_STREAMS}
+    assert len(seeds) == 3 * len(NAMED_STREAMS)
     assert all(0 <= s < 2 ** 63 for s in seeds)
     u = SeededNoise(1).rand((1000,))
     assert 0 <= float(u.min()) and float(u.max()) < 1

@@ -9,9 +9,9 @@
 ``decode``         latents -> frames (video MoVQ, in the reference's chunks)
 
 Each sampling stage module holds its network inputs, guidance, sampling loop, checks and
-public functions. :data:`STAGE_SAMPLING` is the one list of the sampling stages (the names
-of their modules, noise streams and settings) with the reference sampling of each; a stage
-module reads its own entry (``DEFAULTS``). The list lives here, in a package ``__init__``
+public functions. :data:`STAGE_TABLE` is the one list of the sampling stages (the names
+of their modules, noise streams and settings) with the network each runs and its reference
+sampling; a stage module reads its own entry (``DEFAULTS``). The list lives here, in a package ``__init__``
 that imports none of the stage modules, so that ``kv_core.sampling.noise`` and the nodes
 can read it by name without importing every stage.
 
@@ -44,21 +44,33 @@ sampler (ComfyUI's, ``nodes/core_model.py``) needs of the stages.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+from ..kinds import INTERPOLATION_UNET, KEYFRAME_UNET
 from ..sampling.schedulers import (EPSILON_ALPHA_FLOOR, Sampler, SamplerDefaults, kv_alphas_cumprod, make_timesteps,
                                    threshold_x0)
 
-#: the sampling stages in the order of a generation (each a module of this package) and
-#: the release's sampling of each (``configs`` of the reference pipeline)
-STAGE_SAMPLING = {
-    "first_frame": SamplerDefaults(sampler="ddpm", steps=50, prediction_type="epsilon", spacing="leading"),
-    "keyframes": SamplerDefaults(sampler="ddpm", steps=50, prediction_type="epsilon", spacing="leading"),
-    "interpolation": SamplerDefaults(sampler="ddpm", steps=10, prediction_type="v_prediction", spacing="trailing"),
-}
-STAGES = tuple(STAGE_SAMPLING)
+
+@dataclass(frozen=True)
+class Stage:
+    """A sampling stage: its name (that of its module, noise stream and settings), the
+    network kind it runs (``kv_core.kinds``) and the release's sampling of it."""
+
+    name: str
+    network: str
+    sampling: SamplerDefaults
+
+
+#: the sampling stages in the order of a generation, each a module of this package
+STAGE_TABLE = {stage.name: stage for stage in (
+    Stage("first_frame", KEYFRAME_UNET, SamplerDefaults("ddpm", 50, "epsilon", "leading")),
+    Stage("keyframes", KEYFRAME_UNET, SamplerDefaults("ddpm", 50, "epsilon", "leading")),
+    Stage("interpolation", INTERPOLATION_UNET, SamplerDefaults("ddpm", 10, "v_prediction", "trailing")),
+)}
+STAGES = tuple(STAGE_TABLE)
 #: channels of a MoVQ latent
 LATENT_CHANNELS = 4
 #: channels of the first-frame / keyframe condition (latent 4 + mask 1)
@@ -73,7 +85,7 @@ def check_stage(stage: str) -> str:
 
 def stage_defaults(stage: str) -> SamplerDefaults:
     """The reference sampling of ``stage`` (sampler, steps, prediction type, spacing)."""
-    return STAGE_SAMPLING[check_stage(stage)]
+    return STAGE_TABLE[check_stage(stage)].sampling
 
 
 def stage_sampler(stage: str, sampler: Optional[str] = None, steps: Optional[int] = None) -> Sampler:

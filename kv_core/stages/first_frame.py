@@ -5,7 +5,7 @@ for image-to-video) is encoded to the latent that conditions the keyframes.
 Network input per row: ``[x, zeros(5)]`` (no condition latent, mask 0); rows ``[x, x]``
 with the prompt and the null text; guidance ``(w + 1) cond - w uncond`` (``w``: the
 reference's ``key_frame_guidance_scale``). Reference sampling: DDPM, 50 leading steps,
-epsilon prediction (``kv_core.stages.STAGE_SAMPLING``).
+epsilon prediction (``kv_core.stages.STAGE_TABLE``).
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from ..rules import RELEASE_MOVQ_FACTOR, SizeRule, size_rule
 from ..sampling.loop import (CancelFn, ProgressFn, in_dtype, model_device, run_device, run_steps, stage_noise)
 from ..sampling.noise import NoiseSource
 from ..sampling.schedulers import Sampler, check_sampler
-from . import CONDITION_CHANNELS, STAGE_SAMPLING
+from . import CONDITION_CHANNELS, STAGE_TABLE
 
 NAME = "first_frame"
-DEFAULTS = STAGE_SAMPLING[NAME]
+DEFAULTS = STAGE_TABLE[NAME].sampling
 
 
 # --- network inputs -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ and a temporal mask (1 cond, 0 uncond: the temporal layers are bypassed). Each s
 one forward of 2(N - 1) rows (cond, uncond), guidance ``(w + 1) cond - w uncond``. The
 stream of a seed is keyed on the input frame count (``sampling.noise.interpolation_stage``).
 Long videos may run the U-Net on windows of groups (:mod:`kv_core.stages.windows`).
-Reference sampling: DDPM, 10 trailing steps, v-prediction (``kv_core.stages.STAGE_SAMPLING``).
+Reference sampling: DDPM, 10 trailing steps, v-prediction (``kv_core.stages.STAGE_TABLE``).
 """
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ from ..rules import size_rule
 from ..sampling.loop import (CancelFn, ProgressFn, in_dtype, model_device, run_device, run_steps, stage_noise)
 from ..sampling.noise import NoiseSource, interpolation_stage
 from ..sampling.schedulers import Sampler, check_sampler
-from . import LATENT_CHANNELS, STAGE_SAMPLING
+from . import LATENT_CHANNELS, STAGE_TABLE
 from .windows import WindowedInterpolationUNet, window_layout
 
 NAME = "interpolation"
-DEFAULTS = STAGE_SAMPLING[NAME]
+DEFAULTS = STAGE_TABLE[NAME].sampling
 SKIP_FRAMES = {1: 3, 2: 1}  # interpolation pass -> skip_frames
 MAX_SKIP_FRAMES = 19        # the interpolation U-Net's skip-frames embedding has 20 entries
 #: frames an interpolation group predicts (its latent has 3 x 4 channels, frame-major)

@@ -7,7 +7,7 @@ noised to ``noise_augmentation`` with *uniform* noise (channels 0-3) and a mask 
 motion score and augmentation level go to the temporal embedding. Each step runs one
 forward of 3T rows, copy-major: (text, image), (null text, image), (null text, no image),
 combined by :func:`keyframe_guidance`. Reference sampling: DDPM, 50 leading steps, epsilon
-prediction (``kv_core.stages.STAGE_SAMPLING``).
+prediction (``kv_core.stages.STAGE_TABLE``).
 """
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from ..rules import REFERENCE_KEYFRAMES, check_num_keyframes, size_rule
 from ..sampling.loop import (CancelFn, ProgressFn, in_dtype, model_device, run_device, run_steps, stage_noise)
 from ..sampling.noise import NoiseSource, as_noise_source
 from ..sampling.schedulers import NUM_TRAIN_TIMESTEPS, Sampler, add_noise, check_sampler, kv_alphas_cumprod
-from . import CONDITION_CHANNELS, LATENT_CHANNELS, STAGE_SAMPLING
+from . import CONDITION_CHANNELS, LATENT_CHANNELS, STAGE_TABLE
 
 NAME = "keyframes"
-DEFAULTS = STAGE_SAMPLING[NAME]
+DEFAULTS = STAGE_TABLE[NAME].sampling
 MOTION_PRESETS = {"low": 1, "medium": 10, "high": 50, "extreme": 100}
 
 
