@@ -29,6 +29,7 @@ from bench_pipeline import PeakMemory, build_pipeline  # noqa: E402
 from kv_core.conditioning import null_condition  # noqa: E402
 from kv_core.stages.interpolation import interpolate_frames  # noqa: E402
 from kv_core.stages.windows import default_overlap  # noqa: E402
+from kv_core.stages import Hooks  # noqa: E402
 
 
 def run_one(args, window: int, out_path: str) -> None:
@@ -42,7 +43,7 @@ def run_one(args, window: int, out_path: str) -> None:
     cond = null_condition(null)
     with PeakMemory(args.device) as peak:
         out = interpolate_frames(unet, null, cond, frames, skip_frames=1, steps=args.steps, noise=0,
-                                 window=window or None, device=args.device, dtype=dtype)
+                                 window=window or None, hooks=Hooks(device=args.device, dtype=dtype))
     torch.save(out.float().cpu(), out_path)
     print(peak.seconds, peak.peak - peak.base)
 

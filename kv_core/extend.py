@@ -66,8 +66,8 @@ import torch
 from .checks import is_int
 from .conditioning import TextCondition, null_text, pad_length
 from .rules import REFERENCE_KEYFRAMES, check_num_keyframes, frame_rate, interpolation_passes, movq_factor
-from .sampling.loop import CancelFn, ProgressFn
 from .sampling.noise import SeededNoise, check_seed, extend_stage
+from .stages import NO_HOOKS, Hooks
 from .stages.first_frame import decode_first_frame, encode_first_frame
 from .stages.keyframes import generate_keyframes
 
@@ -93,7 +93,7 @@ def _check_video(frames, what: str) -> None:
 
 
 def condition_latents(previous: torch.Tensor, condition_frames: int = 1, *, source: str = "latent", movq=None,
-                      device=None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+                      hooks: Hooks = NO_HOOKS) -> torch.Tensor:
     """The condition of the next segment: the last ``condition_frames`` (m) keyframes of
     ``previous`` ``[N, 4, h, w]``, as ``[4, h, w]`` for m = 1 (what
     ``generate_keyframes`` takes for frame 0) or ``[m, 4, h, w]``, float32.
@@ -115,8 +115,8 @@ def condition_latents(previous: torch.Tensor, condition_frames: int = 1, *, sour
         f = movq_factor(movq)
         h, w = last.shape[-2:]
         last = torch.stack([
-            encode_first_frame(movq, decode_first_frame(movq, z[None], device=device, dtype=dtype),
-                               width=f * w, height=f * h, layout="HWC", device=device, dtype=dtype).cpu()
+            encode_first_frame(movq, decode_first_frame(movq, z[None], hooks=hooks),
+                               width=f * w, height=f * h, layout="HWC", hooks=hooks).cpu()
             for z in last])
     return last[0] if m == 1 else last
 
@@ -126,15 +126,14 @@ def generate_segment(
     num_keyframes: int = REFERENCE_KEYFRAMES, condition_frames: int = 1, condition_source: str = "latent",
     movq=None, movq_dtype: Optional[torch.dtype] = None, motion="medium", noise_augmentation: int = 20,
     guidance_weight_prompt: float = 5.0, guidance_weight_image: float = 2.0, sampler: str = "ddpm", steps: Optional[int] = None, noise=None,
-    progress: ProgressFn | None = None, cancel: CancelFn | None = None, trace: dict | None = None,
-    device=None, dtype: Optional[torch.dtype] = None,
+    hooks: Hooks = NO_HOOKS,
 ) -> torch.Tensor:
     """The next segment, whole: ``[num_keyframes, 4, h, w]``, its frames 0 .. m-1
     conditioned on the last m keyframes of ``previous`` ``[N, 4, h, w]``
     (:func:`condition_latents`); everything else as ``stages.generate_keyframes``, which
     it calls. ``noise``: a seed (the stream ``extend_stage(N)``, rule 8) or a noise
     source. Join it with :func:`join_segments`.
-    ``movq_dtype``: the dtype the image MoVQ computes in for ``"reencode"`` (``dtype`` is
+    ``movq_dtype``: the dtype the image MoVQ computes in for ``"reencode"`` (``hooks.dtype`` is
     the U-Net's). ``ValueError`` (before any network runs) for bad inputs, e.g.
     num_keyframes <= m."""
     _check_video(previous, "previous")
@@ -145,11 +144,12 @@ def generate_segment(
                          f"num_keyframes must be more than condition_frames")
     if noise is None or is_int(noise):  # a seed: the stream of this place in the video (rule 8)
         noise = SeededNoise.for_stage(check_seed(int(noise or 0)), extend_stage(int(previous.shape[0])))
-    key = condition_latents(previous, m, source=condition_source, movq=movq, device=device, dtype=movq_dtype)
+    key = condition_latents(previous, m, source=condition_source, movq=movq,
+                            hooks=Hooks(device=hooks.device, dtype=movq_dtype))
     return generate_keyframes(unet, null_embedding, cond, key, num_keyframes=num_keyframes, motion=motion,
                               noise_augmentation=noise_augmentation, guidance_weight_prompt=guidance_weight_prompt,
                               guidance_weight_image=guidance_weight_image, sampler=sampler, steps=steps, noise=noise,
-                              progress=progress, cancel=cancel, trace=trace, device=device, dtype=dtype)
+                              hooks=hooks)
 
 
 def join_segments(previous: torch.Tensor, segment: torch.Tensor, condition_frames: int = 1) -> torch.Tensor:

@@ -28,7 +28,7 @@ from .rules import (FPS_PASSES, REFERENCE_KEYFRAMES, SizeRule, check_num_keyfram
 from .sampling.loop import CancelFn, check_cancel
 from .sampling.noise import check_seed
 from .sampling.schedulers import check_sampler
-from .stages import STAGES
+from .stages import STAGES, Hooks
 from .stages.decode import decode_frames
 from .stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame
 from .stages.interpolation import interpolate_frames
@@ -193,8 +193,8 @@ class KandinskyVideoPipeline:
                 latent = generate_first_frame(
                     self.unet, self.null_embedding, cond, width=s.width, height=s.height,
                     guidance_scale=s.key_frame_guidance_scale, sampler=s.first_frame_sampler,
-                    steps=s.first_frame_steps, noise=noise, progress=hook("first_frame"), cancel=cancel,
-                    movq=self.movq)
+                    steps=s.first_frame_steps, noise=noise, movq=self.movq,
+                    hooks=Hooks(progress=hook("first_frame"), cancel=cancel))
                 image = decode_first_frame(self.movq, latent)
                 if return_intermediates:
                     info["first_frame_latent"], info["keyframe_image"] = latent, image
@@ -206,7 +206,7 @@ class KandinskyVideoPipeline:
                 motion=s.motion, noise_augmentation=s.noise_augmentation,
                 guidance_weight_prompt=s.guidance_weight_prompt, guidance_weight_image=s.guidance_weight_image,
                 sampler=s.keyframes_sampler, steps=s.keyframes_steps, noise=noise,
-                progress=hook("keyframes"), cancel=cancel)
+                hooks=Hooks(progress=hook("keyframes"), cancel=cancel))
             if return_intermediates:
                 info["keyframe_latent"], info["base_frames"] = key_latent, frames
             for pass_index in range(1, FPS_PASSES[s.fps] + 1):
@@ -214,10 +214,10 @@ class KandinskyVideoPipeline:
                     self.interpolation_unet, self.interpolation_null_embedding, cond, frames,
                     pass_index=pass_index, guidance_scale=s.interpolation_guidance_scale,
                     sampler=s.interpolation_sampler, steps=s.interpolation_steps, noise=noise,
-                    progress=hook(f"interpolation_{pass_index}"), cancel=cancel)
+                    hooks=Hooks(progress=hook(f"interpolation_{pass_index}"), cancel=cancel))
                 if return_intermediates:
                     info[f"interpolated_{pass_index}"] = frames
             decode_hook = None if progress is None else (lambda done, total: progress("decode", done, total, None))
-            video = decode_frames(self.video_movq, frames, progress=decode_hook, cancel=cancel)
+            video = decode_frames(self.video_movq, frames, hooks=Hooks(progress=decode_hook, cancel=cancel))
             frames_uint8 = to_uint8_frames(video).cpu()
         return VideoResult(frames_uint8, frame_rate(int(frames_uint8.shape[0]), s.num_keyframes), info)

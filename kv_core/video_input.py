@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from .checks import is_int, is_real
 from .conditioning import null_condition
 from .rules import REFERENCE_KEYFRAMES, VIDEO_SECONDS, SizeRule, size_rule
-from .sampling.loop import check_cancel, model_device
+from .sampling.loop import check_cancel, run_device
+from .stages import NO_HOOKS, Hooks
 from .stages.decode import decode_frames
 from .stages.interpolation import SKIP_FRAMES, interpolate_frames
 
@@ -257,22 +258,21 @@ def check_frames(images, alpha=None) -> None:
 
 
 def encode_video(movq, images: torch.Tensor, fit: VideoFit, *, alpha: Optional[torch.Tensor] = None,
-                 background: float = BACKGROUND, chunk_size: int = DEFAULT_ENCODE_CHUNK, device=None,
-                 dtype: Optional[torch.dtype] = None, progress: Optional[Callable[[int, int], None]] = None,
-                 cancel: Optional[Callable[[], Optional[bool]]] = None) -> tuple[torch.Tensor, int]:
+                 background: float = BACKGROUND, chunk_size: int = DEFAULT_ENCODE_CHUNK,
+                 hooks: Hooks = NO_HOOKS) -> tuple[torch.Tensor, int]:
     """Image-MoVQ latents ``[N, 4, net_height / f, net_width / f]`` (float32, on the CPU) of a
     frame batch ``images`` ``[N, H, W, C]`` fitted by ``fit`` (:func:`plan_fit`), encoded
     ``chunk_size`` frames at a time (the encoder treats frames independently, so the chunk
     size does not change the result). Returns ``(latents, clipped)``: values outside [0, 1]
     are clipped, and ``clipped`` says how many there were (NaN/inf are refused).
-    ``progress(done, total)`` after each chunk; ``cancel()`` before each (True raises
-    ``kv_core.sampling.loop.Interrupted``)."""
+    ``hooks``: ``progress(done, total)`` after each chunk, ``cancel()`` before each (True
+    raises ``kv_core.sampling.loop.Interrupted``), device and dtype."""
     check_frames(images, alpha)
     if tuple(images.shape[1:3]) != (fit.height, fit.width):
         raise ValueError(f"the frames are {images.shape[2]}x{images.shape[1]}, the fit is for {fit.width}x{fit.height}")
     if not is_int(chunk_size) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of frames, got {chunk_size!r}")
-    device = torch.device(device) if device is not None else model_device(movq)
+    device, dtype, progress, cancel = run_device(movq, hooks.device), hooks.dtype, hooks.progress, hooks.cancel
     n = images.shape[0]
     starts = list(range(0, n, chunk_size))
     latents, clipped = [], 0
@@ -311,7 +311,7 @@ def interpolate_video(interpolation_unet, null_embedding: torch.Tensor, movq, vi
                       skip_frames: Optional[int] = None, window: Optional[int] = None,
                       overlap: Optional[int] = None, guidance_scale: float = 0.5, sampler: str = "ddpm",
                       steps: Optional[int] = None, noise=None, alpha: Optional[torch.Tensor] = None,
-                      decode_chunk_size: Optional[int] = None, device=None) -> InterpolatedVideo:
+                      decode_chunk_size: Optional[int] = None, hooks: Hooks = NO_HOOKS) -> InterpolatedVideo:
     """Any video ``images`` ``[N, H, W, C]`` at ``fps`` -> 4N - 3 frames at 4 x fps (``passes``
     2: 16N - 15 at 16 x fps): fit and encode (image MoVQ), ``passes`` interpolation passes
     (``skip_frames`` None: :func:`auto_skip_frames` of each pass's input rate; ``window``:
@@ -324,15 +324,16 @@ def interpolate_video(interpolation_unet, null_embedding: torch.Tensor, movq, vi
     rule = size_rule(movq=movq, video_movq=video_movq, interpolation_unet=interpolation_unet)
     check_frames(images, alpha)
     plan = plan_fit(int(images.shape[2]), int(images.shape[1]), rule, fit, max_side)
-    latents, _ = encode_video(movq, images, plan, alpha=alpha, device=device)
+    on_device = Hooks(device=hooks.device)  # each network computes in its own dtype
+    latents, _ = encode_video(movq, images, plan, alpha=alpha, hooks=on_device)
     cond = null_condition(null_embedding) if cond is None else cond
     rate = fps
     for _ in range(passes):
         skip = auto_skip_frames(rate) if skip_frames is None else skip_frames
         latents = interpolate_frames(interpolation_unet, null_embedding, cond, latents, skip_frames=skip,
                                      guidance_scale=guidance_scale, sampler=sampler, steps=steps, noise=noise,
-                                     window=window, overlap=overlap, device=device).cpu()
+                                     window=window, overlap=overlap, hooks=on_device).cpu()
         rate *= 4
-    decoded = decode_frames(video_movq, latents, chunk_size=decode_chunk_size, device=device).cpu()
+    decoded = decode_frames(video_movq, latents, chunk_size=decode_chunk_size, hooks=on_device).cpu()
     frames = restore_frames(decoded, plan).movedim(1, -1).contiguous()
     return InterpolatedVideo(frames, rate, latents, plan)

@@ -20,7 +20,7 @@ from ..kv_core.conditioning import guidance_contexts
 from ..kv_core.rules import REFERENCE_KEYFRAMES, size_rule
 from ..kv_core.sampling.noise import MAX_SEED
 from ..kv_core.sampling.schedulers import NUM_TRAIN_TIMESTEPS
-from ..kv_core.stages import LATENT_CHANNELS, STAGES, release_sigmas, stage_defaults
+from ..kv_core.stages import Hooks, LATENT_CHANNELS, STAGES, release_sigmas, stage_defaults
 from ..kv_core.stages.first_frame import decode_first_frame, first_frame_latent_size
 from ..kv_core.stages.interpolation import GROUP_FRAMES, MAX_SKIP_FRAMES, SKIP_FRAMES, assemble_interpolated
 from ..kv_core.stages.keyframes import (MOTION_PRESETS, augment_key_frame, keyframe_augmentation_noise,
@@ -151,7 +151,8 @@ class KandinskyVideoDecodeFirstFrame(io.ComfyNode):
         h, w = samples.shape[-2:]
         with torch.inference_mode(), stage(movq, memory_required=activation_memory(movq, 1, h, w)
                                            ) as device:
-            pictures = [decode_first_frame(movq.module, s[None].float(), device=device, dtype=movq.compute_dtype)
+            pictures = [decode_first_frame(movq.module, s[None].float(),
+                                           hooks=Hooks(device=device, dtype=movq.compute_dtype))
                         for s in samples]
         return io.NodeOutput(_intermediate(torch.stack(pictures).float() / 255.0))
 

@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from ..kv_core.conditioning import null_condition
 from ..kv_core.stages.interpolation import MAX_SKIP_FRAMES, SKIP_FRAMES, interpolate_frames
+from ..kv_core.stages import Hooks
 from . import sockets
 from .inputs import CATEGORY, CheckedCombos, sampler_inputs
 from .networks import activation_memory, stage
@@ -82,10 +83,10 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
                 out.append(interpolate_frames(
                     interpolation_unet.module, interpolation_unet.null_embedding, text,
                     frames, skip_frames=skip_frames, window=window, guidance_scale=guidance_scale, sampler=sampler,
-                    steps=steps,
-                    noise=seed, progress=lambda step, total, x, done=i * steps: progress(
-                        done + step, progress.bar.total, x),
-                    cancel=progress.cancel, device=device, dtype=interpolation_unet.compute_dtype).cpu())
+                    steps=steps, noise=seed,
+                    hooks=Hooks(progress=lambda step, total, x, done=i * steps: progress(
+                        done + step, progress.bar.total, x), cancel=progress.cancel, device=device,
+                        dtype=interpolation_unet.compute_dtype)).cpu())
         keyframes = sockets.recorded_keyframes(latent)  # passed on for Decode's frame rate, if known
         # an Encode Video latent's frame rate (x4) and size record go on to Decode
         out = sockets.video_latent(out, keyframes, sockets.recorded_segments(latent))  # a long video's segments too

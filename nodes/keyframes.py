@@ -10,6 +10,7 @@ from comfy_api.latest import io
 from ..kv_core.rules import REFERENCE_KEYFRAMES
 from ..kv_core.sampling.schedulers import NUM_TRAIN_TIMESTEPS
 from ..kv_core.stages.keyframes import MOTION_PRESETS, generate_keyframes
+from ..kv_core.stages import Hooks
 from . import sockets
 from .inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos, sampler_inputs
 from .networks import activation_memory, stage
@@ -64,8 +65,9 @@ class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
                 keyframe_unet.module, keyframe_unet.null_embedding, conditioning.text_condition(), first_frame.latent,
                 num_keyframes=num_keyframes, motion=motion, noise_augmentation=noise_augmentation,
                 guidance_weight_prompt=guidance_weight_prompt, guidance_weight_image=guidance_weight_image,
-                sampler=sampler, steps=steps, noise=seed, progress=progress, cancel=progress.cancel,
-                device=device, dtype=keyframe_unet.compute_dtype)
+                sampler=sampler, steps=steps, noise=seed,
+                hooks=Hooks(progress=progress, cancel=progress.cancel, device=device,
+                            dtype=keyframe_unet.compute_dtype))
         return io.NodeOutput(sockets.video_latent(frames, num_keyframes))
 
 

@@ -19,6 +19,7 @@ from comfy_api.latest import io
 from ..kv_core.rules import frame_rate, size_rule
 from ..kv_core.video_input import (DEFAULT_ENCODE_CHUNK, FIT_MODES, VideoFit, auto_skip_frames, check_frame_rate,
                                    encode_video, interpolated_fps, plan_fit)
+from ..kv_core.stages import Hooks
 from . import sockets
 from .inputs import CATEGORY, CheckedCombos, MAX_SIZE
 from .networks import activation_memory, stage
@@ -147,8 +148,9 @@ class KandinskyVideoEncodeVideo(CheckedCombos, io.ComfyNode):
         bar = StepProgress(chunks)
         memory = activation_memory(movq, DEFAULT_ENCODE_CHUNK, plan.net_height // f, plan.net_width // f)
         with torch.inference_mode(), stage(movq, memory_required=memory) as device:
-            latents, clipped = encode_video(movq.module, images, plan, alpha=alpha, device=device,
-                                            dtype=movq.compute_dtype, progress=bar, cancel=bar.cancel)
+            latents, clipped = encode_video(movq.module, images, plan, alpha=alpha,
+                                            hooks=Hooks(device=device, dtype=movq.compute_dtype, progress=bar,
+                                                        cancel=bar.cancel))
         if clipped:
             logging.warning("%s: %d frame values were outside 0..1 and were clipped", NAME, clipped)
         out = sockets.video_latent(latents, None)

@@ -46,7 +46,7 @@ class Recorder(torch.nn.Module):
     def __init__(self, net):
         super().__init__()
         self.net, self.calls = net, []
-        self.down_samples = net.down_samples
+        self.config = net.config  # the size rule reads the network's config
 
     def forward(self, x, time, context, context_mask, **kw):
         self.calls.append(dict(x=x.clone(), context=context.clone(), mask=context_mask.clone(), **kw))

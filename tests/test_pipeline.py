@@ -463,6 +463,7 @@ import sys, torch
 torch.set_num_threads(int(sys.argv[1]))
 from kv_core.pipeline import KandinskyVideoPipeline
 from kv_core.sampling.noise import SeededNoise, interpolation_stage
+from kv_core.stages import Hooks
 noise = {stage: SeededNoise.for_stage(77, stage).randn((3, 4, 64, 64))
          for stage in ("first_frame", "keyframes", interpolation_stage(3), interpolation_stage(9))}
 result = KandinskyVideoPipeline.from_release(sys.argv[2])(
@@ -526,7 +527,7 @@ def test_stage_hooks_device_dtype_and_skip_frames(pipe, cond):
         def __init__(self, net):
             super().__init__()
             self.net = net
-            self.down_samples = net.down_samples
+            self.config = net.config  # the size rule reads the network's config
 
         def forward(self, x, *a, **k):
             calls.append(x.dtype)
@@ -534,8 +535,8 @@ def test_stage_hooks_device_dtype_and_skip_frames(pipe, cond):
 
     kw = dict(sampler="ddim", steps=2, noise=seed)
     plain = generate_first_frame(pipe.unet, pipe.null_embedding, cond, width=64, height=64, **kw)
-    hooked = generate_first_frame(Spy(pipe.unet), pipe.null_embedding, cond, width=64, height=64, device="cpu",
-                                  dtype=torch.float64, **kw)
+    hooked = generate_first_frame(Spy(pipe.unet), pipe.null_embedding, cond, width=64, height=64, **kw,
+                                  hooks=Hooks(device="cpu", dtype=torch.float64))
     assert set(calls) == {torch.float64}
     torch.testing.assert_close(hooked, plain)
     frames = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -562,5 +563,5 @@ def test_encode_prompt_reports_progress_per_prompt():
     def encoder(text):
         return torch.ones(1, 3, 16), torch.ones(1, 3, dtype=torch.int64)
 
-    cond = encode_prompt(encoder, "a", "b", progress=lambda i, n: seen.append((i, n)))
+    cond = encode_prompt(encoder, "a", "b", hooks=Hooks(progress=lambda i, n: seen.append((i, n))))
     assert seen == [(1, 2), (2, 2)] and cond.negative_context is not None

@@ -7,7 +7,7 @@ import torch
 
 from kv_core import conditioning
 from kv_core import stages as st
-from kv_core.stages import interpolation as ip
+from kv_core.stages import Hooks, interpolation as ip
 from kv_core.stages import keyframes as kf
 from kv_core.conditioning import TextCondition
 from kv_core.sampling.noise import RecordingNoise, as_noise_source
@@ -49,7 +49,7 @@ def test_keyframe_augmentation_noise_is_the_uniform_draw_of_the_pack_keyframes_s
     recorded = RecordingNoise(as_noise_source(seed, "keyframes"))
     cond = TextCondition(torch.randn(1, 2, 5), torch.ones(1, 2, dtype=torch.int64))
     sample_keyframes(Net(), cond, torch.zeros(5), torch.zeros(4, h, w), num_frames=frames,
-                     sampler=make_sampler("ddim", 1), noise=recorded, device="cpu")
+                     sampler=make_sampler("ddim", 1), noise=recorded, hooks=Hooks(device="cpu"))
     # draws: the initial noise [frames, 4, h, w], then the uniform noise [4, h, w]
     assert [tuple(d.shape) for d in recorded.draws] == [(frames, 4, h, w), (4, h, w)]
     assert torch.equal(kf.keyframe_augmentation_noise(seed, frames, h, w), recorded.draws[1])

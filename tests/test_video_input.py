@@ -15,6 +15,7 @@ from kv_core.stages.interpolation import interpolate_frames
 from kv_core.stages.windows import WindowedInterpolationUNet, window_layout
 from kv_core.video_input import (FIT_MODES, VideoFit, apply_fit, auto_skip_frames, encode_video, interpolate_video,
                                  plan_fit, restore_frames)
+from kv_core.stages import Hooks
 from test_pipeline import tiny_condition, tiny_pipeline
 
 
@@ -103,7 +104,7 @@ def test_encode_in_chunks_gives_the_one_batch_latents(pipe):
     assert one.shape == (5, 4, fit.net_height // 8, fit.net_width // 8) and clipped == 0
     torch.testing.assert_close(one, two, rtol=0, atol=1e-5)
     seen = []
-    encode_video(pipe.movq, x, fit, chunk_size=2, progress=lambda d, t: seen.append((d, t)))
+    encode_video(pipe.movq, x, fit, chunk_size=2, hooks=Hooks(progress=lambda d, t: seen.append((d, t))))
     assert seen == [(1, 3), (2, 3), (3, 3)]
 
 

@@ -7,10 +7,7 @@ returns the guided model output at timestep t; :func:`run_steps` draws the per-s
 from the stage's noise source (``kv_core.sampling.noise``) and steps the sampler
 (``kv_core.sampling.schedulers``). Latents stay float32 on the stage's device.
 
-Host hooks: ``progress(step, total, latent)`` is called after every step;
-``cancel()`` is called before every step and stops the loop with ``Interrupted`` when it
-returns True (it may also raise its own exception). ``trace``, when a dict, receives the
-per-step guided predictions (``trace["eps"]``) and latents (``trace["x"]``) as lists.
+Host hooks travel as one ``kv_core.stages.Hooks`` object through every stage function and loop.
 """
 from __future__ import annotations
 
@@ -65,10 +62,11 @@ def run_device(network, device) -> torch.device:
 
 
 def run_steps(sampler: Sampler, x: torch.Tensor, predict: Callable[[torch.Tensor, int], torch.Tensor],
-              noise: NoiseSource, progress: ProgressFn | None, cancel: CancelFn | None, trace: dict | None):
+              noise: NoiseSource, hooks):
     """The step loop: ``predict(x, t)`` gives the guided model output at timestep t; the
     sampler's per-step noise is drawn from ``noise`` (after the prediction, as the
-    reference)."""
+    reference); ``hooks``' progress, cancel and trace (``kv_core.stages.Hooks``) are called."""
+    progress, cancel, trace = hooks.progress, hooks.cancel, hooks.trace
     sampler.reset()
     if trace is not None:
         trace.setdefault("eps", [])

@@ -24,11 +24,8 @@ floating-point rounding (other devices, thread counts and dtypes sum in other or
 CPU, 1 and 2 threads gave a few values 1/255 apart). A source is shared by all stages in
 order (the golden tests replay the reference's recorded draws that way).
 
-Host hooks every stage takes (the ComfyUI nodes pass them; the defaults suit a plain
-PyTorch run): ``device`` where the stage runs (default: the network's parameters' device;
-a host that loads a network in parts gives its load device), ``dtype`` the dtype the
-network computes in (default: its input's), ``progress``/``cancel``/``trace`` as in
-``kv_core.sampling.loop``.
+Host hooks (progress, cancel, trace, device, dtype) travel as one :class:`Hooks` object
+through every stage function and loop.
 
 Sigmas (:func:`release_sigmas`): ``sqrt((1 - abar_t) / abar_t)`` at the stage's timesteps
 (``kv_core.sampling.schedulers.make_timesteps`` with its spacing), then 0. The schedule is
@@ -45,7 +42,7 @@ sampler (ComfyUI's, ``nodes/core_model.py``) needs of the stages.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -71,6 +68,33 @@ STAGE_TABLE = {stage.name: stage for stage in (
     Stage("interpolation", INTERPOLATION_UNET, SamplerDefaults("ddpm", 10, "v_prediction", "trailing")),
 )}
 STAGES = tuple(STAGE_TABLE)
+@dataclass(frozen=True)
+class Hooks:
+    """What a host gives a stage (the ComfyUI nodes give all of it; the defaults suit a
+    plain PyTorch run).
+
+    ``progress``: called after every sampling step as ``progress(step, total, latent)``;
+    the decode and the text stage, which have no latent, call ``progress(done, total)``
+    after each chunk or prompt. ``cancel()``: called before every step (chunk) and stops
+    the stage with ``kv_core.sampling.loop.Interrupted`` when it returns True (it may also raise its own
+    exception). ``trace``: a dict that receives the per-step guided predictions
+    (``trace["eps"]``) and latents (``trace["x"]``) as lists. ``device``: where the stage
+    runs (default: the network's parameters' device; a host that loads a network in parts
+    gives its load device). ``dtype``: the dtype the network computes in (default: its
+    input's; the loops keep latents float32 and a host whose layers cast their weights at
+    run time, e.g. fp8 storage, gives it).
+    """
+
+    progress: Optional[Callable] = None
+    cancel: Optional[Callable[[], Optional[bool]]] = None
+    trace: Optional[dict] = None
+    device: Union[torch.device, str, None] = None
+    dtype: Optional[torch.dtype] = None
+
+
+NO_HOOKS = Hooks()
+
+
 #: channels of a MoVQ latent
 LATENT_CHANNELS = 4
 #: channels of the first-frame / keyframe condition (latent 4 + mask 1)

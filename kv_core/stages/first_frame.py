@@ -9,6 +9,7 @@ epsilon prediction (``kv_core.stages.STAGE_TABLE``).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -18,10 +19,10 @@ from ..conditioning import TextCondition, cfg, check_context_width, guidance_con
 from ..image import prepare_first_frame
 from ..models.movq import to_uint8_frames
 from ..rules import RELEASE_MOVQ_FACTOR, SizeRule, size_rule
-from ..sampling.loop import (CancelFn, ProgressFn, in_dtype, model_device, run_device, run_steps, stage_noise)
+from ..sampling.loop import in_dtype, run_device, run_steps, stage_noise
 from ..sampling.noise import NoiseSource
 from ..sampling.schedulers import Sampler, check_sampler
-from . import CONDITION_CHANNELS, STAGE_TABLE
+from . import CONDITION_CHANNELS, Hooks, NO_HOOKS, STAGE_TABLE
 
 NAME = "first_frame"
 DEFAULTS = STAGE_TABLE[NAME].sampling
@@ -64,19 +65,17 @@ def sample_first_frame(
     guidance_scale: float = 5.0,
     sampler: Sampler | None = None,
     noise: NoiseSource,
-    device=None,
-    progress: ProgressFn | None = None,
-    cancel: CancelFn | None = None,
-    trace: dict | None = None,
+    hooks: Hooks = NO_HOOKS,
 ) -> torch.Tensor:
     """Generate the first-frame latent ``[B, 4, h, w]`` (B = rows of ``cond.context``).
 
     ``latent_size`` = (h, w) of the image latent (the pipeline uses twice the video's
     latent size). Input rows ``[x, x]`` with zero condition and mask channels; the U-Net
-    runs in image mode; guidance ``(w + 1) cond - w uncond``.
+    runs in image mode; guidance ``(w + 1) cond - w uncond``. ``hooks``: progress, cancel,
+    trace and device (``kv_core.sampling.loop.Hooks``; its dtype is the stage function's).
     """
     sampler = sampler or DEFAULTS.make()
-    device = device or model_device(unet)
+    device = run_device(unet, hooks.device)
     b = cond.context.shape[0]
     h, w = latent_size
     x = noise.randn((b, 4, h, w), device=device)
@@ -90,7 +89,7 @@ def sample_first_frame(
         e_cond, e_uncond = unet(inp, time, context, context_mask, mode="image").float().chunk(2)
         return cfg(e_cond, e_uncond, guidance_scale)
 
-    return run_steps(sampler, x, predict, noise, progress, cancel, trace)
+    return run_steps(sampler, x, predict, noise, hooks)
 
 
 # --- the stage ----------------------------------------------------------------------------
@@ -99,8 +98,7 @@ def sample_first_frame(
 def generate_first_frame(
     unet, null_embedding: torch.Tensor, cond: TextCondition, *, width: int = 512, height: int = 512,
     guidance_scale: float = 5.0, sampler: str = "ddpm", steps: Optional[int] = None, noise=None,
-    progress: ProgressFn | None = None, cancel: CancelFn | None = None, trace: dict | None = None,
-    movq=None, device=None, dtype: Optional[torch.dtype] = None,
+    movq=None, hooks: Hooks = NO_HOOKS,
 ) -> torch.Tensor:
     """First-frame latent ``[1, 4, 2*height/f, 2*width/f]`` (twice the video size) from the
     keyframe U-Net in image mode; ``guidance_scale`` is the reference's
@@ -112,33 +110,31 @@ def generate_first_frame(
     guidance_scale = check_guidance("guidance_scale", guidance_scale)
     check_sampler(NAME, sampler, steps)
     noise = stage_noise(noise, NAME)
-    return sample_first_frame(in_dtype(unet, dtype), cond, null_embedding, latent_size=latent_size,
-                              guidance_scale=guidance_scale, sampler=DEFAULTS.make(sampler, steps),
-                              noise=noise, device=run_device(unet, device), progress=progress, cancel=cancel,
-                              trace=trace)
+    return sample_first_frame(in_dtype(unet, hooks.dtype), cond, null_embedding, latent_size=latent_size,
+                              guidance_scale=guidance_scale, sampler=DEFAULTS.make(sampler, steps), noise=noise,
+                              hooks=replace(hooks, device=run_device(unet, hooks.device)))
 
 
 @torch.inference_mode()
-def decode_first_frame(movq, latent: torch.Tensor, *, device=None,
-                       dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+def decode_first_frame(movq, latent: torch.Tensor, *, hooks: Hooks = NO_HOOKS) -> torch.Tensor:
     """Image-MoVQ decode of a first-frame latent ``[1, 4, h, w]`` -> uint8 ``[8h, 8w, 3]``
-    (``x * 255`` truncated, as the reference's PIL conversion), on the CPU."""
+    (``x * 255`` truncated, as the reference's PIL conversion), on the CPU. ``hooks``:
+    device and dtype."""
     if not isinstance(latent, torch.Tensor) or latent.ndim != 4:
         raise ValueError("latent must be a tensor [1, 4, h, w] from generate_first_frame")
-    image = movq.decode(latent.to(device=run_device(movq, device), dtype=dtype)).float()
+    image = movq.decode(latent.to(device=run_device(movq, hooks.device), dtype=hooks.dtype)).float()
     image = torch.clip((image + 1.0) / 2.0, 0.0, 1.0)
     return to_uint8_frames(image[:1])[0].cpu()
 
 
 @torch.inference_mode()
 def encode_first_frame(movq, image, *, width: int = 512, height: int = 512, mode: str = "reference",
-                       layout: Optional[str] = None, device=None, dtype: Optional[torch.dtype] = None
-                       ) -> torch.Tensor:
+                       layout: Optional[str] = None, hooks: Hooks = NO_HOOKS) -> torch.Tensor:
     """Conditioning latent ``[4, height/8, width/8]`` (float32) of a picture: reference
     resize/centre-crop (``mode="reference"``, small pictures padded black) or ``cover``
     (scaled to cover the frame), then the image MoVQ encoder. See ``kv_core.image``
     (``layout`` "HWC"/"CHW" for an array whose shape fits both). The size must be a
-    multiple of the MoVQ's factor (``kv_core.rules.size_rule``)."""
+    multiple of the MoVQ's factor (``kv_core.rules.size_rule``). ``hooks``: device and dtype."""
     size_rule(movq=movq).check(width, height)
     pixels = prepare_first_frame(image, width, height, mode, layout=layout)
-    return movq.encode(pixels[None].to(device=run_device(movq, device), dtype=dtype))[0].float()
+    return movq.encode(pixels[None].to(device=run_device(movq, hooks.device), dtype=hooks.dtype))[0].float()

@@ -12,6 +12,7 @@ Reference sampling: DDPM, 10 trailing steps, v-prediction (``kv_core.stages.STAG
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -19,10 +20,10 @@ import torch
 from ..checks import check_guidance, is_int
 from ..conditioning import TextCondition, cfg, check_context_width, guidance_contexts
 from ..rules import size_rule
-from ..sampling.loop import (CancelFn, ProgressFn, in_dtype, model_device, run_device, run_steps, stage_noise)
+from ..sampling.loop import in_dtype, run_device, run_steps, stage_noise
 from ..sampling.noise import NoiseSource, interpolation_stage
 from ..sampling.schedulers import Sampler, check_sampler
-from . import LATENT_CHANNELS, STAGE_TABLE
+from . import Hooks, LATENT_CHANNELS, NO_HOOKS, STAGE_TABLE
 from .windows import WindowedInterpolationUNet, window_layout
 
 NAME = "interpolation"
@@ -104,10 +105,7 @@ def sample_interpolation(
     use_temporal_mask: bool = True,
     sampler: Sampler | None = None,
     noise: NoiseSource,
-    device=None,
-    progress: ProgressFn | None = None,
-    cancel: CancelFn | None = None,
-    trace: dict | None = None,
+    hooks: Hooks = NO_HOOKS,
 ) -> torch.Tensor:
     """Predict three frames between each pair of consecutive ``frames`` ``[N, 4, h, w]``.
 
@@ -115,10 +113,11 @@ def sample_interpolation(
     channels). Each step runs one forward of 2(N - 1) rows: cond (text, neighbouring
     frames, temporal mask 1) and uncond (null text, zero frames, temporal mask 0 — the
     temporal layers are bypassed), guidance ``(w + 1) cond - w uncond``.
-    ``skip_frames`` is 3 for the first interpolation pass and 1 for the second.
+    ``skip_frames`` is 3 for the first interpolation pass and 1 for the second. ``hooks``:
+    progress, cancel, trace and device (its dtype is the stage function's).
     """
     sampler = sampler or DEFAULTS.make()
-    device = device or model_device(unet)
+    device = run_device(unet, hooks.device)
     n, c, h, w = frames.shape
     if n < 2:
         raise ValueError(f"interpolation needs at least 2 frames, got {n}")
@@ -145,7 +144,7 @@ def sample_interpolation(
         v_cond, v_uncond = v.chunk(2)
         return cfg(v_cond, v_uncond, guidance_scale)
 
-    return run_steps(sampler, x, predict, noise, progress, cancel, trace)
+    return run_steps(sampler, x, predict, noise, hooks)
 
 
 # --- the stage ----------------------------------------------------------------------------
@@ -154,9 +153,8 @@ def sample_interpolation(
 def interpolate_frames(
     unet, null_embedding: torch.Tensor, cond: TextCondition, frames: torch.Tensor, *,
     pass_index: int = 1, guidance_scale: float = 0.5, sampler: str = "ddpm", steps: Optional[int] = None,
-    noise=None, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-    trace: dict | None = None, skip_frames: Optional[int] = None, device=None,
-    dtype: Optional[torch.dtype] = None, window: Optional[int] = None, overlap: Optional[int] = None,
+    noise=None, skip_frames: Optional[int] = None, window: Optional[int] = None, overlap: Optional[int] = None,
+    hooks: Hooks = NO_HOOKS,
 ) -> torch.Tensor:
     """One interpolation pass: ``frames`` ``[N, 4, h, w]`` -> ``[4N - 3, 4, h, w]``.
 
@@ -183,15 +181,14 @@ def interpolate_frames(
     check_context_width(cond, null_embedding, "interpolation U-Net")
     guidance_scale = check_guidance("guidance_scale", guidance_scale)
     check_sampler(NAME, sampler, steps)
-    network = in_dtype(unet, dtype)
+    network = in_dtype(unet, hooks.dtype)
     if window:
         window_layout(int(frames.shape[0]) - 1, window, overlap)  # a bad window fails before anything runs
-        network = WindowedInterpolationUNet(network, window, overlap, cancel=cancel)
+        network = WindowedInterpolationUNet(network, window, overlap, cancel=hooks.cancel)
     noise = stage_noise(noise, interpolation_stage(int(frames.shape[0])))
     groups = sample_interpolation(network, cond, null_embedding, frames, skip_frames=skip_frames,
                                   guidance_scale=guidance_scale, sampler=DEFAULTS.make(sampler, steps),
-                                  noise=noise, device=run_device(unet, device), progress=progress, cancel=cancel,
-                                  trace=trace)
-    if trace is not None:
-        trace["interpolated"] = groups
+                                  noise=noise, hooks=replace(hooks, device=run_device(unet, hooks.device)))
+    if hooks.trace is not None:
+        hooks.trace["interpolated"] = groups
     return assemble_interpolated(frames.to(groups.device, torch.float32), groups)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -20,10 +21,10 @@ import torch
 from ..checks import check_guidance, is_int, is_real
 from ..conditioning import TextCondition, check_context_width, guidance_contexts
 from ..rules import REFERENCE_KEYFRAMES, check_num_keyframes, size_rule
-from ..sampling.loop import (CancelFn, ProgressFn, in_dtype, model_device, run_device, run_steps, stage_noise)
+from ..sampling.loop import in_dtype, run_device, run_steps, stage_noise
 from ..sampling.noise import NoiseSource, as_noise_source
 from ..sampling.schedulers import NUM_TRAIN_TIMESTEPS, Sampler, add_noise, check_sampler, kv_alphas_cumprod
-from . import CONDITION_CHANNELS, LATENT_CHANNELS, STAGE_TABLE
+from . import CONDITION_CHANNELS, Hooks, LATENT_CHANNELS, NO_HOOKS, STAGE_TABLE
 
 NAME = "keyframes"
 DEFAULTS = STAGE_TABLE[NAME].sampling
@@ -133,10 +134,7 @@ def sample_keyframes(
     noise_augmentation: int = 20,
     sampler: Sampler | None = None,
     noise: NoiseSource,
-    device=None,
-    progress: ProgressFn | None = None,
-    cancel: CancelFn | None = None,
-    trace: dict | None = None,
+    hooks: Hooks = NO_HOOKS,
 ) -> torch.Tensor:
     """Generate ``num_frames`` keyframe latents ``[T, 4, h, w]`` from the encoded first
     frame ``key_frame`` ``[4, h, w]``.
@@ -148,9 +146,10 @@ def sample_keyframes(
     was trained for that). Each step
     runs one forward of 3T rows, copy-major: (text, image), (null text, image),
     (null text, no image), then ``(1 - wi) uncond + (wi - wp) image_only + wp full``.
+    ``hooks``: progress, cancel, trace and device (its dtype is the stage function's).
     """
     sampler = sampler or DEFAULTS.make()
-    device = device or model_device(unet)
+    device = run_device(unet, hooks.device)
     t_frames = num_frames
     h, w = key_frame.shape[-2:]
     x = noise.randn((t_frames, 4, h, w), device=device)
@@ -179,7 +178,7 @@ def sample_keyframes(
         e_full, e_image, e_uncond = e.chunk(3)
         return keyframe_guidance(e_full, e_image, e_uncond, wp, wi)
 
-    return run_steps(sampler, x, predict, noise, progress, cancel, trace)
+    return run_steps(sampler, x, predict, noise, hooks)
 
 
 # --- the stage ----------------------------------------------------------------------------
@@ -189,9 +188,7 @@ def generate_keyframes(
     unet, null_embedding: torch.Tensor, cond: TextCondition, key_latent: torch.Tensor, *,
     num_keyframes: int = REFERENCE_KEYFRAMES, motion="medium", noise_augmentation: int = 20,
     guidance_weight_prompt: float = 5.0, guidance_weight_image: float = 2.0,
-    sampler: str = "ddpm", steps: Optional[int] = None, noise=None,
-    progress: ProgressFn | None = None, cancel: CancelFn | None = None, trace: dict | None = None,
-    device=None, dtype: Optional[torch.dtype] = None,
+    sampler: str = "ddpm", steps: Optional[int] = None, noise=None, hooks: Hooks = NO_HOOKS,
 ) -> torch.Tensor:
     """Keyframe latents ``[num_keyframes, 4, h, w]`` conditioned on ``key_latent``
     ``[4, h, w]`` (from ``encode_first_frame``; frame 0, as the release). ``motion``:
@@ -212,8 +209,7 @@ def generate_keyframes(
     wi = check_guidance("guidance_weight_image", guidance_weight_image)
     check_sampler(NAME, sampler, steps)
     noise = stage_noise(noise, NAME)
-    return sample_keyframes(in_dtype(unet, dtype), cond, null_embedding, key_latent, num_frames=num_keyframes,
+    return sample_keyframes(in_dtype(unet, hooks.dtype), cond, null_embedding, key_latent, num_frames=num_keyframes,
                             guidance_weight_prompt=wp, guidance_weight_image=wi, motion_score=score,
                             noise_augmentation=noise_augmentation, sampler=DEFAULTS.make(sampler, steps),
-                            noise=noise, device=run_device(unet, device), progress=progress, cancel=cancel,
-                            trace=trace)
+                            noise=noise, hooks=replace(hooks, device=run_device(unet, hooks.device)))

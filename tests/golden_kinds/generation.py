@@ -8,7 +8,7 @@ import torch
 from golden_support import GoldenCase, golden_kind
 
 from kv_core.sampling.noise import ReplayNoise
-from kv_core.stages import stage_sampler
+from kv_core.stages import Hooks, stage_sampler
 
 _SAMPLER_OF = {"base": "keyframes", "interp": "interpolation"}
 
@@ -75,7 +75,7 @@ def run_loop_first_frame(case: GoldenCase) -> dict:
     inputs, noise, trace = case.inputs, ReplayNoise(case.noises), {}
     cond = TextCondition(inputs["context"], inputs["context_mask"])
     out = sample_first_frame(unet, cond, null, latent_size=tuple(case.args["shape"][-2:]),
-                             guidance_scale=case.args["guidance_weight"], noise=noise, trace=trace)
+                             guidance_scale=case.args["guidance_weight"], noise=noise, hooks=Hooks(trace=trace))
     noise.assert_consumed()
     return {"out": out, **_trace_outputs(trace)}
 
@@ -92,7 +92,7 @@ def run_loop_keyframes(case: GoldenCase) -> dict:
                            guidance_weight_prompt=args["guidance_weight"],
                            guidance_weight_image=args["guidance_weight_image"],
                            motion_score=args["motion_score"], noise_augmentation=args["noise_augmentation"],
-                           noise=noise, trace=trace)
+                           noise=noise, hooks=Hooks(trace=trace))
     noise.assert_consumed()
     return {"out": out, **_trace_outputs(trace)}
 
@@ -109,7 +109,7 @@ def run_loop_interpolation(case: GoldenCase) -> dict:
     groups = sample_interpolation(unet, cond, null, base, skip_frames=args["skip_frames"],
                                   guidance_scale=args["guidance_scale"],
                                   perturbation_time=args["perturbation_time"],
-                                  use_temporal_mask=args["use_temporal_mask"], noise=noise, trace=trace)
+                                  use_temporal_mask=args["use_temporal_mask"], noise=noise, hooks=Hooks(trace=trace))
     noise.assert_consumed()
     return {"interpolated": groups, "video": assemble_interpolated(base, groups), **_trace_outputs(trace)}
 
