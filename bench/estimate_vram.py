@@ -54,6 +54,7 @@ from kv_core import dtypes  # noqa: E402
 from kv_core.checkpoints import (INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ,  # noqa: E402
                                  build_network, official_config)
 from kv_core.conditioning import TextCondition  # noqa: E402
+from kv_core.stages import Hooks  # noqa: E402
 from kv_core.stages.decode import decode_chunk_sizes, decode_frames  # noqa: E402
 from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame  # noqa: E402
 from kv_core.stages.interpolation import interpolate_frames  # noqa: E402
@@ -494,7 +495,6 @@ def check_configs(kind: str) -> dict:
     U-Nets and the video MoVQ, kv_core.tiny's image MoVQ; ``kind`` "tiny" uses kv_core.tiny's
     for all."""
     from kv_core.tiny import tiny_configs
-    from kv_core.stages import Hooks
 
     tiny = {k: v["configs"] for k, v in tiny_configs().items() if "configs" in v}
     if kind == "tiny":

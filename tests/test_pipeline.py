@@ -20,6 +20,7 @@ from kv_core.pipeline import GenerationSettings, KandinskyVideoPipeline
 from kv_core.rules import frame_count, frame_rate, interpolation_passes, size_rule
 from kv_core.sampling.loop import Interrupted
 from kv_core.sampling.noise import RecordingNoise, ReplayNoise, SeededNoise
+from kv_core.stages import Hooks
 from kv_core.stages.decode import decode_frames
 from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame
 from kv_core.stages.interpolation import interpolate_frames
@@ -463,7 +464,6 @@ import sys, torch
 torch.set_num_threads(int(sys.argv[1]))
 from kv_core.pipeline import KandinskyVideoPipeline
 from kv_core.sampling.noise import SeededNoise, interpolation_stage
-from kv_core.stages import Hooks
 noise = {stage: SeededNoise.for_stage(77, stage).randn((3, 4, 64, 64))
          for stage in ("first_frame", "keyframes", interpolation_stage(3), interpolation_stage(9))}
 result = KandinskyVideoPipeline.from_release(sys.argv[2])(
