@@ -18,10 +18,10 @@ from comfy_api.latest import io
 from ..kv_core.image import RESIZE_MODES, image_batch_picture
 from ..kv_core.rules import first_frame_latent_size
 from ..kv_core.stages import decode_first_frame, encode_first_frame, generate_first_frame
-from . import sockets
-from .inputs import CATEGORY, CheckedCombos, sampler_inputs, size_inputs
-from .networks import activation_memory, stage
-from .progress import StepProgress
+from .host import sockets
+from .host.inputs import CATEGORY, CheckedCombos, sampler_inputs, size_inputs
+from .host.networks import activation_memory, stage
+from .host.progress import StepProgress
 
 PICK_HINT = "choose one with the core Image From Batch node (batch_index, length 1) before this node"
 

@@ -1,4 +1,4 @@
-"""Small helper nodes that need no model."""
+"""Frame Info: the frame count, playback rate and duration of a run, without a model."""
 from __future__ import annotations
 
 from comfy_api.latest import io

@@ -16,10 +16,10 @@ from comfy_api.latest import io, ui
 
 from ..kv_core.stages import TextCondition, encode_prompt
 from ..kv_core.text import PromptReport
-from . import sockets
-from .inputs import CATEGORY
-from .networks import Network, stage
-from .progress import StepProgress
+from .host import sockets
+from .host.inputs import CATEGORY
+from .host.networks import Network, stage
+from .host.progress import StepProgress
 
 logger = logging.getLogger(__name__)
 

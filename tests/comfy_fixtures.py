@@ -15,6 +15,13 @@ Registered from tests/conftest.py with ``pytest_plugins``.
   Skipped with the reason when no Chromium is installed, except under CI (``CI`` set),
   where that is a failure.
 * ``chromium`` (session): a bare :class:`Browser` for tests of the harness on their own pages.
+* ``pack`` (module): this pack imported in the test process with ComfyUI's modules and no
+  server (``tools/harness/inprocess.py``), for tests that call the host glue and nodes
+  directly; skipped when there is no ComfyUI checkout.
+
+Every test that uses the server gets the marker ``host``, every one that uses a browser the
+marker ``browser`` (``pytest -m host`` runs those, ``-m "not host and not browser"`` the
+rest); tests that use the server share one xdist worker.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ import os
 import pytest
 
 from tools.harness import Browser, BrowserError, ComfyFrontend, ComfyHost, HostError, find_chromium
+from tools.harness.inprocess import comfy_modules, comfyui_checkout, import_pack
 from tools.harness.install import CURRENT_FRONTEND, FRONTEND_DIST, ensure_frontend
 
 #: The web frontends the browser tests run with: the pinned one (ComfyUI's default) and the current.
@@ -131,6 +139,15 @@ def comfy_browser(request, comfy_host):
         yield frontend
 
 
+@pytest.fixture(scope="module")
+def pack():
+    comfyui = comfyui_checkout()
+    if comfyui is None:
+        pytest.skip("no ComfyUI checkout ($COMFYUI_PATH, or the pinned one scripts/test.sh installs)")
+    with comfy_modules(comfyui):
+        yield import_pack()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Attach the server log written during a failed test that used ``comfy``."""
@@ -143,11 +160,18 @@ def pytest_runtest_makereport(item, call):
 
 
 _HOST_FIXTURES = {"comfy_host", "comfy", "comfy_browser"}
+_BROWSER_FIXTURES = {"comfy_browser", "chromium"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under ``pytest -n N --dist loadgroup`` keep every test that uses the host on one
-    worker, so the session starts one ComfyUI, not one per worker."""
+    """Mark the tests that use the ComfyUI server ``host`` and those that use a browser
+    ``browser``, from the fixtures they use. Under ``pytest -n N --dist loadgroup`` keep
+    every test that uses the server on one worker, so the session starts one ComfyUI, not
+    one per worker."""
     for item in items:
-        if _HOST_FIXTURES & set(getattr(item, "fixturenames", ())):
+        used = set(getattr(item, "fixturenames", ()))
+        if _HOST_FIXTURES & used:
+            item.add_marker(pytest.mark.host)
             item.add_marker(pytest.mark.xdist_group("comfyui"))
+        if _BROWSER_FIXTURES & used:
+            item.add_marker(pytest.mark.browser)

