@@ -15,7 +15,10 @@ from kv_core.dtypes import supports_fp8_weights
 from kv_core.tiny import write_tiny_release
 
 GOLDEN = golden_dir()
-needs_golden = pytest.mark.skipif(not (GOLDEN / "configs.json").exists(), reason="no golden folder")
+def needs_golden(test):
+    """A test that reads the golden files: marked ``golden``, skipped without them."""
+    return pytest.mark.golden(pytest.mark.skipif(not (GOLDEN / "configs.json").exists(),
+                                                 reason="no golden folder")(test))
 
 # network, file in a release, section of configs.json
 OFFICIAL = [

@@ -12,6 +12,8 @@ import torch
 import golden_kinds  # noqa: F401  (registers the runners)
 from golden_support import RUNNERS, NotReproduced, compare_case, golden_dir, load_cases
 
+pytestmark = pytest.mark.golden
+
 _ROOT = golden_dir()
 _CASES = load_cases(_ROOT) if (_ROOT / "manifest.json").exists() else []
 

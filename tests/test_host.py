@@ -178,6 +178,7 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.mark.host  # starts its own server
 def test_host_stops_by_its_pid_when_the_body_fails(tmp_path):
     host = ComfyHost(base_dir=tmp_path / "base")
     with pytest.raises(RuntimeError, match="deliberate"):

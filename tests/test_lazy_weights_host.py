@@ -23,9 +23,11 @@ from kv_core.tiny import write_tiny_release
 from test_nodes import RELEASE_FILES, fast, node_of, shipped_workflow
 from tools.harness import ComfyHost, HostError, REPO_ROOT
 
+pytestmark = pytest.mark.host  # its own ComfyUI server (lazy_host), with the test-only pack
+
 LAZY_PACK = Path(__file__).resolve().parent / "data" / "lazy_weights_pack"
 OUR_MODULES = {"KeyframeUNet", "InterpolationUNet", "MoVQ", "_TextStack"}
-OFFLOAD_ENV = "KANDINSKY_VIDEO_OFFLOAD"  # nodes/networks.py: unload every network after its stage
+OFFLOAD_ENV = "KANDINSKY_VIDEO_OFFLOAD"  # nodes/host/networks.py: unload every network after its stage
 
 
 @pytest.fixture(scope="module")

@@ -451,6 +451,7 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want).norm() / want.norm())
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("kind", ["t2v_unet_video", "interp_unet"])
 @torch.no_grad()
 def test_half_precision_forward_is_close_to_fp32(kind):
