@@ -1,8 +1,8 @@
 """Time and peak memory of interpolating a long input video, one batch against windows.
 
-    python bench/bench_interpolate_video.py                       # 100 frames, tiny networks, CPU
-    python bench/bench_interpolate_video.py --frames 200 --size 256 --windows 0 8 16 32
-    python bench/bench_interpolate_video.py --full --device cuda --dtype bfloat16 --size 512
+    python -m bench.bench_interpolate_video                       # 100 frames, tiny networks, CPU
+    python -m bench.bench_interpolate_video --frames 200 --size 256 --windows 0 8 16 32
+    python -m bench.bench_interpolate_video --full --device cuda --dtype bfloat16 --size 512
 
 One x4 pass (``kv_core.stages.interpolate_frames``, DDPM, ``--steps``) over the image-MoVQ
 latents of ``--frames`` random frames at ``--size`` pixels, once in one batch (window 0, as the
@@ -22,10 +22,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_pipeline import PeakMemory, build_pipeline  # noqa: E402
+from bench.bench_pipeline import PeakMemory, build_pipeline  # noqa: E402
 from kv_core.stages import interpolate_frames  # noqa: E402
 from kv_core.video_input import null_condition  # noqa: E402
 from kv_core.windows import default_overlap  # noqa: E402

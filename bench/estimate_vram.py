@@ -1,9 +1,9 @@
 """Peak activation memory of every Kandinsky Video 1.1 stage at the release's size,
 estimated on the CPU without allocating it.
 
-    python bench/estimate_vram.py              # the release's size: estimate table (about a minute)
-    python bench/estimate_vram.py --check      # the method against measured CPU peaks (small sizes)
-    python bench/estimate_vram.py --json out.json
+    python -m bench.estimate_vram              # the release's size: estimate table (about a minute)
+    python -m bench.estimate_vram --check      # the method against measured CPU peaks (small sizes)
+    python -m bench.estimate_vram --json out.json
 
 Method. Each stage runs the real code (``kv_core.stages``: the same calls the nodes make,
 one sampling step) under ``torch.inference_mode()`` on *fake* tensors
@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import weakref
 from pathlib import Path
 
@@ -47,8 +46,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from kv_core import dtypes  # noqa: E402
 from kv_core.checkpoints import (INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ,  # noqa: E402

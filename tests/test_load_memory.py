@@ -165,12 +165,8 @@ def test_converter_does_not_keep_the_source_resident(projections, monkeypatch, t
 def test_bench_writer_makes_files_torch_load_reads(tmp_path):
     """bench/bench_load_memory.py writes official-format files tensor by tensor; they must
     read back exactly with torch.load(weights_only=True, mmap=True), as torch.save's do."""
-    import importlib.util
+    from bench import bench_load_memory as bench
 
-    spec = importlib.util.spec_from_file_location(
-        "bench_load_memory", Path(__file__).resolve().parents[1] / "bench" / "bench_load_memory.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     layout = {"unet": {"a.weight": (3, 70), "b.norm.weight": (5,)}, "null_embedding": (7,)}
     path = tmp_path / "t2v.pt"
     bench.write_torch_file(path, layout, bench.random_fill(0), torch.float16)

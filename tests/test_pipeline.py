@@ -211,10 +211,8 @@ def test_seeded_runs_are_deterministic(pipe, cond):
 def test_seeded_run_matches_another_process(pipe, cond, tmp_path):
     out = tmp_path / "frames.pt"
     code = textwrap.dedent(f"""
-        import sys
         import torch
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_pipeline import tiny_condition, tiny_pipeline
+        from tests.test_pipeline import tiny_condition, tiny_pipeline  # run from the repository root
         torch.set_num_threads({torch.get_num_threads()})
         result = tiny_pipeline()(conditioning=tiny_condition(), width=64, height=64, num_keyframes=3,
                                  fps="medium", noise=21, **{FAST!r})

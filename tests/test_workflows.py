@@ -148,7 +148,7 @@ def test_template_has_its_thumbnail(name):
 
     path = thumbnail_path(name)
     assert path.name == f"{name}.jpg"  # the only name the template browser asks for
-    assert path.is_file(), f"no thumbnail for {name}: run python tools/thumbnails.py {name}"
+    assert path.is_file(), f"no thumbnail for {name}: run python -m tools.thumbnails {name}"
     with Image.open(path) as image:
         assert image.format == "JPEG"
         assert image.width >= 1000 and image.height >= 400, image.size  # readable when shown large
