@@ -10,8 +10,9 @@ from __future__ import annotations
 import comfy.model_patcher
 import comfy.samplers
 
-from ...kv_core.checkpoints import INTERPOLATION_UNET
-from ...kv_core.stage_inputs import clamp_x0, keyframe_guidance
+from ...kv_core.kinds import INTERPOLATION_UNET
+from ...kv_core.stages import clamp_x0
+from ...kv_core.stages.keyframes import keyframe_guidance
 from .networks import Network
 from .unet_model import KEY_STAGE, STAGES_OF, WHICH_NODE, KandinskyVideoModel
 

@@ -10,8 +10,10 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ...kv_core.noise import MAX_SEED
-from ...kv_core.rules import MOTION_PRESETS, NUM_TRAIN_TIMESTEPS, REFERENCE_KEYFRAMES, SAMPLERS
+from ...kv_core.rules import REFERENCE_KEYFRAMES
+from ...kv_core.sampling.noise import MAX_SEED
+from ...kv_core.sampling.schedulers import NUM_TRAIN_TIMESTEPS, SAMPLERS
+from ...kv_core.stages.keyframes import MOTION_PRESETS
 
 CATEGORY = "Kandinsky Video"
 MAX_SIZE = 4096

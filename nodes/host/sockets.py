@@ -11,7 +11,7 @@ import torch
 from comfy_api.latest import io
 
 from ...kv_core.extend import PromptTimeline
-from ...kv_core.stages import TextCondition
+from ...kv_core.conditioning import TextCondition
 
 KeyframeUNet = io.Custom("KV_KEYFRAME_UNET")
 InterpolationUNet = io.Custom("KV_INTERPOLATION_UNET")
