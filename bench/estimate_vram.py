@@ -20,7 +20,7 @@ like any other and is counted.
 
 The same counter runs on real tensors, and :func:`measured_peak` takes the CPU allocator's
 own record (the profiler's memory events) of a real run: ``--check`` compares the estimate
-with both at small sizes (fp32 and bf16), and ``tests/test_estimate_vram.py`` keeps them
+with both at small sizes (fp32 and bf16), and ``tests/bench/test_estimate_vram.py`` keeps them
 within :data:`COUNTER_AGREEMENT` (the counter) and :data:`ALLOCATOR_MARGIN` (the allocator,
 bf16) so the method cannot rot.
 
@@ -59,7 +59,7 @@ from kv_core.stages.keyframes import generate_keyframes  # noqa: E402
 #: the estimate (fake tensors) and the same counter on a real run of the stage agree within this fraction
 COUNTER_AGREEMENT = 0.02
 #: in bf16 the CPU allocator's peak of a real run is at most this fraction above the estimate (the
-#: kernels' own buffers, e.g. oneDNN convolution reorders); checked by tests/test_estimate_vram.py
+#: kernels' own buffers, e.g. oneDNN convolution reorders); checked by tests/bench/test_estimate_vram.py
 ALLOCATOR_MARGIN = 0.25
 GIB = 2 ** 30
 FP8 = getattr(torch, "float8_e4m3fn", None)

@@ -14,7 +14,7 @@ import torch
 
 from bench import estimate_vram as ev
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def in_fresh_process(body: str):

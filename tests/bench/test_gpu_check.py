@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STAGES = ["text_encoder", "first_frame", "decode_first_frame", "encode_first_frame", "keyframes",
           "interpolation_1", "decode_5", "interpolation_2", "decode_17"]
 FORWARDS = {"first_frame", "keyframes", "interpolation_1", "decode_5"}  # with the reference's forward beside

@@ -2,11 +2,11 @@
 core-sampling template with a core sampler and scheduler other than the template's
 (dpmpp_2m, karras from BasicScheduler), a core model patch (RescaleCFG) on the MODEL, and a
 core KSampler beside SamplerCustomAdvanced; both report progress as core models do. The
-template itself runs end to end in tests/test_workflows.py; the equivalence with the pack's
-loops, previews, interrupt and torch.compile are in tests/test_core_sampling.py."""
+template itself runs end to end in tests/host/test_workflows.py; the equivalence with the pack's
+loops, previews, interrupt and torch.compile are in tests/nodes/test_core_sampling.py."""
 from __future__ import annotations
 
-from test_nodes import fast, kv, kv_release, node_of, shipped_workflow  # noqa: F401 (fixtures)
+from host_prompts import fast, node_of, shipped_workflow
 
 TEMPLATE = "kandinsky_video_text_to_video_8fps_core_sampling"
 FIRST_FRAME = {"KandinskyVideoTextEncoderLoader", "KandinskyVideoTextEncode", "KandinskyVideoKeyframeUNetLoader",

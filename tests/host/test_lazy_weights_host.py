@@ -3,13 +3,13 @@ ComfyUI does with dynamic VRAM (no weight until ``_load_from_state_dict``).
 
 A ComfyUI of its own (the session's host must keep ordinary layers) is started with the
 test-only pack ``tests/data/lazy_weights_pack`` beside this one: it swaps the lazy
-``Linear``/``Embedding`` of tests/lazy_comfy_ops.py into ``comfy.ops`` and gives the host
+``Linear``/``Embedding`` of tests/support/lazy_comfy_ops.py into ``comfy.ops`` and gives the host
 newer ComfyUI's ``unload_model_and_clones``. The text-to-video (8 fps) workflow then runs
 every loader (text encoder with its projections, keyframe and interpolation U-Nets, image
 and video MoVQ) and every stage, with each weight dtype the loaders offer, and each stage
 offloads its networks through the public unload call: this host runs with the forced
 offload on (``KANDINSKY_VIDEO_OFFLOAD=1``; by default ComfyUI keeps the networks loaded,
-tests/test_nodes.py::test_a_second_run_does_not_load_the_networks_again).
+tests/host/test_nodes.py::test_a_second_run_does_not_load_the_networks_again).
 """
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 
 from kv_core.tiny import write_tiny_release
-from test_nodes import RELEASE_FILES, fast, node_of, shipped_workflow
+from host_prompts import RELEASE_FILES, fast, node_of, shipped_workflow
 from tools.harness import ComfyHost, HostError, REPO_ROOT
 
 pytestmark = pytest.mark.host  # its own ComfyUI server (lazy_host), with the test-only pack
 
-LAZY_PACK = Path(__file__).resolve().parent / "data" / "lazy_weights_pack"
+LAZY_PACK = Path(__file__).resolve().parents[1] / "data" / "lazy_weights_pack"
 OUR_MODULES = {"KeyframeUNet", "InterpolationUNet", "MoVQ", "_TextStack"}
 OFFLOAD_ENV = "KANDINSKY_VIDEO_OFFLOAD"  # nodes/host/networks.py: unload every network after its stage
 

@@ -4,7 +4,7 @@ which also gives their alpha as a MASK) and core's input/example.png. With the t
 release the pixels are noise, so structure is checked: frame counts, frame rates (exact),
 sizes (odd, non-square; fit pad, crop and scale), that the given frames keep their places in
 latent space, and the errors for what is no video. (Core Load Video is the template's path:
-tests/test_workflows.py runs it on a real clip.)"""
+tests/host/test_workflows.py runs it on a real clip.)"""
 from __future__ import annotations
 
 import importlib.util
@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from test_nodes import _tiny_networks, kv, kv_release  # noqa: F401 (fixtures)
+from host_prompts import tiny_networks
 
 FRAMES = 5  # frames taken from each animation (core Image From Batch): 4 * 5 - 3 = 17 out
 
@@ -145,7 +145,7 @@ def test_real_animations_keep_count_rate_size_and_positions(kv, kv_release):
     from kv_core.stages.interpolation import interpolate_frames
     from kv_core.video_input import auto_skip_frames, encode_video, plan_fit
 
-    n = _tiny_networks(kv_release)
+    n = tiny_networks(kv_release)
     frames, alpha = _load_image_frames(odd)
     fit = plan_fit(odd_size[0], odd_size[1], size_rule(movq=n["movq"], interpolation_unet=n["interp"]), "pad", 80)
     latents, _ = encode_video(n["movq"], frames, fit, alpha=alpha)

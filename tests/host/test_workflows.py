@@ -18,7 +18,7 @@ import pytest
 
 from kv_core.extend import long_video_frame_rate
 from kv_core.rules import frame_rate
-from test_nodes import REPO, SIZE, WORKFLOWS, fast, kv, kv_release, shipped_workflow  # noqa: F401 (fixtures)
+from host_prompts import REPO, SIZE, WORKFLOWS, fast, shipped_workflow
 from tools.thumbnails import EXAMPLE_VIDEO, hidden_nodes, thumbnail_path
 
 # workflow -> (frames, keyframes) of the video it writes

@@ -1,7 +1,7 @@
 """The one dtype policy (kv_core/dtypes.py): compute dtype and fp8 storage."""
 import pytest
 import torch
-from test_checkpoints import CastOps
+from cast_ops import CastOps
 
 from kv_core import dtypes
 from kv_core.models.layers import compute_dtype

@@ -16,7 +16,7 @@ from kv_core.stages.decode import decode_frames
 from kv_core.stages.first_frame import decode_first_frame, encode_first_frame
 from kv_core.stages.interpolation import interpolate_frames
 from kv_core.stages.keyframes import generate_keyframes
-from test_pipeline import tiny_condition, tiny_pipeline
+from tiny_pipeline import tiny_condition, tiny_pipeline
 
 FAST = dict(sampler="ddim", steps=2)
 

@@ -1,7 +1,7 @@
 """The golden runner: every case of the manifest in $KV_GOLDEN_DIR (default tests/data/golden).
 
 Each case is built from its own files, config and inputs by the runner registered for its
-kind (tests/golden_kinds/), run in float32 and compared at the manifest's tolerances.
+kind (tests/support/golden_kinds/), run in float32 and compared at the manifest's tolerances.
 A kind without a runner is skipped with its kind named, never passed.
 """
 from pathlib import Path
@@ -44,7 +44,7 @@ def test_default_golden_folder_is_the_repository_copy(monkeypatch):
 
     monkeypatch.delenv("KV_GOLDEN_DIR", raising=False)
     assert golden_dir() == DEFAULT_GOLDEN_DIR.resolve()
-    assert DEFAULT_GOLDEN_DIR.is_relative_to(Path(__file__).resolve().parent)
+    assert DEFAULT_GOLDEN_DIR.is_relative_to(Path(__file__).resolve().parents[1])  # tests/
     assert load_cases(golden_dir()), "the repository copy of the golden vectors has no cases"
     monkeypatch.setenv("KV_GOLDEN_DIR", "/elsewhere/golden")
     assert golden_dir() == Path("/elsewhere/golden")

@@ -13,44 +13,23 @@ import pytest
 import torch
 from PIL import Image
 
-from kv_core.checkpoints import CheckpointError, INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ, build_network
-from kv_core.conditioning import TextCondition
+from kv_core.checkpoints import CheckpointError
 from kv_core.image import prepare_first_frame, resize_and_crop
 from kv_core.pipeline import GenerationSettings, KandinskyVideoPipeline
 from kv_core.rules import frame_count, frame_rate, interpolation_passes, size_rule
 from kv_core.sampling.loop import Interrupted
 from kv_core.sampling.noise import RecordingNoise, ReplayNoise, SeededNoise
+from kv_core.stages import Hooks
 from kv_core.stages.decode import decode_frames
 from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame
 from kv_core.stages.interpolation import interpolate_frames
 from kv_core.stages.keyframes import generate_keyframes, motion_score, reference_motion_score
 from kv_core.stages.text import encode_prompt
-from kv_core.tiny import randomize_, tiny_configs
+from tiny_pipeline import tiny_condition, tiny_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAST = dict(first_frame_sampler="ddim", first_frame_steps=2, keyframes_sampler="ddim", keyframes_steps=2,
             interpolation_sampler="ddim", interpolation_steps=2)
-
-
-# The subprocess test imports these two builders from this file, so both processes build the
-# same networks.
-def tiny_pipeline(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    cfg = tiny_configs()
-
-    def net(kind, section):
-        return randomize_(build_network(kind, cfg[section]["configs"], device="cpu", dtype=torch.float32), g).eval()
-    dim = cfg["t2v"]["configs"]["context_dim"]
-    return KandinskyVideoPipeline(
-        unet=net(KEYFRAME_UNET, "t2v"), null_embedding=torch.randn(dim, generator=g),
-        interpolation_unet=net(INTERPOLATION_UNET, "interpolation"),
-        interpolation_null_embedding=torch.randn(dim, generator=g),
-        movq=net(MOVQ, "image_movq"), video_movq=net(VIDEO_MOVQ, "video_movq"))
-
-
-def tiny_condition(seed=1, dim=16, length=5):
-    g = torch.Generator().manual_seed(seed)
-    return TextCondition(torch.randn(1, length, dim, generator=g), torch.tensor([[1] * (length - 1) + [0]]))
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +194,7 @@ def test_seeded_run_matches_another_process(pipe, cond, tmp_path):
     out = tmp_path / "frames.pt"
     code = textwrap.dedent(f"""
         import torch
-        from tests.test_pipeline import tiny_condition, tiny_pipeline  # run from the repository root
+        from tests.support.tiny_pipeline import tiny_condition, tiny_pipeline  # run from the repository root
         torch.set_num_threads({torch.get_num_threads()})
         result = tiny_pipeline()(conditioning=tiny_condition(), width=64, height=64, num_keyframes=3,
                                  fps="medium", noise=21, **{FAST!r})

@@ -16,7 +16,7 @@ from kv_core.stages.windows import WindowedInterpolationUNet, window_layout
 from kv_core.video_input import (FIT_MODES, VideoFit, apply_fit, auto_skip_frames, encode_video, interpolate_video,
                                  plan_fit, restore_frames)
 from kv_core.stages import Hooks
-from test_pipeline import tiny_condition, tiny_pipeline
+from tiny_pipeline import tiny_condition, tiny_pipeline
 
 
 @pytest.fixture(scope="module")

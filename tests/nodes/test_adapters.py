@@ -5,7 +5,7 @@ sampling loops (the step loop of ``kv_core.sampling.loop``, a stage's ``sample_*
 networks (``kv_core.models``) or the samplers (of ``kv_core.sampling`` only its constants:
 sampler names, seed range, timestep count), and each stage node's ``execute`` calls its
 stage functions (and no other kv_core stage). What the nodes give equals what the stages
-give is checked through a real ComfyUI in tests/test_nodes.py
+give is checked through a real ComfyUI in tests/host/test_nodes.py
 (``test_each_node_is_an_adapter_of_its_kv_core_stage``).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-NODES = Path(__file__).resolve().parents[1] / "nodes"
+NODES = Path(__file__).resolve().parents[2] / "nodes"
 FORBIDDEN = ("kv_core.sampling.loop", "kv_core.models")
 CONSTANTS_ONLY = "kv_core.sampling"  # sampler names, MAX_SEED, NUM_TRAIN_TIMESTEPS
 STAGES = {"encode_prompt", "generate_first_frame", "decode_first_frame", "encode_first_frame",

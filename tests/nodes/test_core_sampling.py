@@ -1,6 +1,6 @@
 """The core sampling path (nodes/host/unet_model.py, nodes/host/core_path.py,
 nodes/core_sampling.py) against the pack's own loops, inside this process with the pinned
-ComfyUI's modules (no server; the ``pack`` fixture of tests/comfy_fixtures.py): tiny random
+ComfyUI's modules (no server; the ``pack`` fixture of tests/support/comfy_fixtures.py): tiny random
 networks from the golden configs (kv_core.tiny), fp32, CPU.
 
 Equivalence, per stage: the same initial noise through the pack's loop with its DDIM and

@@ -1,7 +1,7 @@
 """Reading a golden folder (see tests/data/golden/README.md) and comparing results.
 
 Nothing here knows any case by name: everything comes from the folder's manifest.
-Runners for each *kind* live in ``tests/golden_kinds/*.py`` and register themselves
+Runners for each *kind* live in ``tests/support/golden_kinds/*.py`` and register themselves
 with :func:`golden_kind`; a kind with no runner is reported as skipped.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 #: The reference vectors kept in the repository (a copy of the official implementation's
 #: output, see its README.md); ``$KV_GOLDEN_DIR`` runs another such folder instead.
-DEFAULT_GOLDEN_DIR = Path(__file__).resolve().parent / "data" / "golden"
+DEFAULT_GOLDEN_DIR = Path(__file__).resolve().parents[1] / "data" / "golden"
 
 
 def golden_dir() -> Path:

@@ -1,13 +1,13 @@
 """Loading every network into layers that create their weights only while a state dict is
 loaded, as current ComfyUI's ``comfy.ops`` do with dynamic VRAM (simulated on the CPU by
-tests/lazy_comfy_ops.py), for every weight dtype the loader nodes offer.
+tests/support/lazy_comfy_ops.py), for every weight dtype the loader nodes offer.
 
 The loads go through the real kv_core loaders on the tiny release, with the operations
 and dtypes the loader nodes pick (nodes/host/weight_dtype.py ``weight_and_compute_dtype`` and
 ``operations_for``: layers that cast at run time whenever weight and compute dtype
 differ, fp8 stored after a load in the compute dtype) and kv_core's own fp8-at-load path.
 Each lazy load must give the very tensors of the same load into ordinary layers, and the
-strict checks must keep their errors. tests/test_loaders_lazy_host.py runs the loader
+strict checks must keep their errors. tests/host/test_lazy_weights_host.py runs the loader
 nodes themselves inside ComfyUI with these layers.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from kv_core import checkpoints as ck
 from kv_core.dtypes import store_fp8
 from kv_core.tiny import write_tiny_release
 from lazy_comfy_ops import is_lazy, lazy_operations
-from test_checkpoints import CastOps
+from cast_ops import CastOps
 
 
 class PlainOps:

@@ -1,6 +1,6 @@
 """Tests of the keyframe and interpolation U-Nets (kv_core.unet, kv_core.unet_interpolation).
 
-Equivalence with the official code is checked by the golden runner (tests/test_golden.py,
+Equivalence with the official code is checked by the golden runner (tests/kv_core/test_golden.py,
 kinds t2v_unet_*, interp_unet); these tests cover sizes, building, modes, dtypes, options
 and the attention semantics on tiny random networks.
 """

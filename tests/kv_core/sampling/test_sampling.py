@@ -1,5 +1,5 @@
 """Sampling loops and noise sources, with recording fake networks (the real networks are
-covered by the golden loop cases and tests/test_pipeline.py)."""
+covered by the golden loop cases and tests/kv_core/test_pipeline.py)."""
 import subprocess
 import sys
 import textwrap
@@ -85,7 +85,7 @@ def test_seeded_noise_matches_in_another_process():
 
 def _repo_root():
     import pathlib
-    return str(pathlib.Path(__file__).resolve().parents[1])
+    return str(pathlib.Path(__file__).resolve().parents[3])
 
 
 def test_replay_noise():
