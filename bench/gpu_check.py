@@ -43,13 +43,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-for p in (str(ROOT), str(ROOT / "bench")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
 
-import bench_networks as bn  # noqa: E402
-import estimate_vram as ev  # noqa: E402
+from bench import bench_networks as bn  # noqa: E402
+from bench import estimate_vram as ev  # noqa: E402
 from kv_core.checkpoints import (INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ,  # noqa: E402
                                  build_network, official_config)
 from kv_core.conditioning import TextCondition  # noqa: E402
