@@ -134,6 +134,19 @@ class InputDtype:
         return self.module(x.to(self.dtype), *args, **kwargs)
 
 
+def has_values(t: torch.Tensor) -> bool:
+    """Whether ``t``'s values can be read here: not for meta or fake tensors (memory
+    estimates run the networks on those) nor while torch.compile traces (a data-dependent
+    branch would break its graph)."""
+    if t.device.type == "meta" or torch.compiler.is_compiling():
+        return False
+    try:
+        from torch._subclasses.fake_tensor import is_fake
+    except ImportError:  # pragma: no cover - older torch
+        return True
+    return not is_fake(t)
+
+
 # --- fp8 storage -----------------------------------------------------------------------------
 
 def fp8_matrix(tensor: torch.Tensor) -> bool:
@@ -154,7 +167,8 @@ def storage_dtype(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.d
 
     Non-floating tensors keep theirs and ``null_embedding`` stays float32. For an fp8
     ``dtype`` only the candidates (:func:`fp8_candidate`) become fp8, and only if their fp8
-    cast keeps the error under :data:`FP8_MAX_RELATIVE_ERROR` of their norm; every other
+    cast keeps the error under :data:`FP8_MAX_RELATIVE_ERROR` of their norm (a meta or fake
+    tensor, whose values cannot be read, is judged by name and shape alone); every other
     floating tensor uses :data:`FP8_COMPANION_DTYPE`.
     """
     if not tensor.is_floating_point():
@@ -165,6 +179,8 @@ def storage_dtype(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.d
         return dtype
     if not fp8_candidate(key, tensor):
         return FP8_COMPANION_DTYPE
+    if not has_values(tensor):
+        return dtype  # meta or fake (memory estimates): the name and shape rule alone
     x = tensor.float()
     norm = x.norm()
     if norm == 0:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..dtypes import layer_compute_dtype
+from ..dtypes import has_values, layer_compute_dtype
 
 __all__ = [
     "LayerFactory",
@@ -160,7 +160,7 @@ class TextContext:
         """Group the consecutive equal rows of ``context [N, L, D]`` (and of ``mask [N, L]``,
         bool) into one. Rows holding NaN never compare equal and stay separate."""
         n = context.shape[0]
-        if n < 2 or not _has_values(context):
+        if n < 2 or not has_values(context):
             return cls(context, mask)
         same = (context[1:] == context[:-1]).flatten(1).all(dim=1)
         if mask is not None:
@@ -174,19 +174,6 @@ class TextContext:
     def expand(self, t: torch.Tensor) -> torch.Tensor:
         """``t [U, ...]`` (one entry per distinct row) -> ``[N, ...]`` (one per batch row)."""
         return t if self.rows is None else t.index_select(0, self.rows.to(t.device))
-
-
-def _has_values(t: torch.Tensor) -> bool:
-    """Whether ``t``'s values can be compared here: not for meta or fake tensors (memory
-    estimates run the networks on those) nor while torch.compile traces (a data-dependent
-    branch would break its graph); the rows then simply stay ungrouped."""
-    if t.device.type == "meta" or torch.compiler.is_compiling():
-        return False
-    try:
-        from torch._subclasses.fake_tensor import is_fake
-    except ImportError:  # pragma: no cover - older torch
-        return True
-    return not is_fake(t)
 
 
 def compute_dtype(layer: nn.Module, x: torch.Tensor) -> torch.dtype:

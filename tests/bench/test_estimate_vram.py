@@ -56,10 +56,12 @@ def test_the_estimate_is_within_the_stated_margin_of_the_cpu_allocator(rows):
     estimate is never above it, and below it by at most ``ALLOCATOR_MARGIN`` in bf16 (what
     the CPU kernels keep for themselves: oneDNN convolution buffers). fp32 networks with 3-D
     convolutions run the CPU's im2col convolution, whose buffer is several times the
-    activations; they are reported, not bounded (the GPU estimates are bf16)."""
+    activations; they are reported, not bounded (the GPU estimates are bf16). On a CPU
+    without native bf16 kernels (``ev.cpu_has_native_bf16``) bf16 runs through float32
+    buffers too, and its rows are likewise reported, not bounded below."""
     for r in rows:
         assert r["estimated"] <= r["measured"] * (1 + ev.COUNTER_AGREEMENT), r
-        if r["dtype"] == "bfloat16":
+        if r["dtype"] == "bfloat16" and ev.cpu_has_native_bf16():
             assert r["estimated"] >= r["measured"] * (1 - ev.ALLOCATOR_MARGIN), r
 
 
@@ -89,14 +91,18 @@ def test_attention_that_cannot_use_a_fused_kernel_counts_its_matrix():
 
 def test_an_attention_matrix_that_dominates_the_peak_is_estimated_within_the_margin():
     """The image MoVQ decoding a 512x512 first frame: its one-head attention over 64x64
-    tokens cannot use a fused kernel, so the stored attention matrices are most of the peak."""
+    tokens cannot use a fused kernel, so the stored attention matrices are most of the peak.
+    In bf16 where the CPU runs it natively, else in float32 (an AVX2 CPU converts bf16
+    convolutions through float32 buffers the estimate rightly leaves out; the 2-D image MoVQ
+    has no im2col buffer in float32)."""
     estimated, measured, counted = in_fresh_process("""
         from torch._subclasses.fake_tensor import FakeTensorMode
+        dt = torch.bfloat16 if ev.cpu_has_native_bf16() else torch.float32
         cfg = ev.check_configs("tiny")
         fake = FakeTensorMode(allow_non_fake_inputs=True)
-        fake_nets = {"movq": ev.network(ev.MOVQ, cfg[ev.MOVQ], torch.bfloat16, fake=fake)}
-        real_nets = {"movq": ev.network(ev.MOVQ, cfg[ev.MOVQ], torch.bfloat16)}
-        kw = dict(size=256, keyframes=2, compute=torch.bfloat16, movq_dtype=torch.bfloat16, context_dim=16)
+        fake_nets = {"movq": ev.network(ev.MOVQ, cfg[ev.MOVQ], dt, fake=fake)}
+        real_nets = {"movq": ev.network(ev.MOVQ, cfg[ev.MOVQ], dt)}
+        kw = dict(size=256, keyframes=2, compute=dt, movq_dtype=dt, context_dim=16)
         estimated = ev.estimate(*ev.stage_runs(fake_nets, **kw)["decode_first_frame"], fake_nets)
         measured, counted = ev.measure(*ev.stage_runs(real_nets, **kw)["decode_first_frame"], real_nets)
         result = [estimated, measured, counted]
