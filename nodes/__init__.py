@@ -3,6 +3,8 @@
 A node module exports a list ``NODES`` of its ``io.ComfyNode`` classes (helper modules
 export none); this package imports the modules in name order (skipping ``_private``
 ones) and registers every class listed.
+Each class gets the pack's presentation (:mod:`.presentation`: expert inputs marked
+advanced, search aliases) where the host supports it.
 A module that fails to import is reported in the server log with the marker
 ``[Kandinsky Video]`` and its traceback, and the others still load, so one broken stage
 never hides the rest of the pack.
@@ -14,6 +16,8 @@ import logging
 import pkgutil
 
 from comfy_api.latest import ComfyExtension, io
+
+from .presentation import present
 
 LOG_MARKER = "[Kandinsky Video]"
 logger = logging.getLogger(__name__)
@@ -40,7 +44,7 @@ def collect_nodes() -> list[type[io.ComfyNode]]:
             if node_id in owners:
                 raise ValueError(f"node id {node_id!r} defined in nodes/{owners[node_id]}.py and nodes/{info.name}.py")
             owners[node_id] = info.name
-            classes.append(cls)
+            classes.append(present(cls))
     return classes
 
 
