@@ -41,7 +41,7 @@ def generated(infos):
 
 
 def test_every_language_has_exactly_the_schemas_keys_and_current_english(infos, generated):
-    problems = locales.check(generated)
+    problems = locales.check(generated, locales.node_list(infos))
     assert not problems, "\n".join(problems)
     # the generated English covers every node, input, fixed option and output of the schemas
     infos = {i["name"]: i for i in infos}
@@ -51,6 +51,14 @@ def test_every_language_has_exactly_the_schemas_keys_and_current_english(infos, 
         names = [name for name, _, _ in locales._inputs(info)]
         assert list(node_defs[node_id].get("inputs", {})) == names
         assert list(node_defs[node_id].get("outputs", {})) == [str(i) for i in range(len(info["output"]))]
+
+
+def test_node_list_json_names_every_node_for_comfyui_manager(infos):
+    """ComfyUI-Manager's scanner takes the keys of a repository's node_list.json as the node
+    types it provides (it finds no NODE_CLASS_MAPPINGS in a V3-only pack)."""
+    listed = json.loads((REPO / "node_list.json").read_text(encoding="utf-8"))
+    assert set(listed) == {i["name"] for i in infos}
+    assert all(isinstance(v, str) and v for v in listed.values())
 
 
 def test_the_check_reports_missing_stale_and_outdated_entries(generated):

@@ -1,7 +1,9 @@
 """The pack's UI text: ``locales/en/`` generated from the node schemas, and the check that
 every translation has exactly the schemas' keys.
 
-  python tools/locales.py generate     write locales/en/{main,nodeDefs}.json from the schemas
+  python tools/locales.py generate     write locales/en/{main,nodeDefs}.json from the schemas, and
+                                       node_list.json (ComfyUI-Manager's list of the pack's node
+                                       ids: its scanner finds no NODE_CLASS_MAPPINGS in a V3 pack)
   python tools/locales.py check        exit 1, listing every difference, when locales/en is not
                                        what the schemas give or a translation (ru, zh, zh-TW)
                                        lacks a key, has a stale one, or translates an older
@@ -161,6 +163,15 @@ def english(infos: list[dict]) -> dict[str, dict]:
     return {"main.json": main, "nodeDefs.json": dict(sorted(node_defs.items()))}
 
 
+NODE_LIST = REPO / "node_list.json"
+
+
+def node_list(infos: list[dict]) -> dict[str, str]:
+    """ComfyUI-Manager's ``node_list.json``: ``{node id: description}`` (its scanner reads the
+    keys as the node types the repository provides, for "Install Missing Custom Nodes")."""
+    return {i["name"]: i["display_name"] or i["name"] for i in sorted(infos, key=lambda i: i["name"])}
+
+
 def dumps(data) -> str:
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
 
@@ -207,9 +218,12 @@ def stamps() -> dict[str, dict[str, str]]:
     return json.loads(STAMPS.read_text(encoding="utf-8")) if STAMPS.exists() else {}
 
 
-def check(generated: dict[str, dict]) -> list[str]:
-    """Every problem of the files on disk against the generated English."""
+def check(generated: dict[str, dict], nodes: dict[str, str] | None = None) -> list[str]:
+    """Every problem of the files on disk against the generated English (and ``node_list.json``
+    against ``nodes``, when given)."""
     problems = []
+    if nodes is not None and (not NODE_LIST.exists() or json.loads(NODE_LIST.read_text(encoding="utf-8")) != nodes):
+        problems.append("node_list.json does not list the schemas' node ids: run `python tools/locales.py generate`")
     current, recorded = english_fingerprints(generated), stamps()
     for lang in LANGUAGES:
         old = recorded.get(lang, {})
@@ -238,7 +252,8 @@ def main(argv=None) -> int:
     unknown = set(args.languages) - set(LANGUAGES)
     if unknown or (args.command == "stamp") != bool(args.languages):
         parser.error(f"stamp takes one or more of {', '.join(LANGUAGES)}; the other commands none")
-    generated = english(node_infos())
+    infos = node_infos()
+    generated, nodes = english(infos), node_list(infos)
     if args.command == "stamp":
         recorded = stamps()
         for lang in args.languages:
@@ -249,7 +264,9 @@ def main(argv=None) -> int:
         for name, data in generated.items():
             (LOCALES / "en" / name).write_text(dumps(data), encoding="utf-8")
             print(f"wrote locales/en/{name}")
-    problems = check(generated)
+        NODE_LIST.write_text(dumps(nodes), encoding="utf-8")
+        print("wrote node_list.json")
+    problems = check(generated, nodes)
     for p in problems:
         print(p, file=sys.stderr)
     return 1 if problems else 0
