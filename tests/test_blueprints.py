@@ -24,7 +24,7 @@ from tools.video_info import video_info
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "subgraphs"
 SPECS = {spec["name"]: spec for spec in blueprints.BLUEPRINTS}
-X4, T2V = "Kandinsky Video Interpolate ×4", "Kandinsky Video Text to Video"
+X4, T2V = "Kandinsky Video Interpolate x4", "Kandinsky Video Text to Video"
 SIZE = 64
 
 

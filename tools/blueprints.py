@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO))
 OUT = REPO / "subgraphs"
 
 INTERPOLATE_X4 = {
-    "name": "Kandinsky Video Interpolate ×4",
+    # the frontend names a blueprint after its file; comfy-cli's archive drops non-ASCII file names
+    "name": "Kandinsky Video Interpolate x4",
     "description": ("Four times the frame rate of any video: N frames at fps in, 4N-3 frames at 4 x fps out, at "
                     "the input's size (Kandinsky Video 1.1's interpolation U-Net; the model files go in "
                     "models/kandinsky_video/)."),
