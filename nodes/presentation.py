@@ -100,4 +100,5 @@ def present(cls: type[io.ComfyNode]) -> type[io.ComfyNode]:
     cls.define_schema = classmethod(define_schema)
     cls._kv_presented = True
     cls._kv_unpresented_schema = classmethod(define)  # the module's own schema (tests compare)
+    cls._kv_advanced = ADVANCED.get(cls.GET_SCHEMA().node_id, ())  # what the help pages call expert settings
     return cls

@@ -59,12 +59,13 @@ spec = importlib.util.spec_from_file_location("kvpack", os.path.join(repo, "__in
 pack = importlib.util.module_from_spec(spec)
 sys.modules["kvpack"] = pack
 spec.loader.exec_module(pack)
-from kvpack.nodes import collect_nodes, presentation
+import asyncio
+extension = asyncio.run(pack.comfy_entrypoint())  # the nodes as the host gets them
 out = []
-for cls in collect_nodes():
+for cls in asyncio.run(extension.get_node_list()):
     info = cls.GET_NODE_INFO_V1()
     info = dict(dataclasses.asdict(info) if dataclasses.is_dataclass(info) else info)
-    info["kv_advanced"] = list(presentation.ADVANCED.get(info["name"], ()))  # for the help pages
+    info["kv_advanced"] = list(getattr(cls, "_kv_advanced", ()))  # for the help pages
     out.append(info)
 print("KV_NODE_INFO " + json.dumps(out))
 """
@@ -87,8 +88,9 @@ def comfyui_path() -> Path:
 
 def node_infos(python: str | None = None) -> list[dict]:
     """What ``/object_info`` gives for each node of the pack, in registration order (a child
-    process: ComfyUI's modules and the pack, on the CPU), plus ``kv_advanced``: the inputs
-    the pack marks as expert settings where the host supports it (nodes/presentation.py)."""
+    process: ComfyUI's modules and the pack, whose ``comfy_entrypoint`` gives the node
+    classes as it gives them to the host, on the CPU), plus ``kv_advanced``: the inputs the
+    pack marks as expert settings where the host supports it (nodes/presentation.py)."""
     comfyui = comfyui_path()
     if not (comfyui / "comfy_api").is_dir():
         raise SystemExit(f"no ComfyUI at {comfyui}: run `python tools/comfy_host.py install` or set COMFYUI_PATH")
