@@ -18,10 +18,10 @@ from ..kv_core.conditioning import TextCondition
 from ..kv_core.stages.text import encode_prompt
 from ..kv_core.text import PromptReport
 from ..kv_core.stages import Hooks
-from . import sockets
-from .inputs import CATEGORY
-from .networks import Network, stage
-from .progress import StepProgress
+from .host import sockets
+from .host.inputs import CATEGORY
+from .host.networks import Network, stage
+from .host.progress import StepProgress
 
 logger = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ if [ ! -f "$deps_stamp" ]; then
 fi
 
 # 3. ComfyUI (stamped inside tools/harness/install.py) -------------------------------------------
-"$PY" tools/comfy_host.py install
+"$PY" -m tools.comfy_host install
 
 # 4. Chromium for the frontend tests, and a font with Chinese characters for their screenshots --
 apt_packages=()

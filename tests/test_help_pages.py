@@ -1,7 +1,7 @@
 """The help page of every node (web/docs/, made by tools/help_pages.py): present in English
 (the default page) and per locale (ru, zh, zh-TW), and what the schemas, the translations and
 tools/help_pages/ give. That the frontend serves and shows them is
-tests/test_frontend_locales.py."""
+tests/host/test_frontend_locales.py."""
 from __future__ import annotations
 
 import json
@@ -53,4 +53,4 @@ def test_a_change_in_a_source_makes_the_check_fail(infos):
     changed[path] = expected[path].replace("常见错误", "常见问题")
     assert help_pages.problems(changed) == [
         f"{path.relative_to(REPO)} is not what the schemas, locales/ and tools/help_pages/ give: run "
-        "`python tools/help_pages.py generate`"]
+        "`python -m tools.help_pages generate`"]

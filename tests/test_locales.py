@@ -4,7 +4,7 @@
 exactly its keys (every node, input, option and output; nothing stale) and translate its
 current English (tools/locales.py records which English text each translation was made
 from). The files are what ComfyUI's ``app/custom_node_manager.py`` merges into ``/i18n``;
-that the frontend shows them is tests/test_frontend_locales.py.
+that the frontend shows them is tests/host/test_frontend_locales.py.
 """
 from __future__ import annotations
 

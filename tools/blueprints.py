@@ -1,6 +1,6 @@
 """The pack's subgraph blueprints (``subgraphs/``), built in the real frontend.
 
-  python tools/blueprints.py            start ComfyUI with the pack and the current frontend,
+  python -m tools.blueprints            start ComfyUI with the pack and the current frontend,
                                         build each blueprint there and write subgraphs/<name>.json
 
 ComfyUI serves every ``<pack>/subgraphs/*.json`` at ``/global_subgraphs`` (0.3.75 already
@@ -10,7 +10,7 @@ subgraph node and its definition (``definitions.subgraphs``) — what the fronte
 *Publish Subgraph* writes — so this tool builds each graph with the frontend's LiteGraph
 API, lets the frontend convert the inner nodes to a subgraph (``convertToSubgraph``: links
 that cross the selection become the subgraph's inputs and outputs) and serialises it as
-*Publish Subgraph* does. tests/test_blueprints.py loads the files in the frontend.
+*Publish Subgraph* does. tests/host/test_blueprints.py loads the files in the frontend.
 
 Each blueprint: the nodes (key, type, position, widget values), the links, which nodes go
 inside (the nodes left outside only give the subgraph its inputs and outputs) and the names of
@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 OUT = REPO / "subgraphs"
 

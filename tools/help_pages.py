@@ -1,8 +1,8 @@
 """The help page of every node, shown by the frontend's node library (its info panel).
 
-  python tools/help_pages.py generate    write web/docs/<NodeId>.md (English) and
+  python -m tools.help_pages generate    write web/docs/<NodeId>.md (English) and
                                          web/docs/<NodeId>/<lang>.md (ru, zh, zh-TW)
-  python tools/help_pages.py check       exit 1 when a page is missing or not what the
+  python -m tools.help_pages check       exit 1 when a page is missing or not what the
                                          schemas, locales/ and tools/help_pages/ give
 
 Where the frontend looks (ComfyUI_frontend's node help service, 1.58): for a node of a
@@ -27,9 +27,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tools import locales  # noqa: E402
+from tools import locales
 
 DOCS = REPO / "web" / "docs"
 SOURCES = REPO / "tools" / "help_pages"
@@ -132,10 +130,10 @@ def problems(expected: dict[Path, str]) -> list[str]:
     for path, text in expected.items():
         rel = path.relative_to(REPO)
         if not path.exists():
-            found.append(f"{rel} is missing: run `python tools/help_pages.py generate`")
+            found.append(f"{rel} is missing: run `python -m tools.help_pages generate`")
         elif path.read_text(encoding="utf-8") != text:
             found.append(f"{rel} is not what the schemas, locales/ and tools/help_pages/ give: run "
-                         "`python tools/help_pages.py generate`")
+                         "`python -m tools.help_pages generate`")
     stale = {p for p in DOCS.rglob("*.md")} - set(expected)
     found += [f"{p.relative_to(REPO)} belongs to no node" for p in sorted(stale)]
     return found

@@ -1,14 +1,14 @@
 """The pack's UI text: ``locales/en/`` generated from the node schemas, and the check that
 every translation has exactly the schemas' keys.
 
-  python tools/locales.py generate     write locales/en/{main,nodeDefs}.json from the schemas, and
+  python -m tools.locales generate     write locales/en/{main,nodeDefs}.json from the schemas, and
                                        node_list.json (ComfyUI-Manager's list of the pack's node
                                        ids: its scanner finds no NODE_CLASS_MAPPINGS in a V3 pack)
-  python tools/locales.py check        exit 1, listing every difference, when locales/en is not
+  python -m tools.locales check        exit 1, listing every difference, when locales/en is not
                                        what the schemas give or a translation (ru, zh, zh-TW)
                                        lacks a key, has a stale one, or translates an older
                                        English text than locales/en holds
-  python tools/locales.py stamp LANG   after updating LANG's translation: record which English
+  python -m tools.locales stamp LANG   after updating LANG's translation: record which English
                                        text each of its strings now translates
 
 The schemas are read from the node classes themselves: a child process imports ComfyUI's
@@ -46,27 +46,19 @@ MACHINE_CHOICES = {"device": ("default", "cpu")}
 PACK_TYPE_PREFIX = "KV_"
 
 _CHILD = r"""
-import dataclasses, json, os, sys, importlib.util
-comfyui, repo = sys.argv[1], sys.argv[2]
-sys.argv = ["main.py", "--cpu"]
-sys.path.insert(0, comfyui)
-os.chdir(comfyui)
-import comfy.options
-comfy.options.enable_args_parsing()
-import folder_paths  # noqa: F401  (the pack registers its model folder there)
-spec = importlib.util.spec_from_file_location("kvpack", os.path.join(repo, "__init__.py"),
-                                              submodule_search_locations=[repo])
-pack = importlib.util.module_from_spec(spec)
-sys.modules["kvpack"] = pack
-spec.loader.exec_module(pack)
-import asyncio
-extension = asyncio.run(pack.comfy_entrypoint())  # the nodes as the host gets them
-out = []
-for cls in asyncio.run(extension.get_node_list()):
-    info = cls.GET_NODE_INFO_V1()
-    info = dict(dataclasses.asdict(info) if dataclasses.is_dataclass(info) else info)
-    info["kv_advanced"] = list(getattr(cls, "_kv_advanced", ()))  # for the help pages
-    out.append(info)
+import asyncio, dataclasses, json
+from pathlib import Path
+from tools.harness.inprocess import comfy_modules, import_pack
+with comfy_modules(Path(__import__("sys").argv[1])):
+    pack = import_pack()
+
+    extension = asyncio.run(pack.comfy_entrypoint())  # the nodes as the host gets them
+    out = []
+    for cls in asyncio.run(extension.get_node_list()):
+        info = cls.GET_NODE_INFO_V1()
+        info = dict(dataclasses.asdict(info) if dataclasses.is_dataclass(info) else info)
+        info["kv_advanced"] = list(getattr(cls, "_kv_advanced", ()))  # for the help pages
+        out.append(info)
 print("KV_NODE_INFO " + json.dumps(out))
 """
 
@@ -77,26 +69,22 @@ def i18n_key(key: str) -> str:
 
 
 def comfyui_path() -> Path:
-    env = os.environ.get("COMFYUI_PATH")
-    if env:
-        return Path(env)
-    sys.path.insert(0, str(REPO))
     from tools.harness.install import cache_root
 
-    return cache_root() / "comfyui"
+    return Path(os.environ.get("COMFYUI_PATH") or cache_root() / "comfyui")
 
 
 def node_infos(python: str | None = None) -> list[dict]:
     """What ``/object_info`` gives for each node of the pack, in registration order (a child
     process: ComfyUI's modules and the pack, whose ``comfy_entrypoint`` gives the node
     classes as it gives them to the host, on the CPU), plus ``kv_advanced``: the inputs the
-    pack marks as expert settings where the host supports it (nodes/presentation.py)."""
+    pack marks as expert settings where the host supports it (nodes/host/presentation.py)."""
     comfyui = comfyui_path()
     if not (comfyui / "comfy_api").is_dir():
-        raise SystemExit(f"no ComfyUI at {comfyui}: run `python tools/comfy_host.py install` or set COMFYUI_PATH")
+        raise SystemExit(f"no ComfyUI at {comfyui}: run `python -m tools.comfy_host install` or set COMFYUI_PATH")
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")  # the device list of a CPU machine
-    proc = subprocess.run([python or sys.executable, "-c", _CHILD, str(comfyui), str(REPO)], capture_output=True,
-                          text=True, env=env, timeout=600)
+    proc = subprocess.run([python or sys.executable, "-c", _CHILD, str(comfyui)], capture_output=True,
+                          text=True, env=env, timeout=600, cwd=REPO)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("KV_NODE_INFO ")]
     if proc.returncode or not lines:
         raise SystemExit(f"reading the node schemas failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -225,17 +213,17 @@ def check(generated: dict[str, dict], nodes: dict[str, str] | None = None) -> li
     against ``nodes``, when given)."""
     problems = []
     if nodes is not None and (not NODE_LIST.exists() or json.loads(NODE_LIST.read_text(encoding="utf-8")) != nodes):
-        problems.append("node_list.json does not list the schemas' node ids: run `python tools/locales.py generate`")
+        problems.append("node_list.json does not list the schemas' node ids: run `python -m tools.locales generate`")
     current, recorded = english_fingerprints(generated), stamps()
     for lang in LANGUAGES:
         old = recorded.get(lang, {})
         changed = sorted(p for p, h in current.items() if old.get(p) != h)
         problems += [f"locales/{lang}: {p} translates another English text than locales/en has now: update the "
-                     f"translation, then `python tools/locales.py stamp {lang}`" for p in changed]
+                     f"translation, then `python -m tools.locales stamp {lang}`" for p in changed]
     for name, data in generated.items():
         path = LOCALES / "en" / name
         if not path.exists() or json.loads(path.read_text(encoding="utf-8")) != data:
-            problems.append(f"locales/en/{name} is not what the schemas give: run `python tools/locales.py generate`")
+            problems.append(f"locales/en/{name} is not what the schemas give: run `python -m tools.locales generate`")
         for lang in LANGUAGES:
             other = LOCALES / lang / name
             if not other.exists():
