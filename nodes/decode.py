@@ -1,16 +1,18 @@
 """Decode: the video MoVQ turns a video latent into frames, chunk by chunk.
 
-An adapter of ``kv_core.stages.decode_frames``, once per video of the LATENT batch."""
+An adapter of ``kv_core.stages.decode_images``, once per video of the LATENT batch, all into
+one IMAGE batch allocated once (host memory: frames x H x W x 3 x 4 bytes)."""
 from __future__ import annotations
 
 import torch
 
 from comfy_api.latest import io
 
-from ..kv_core.stages import decode_chunk_sizes, decode_frames
-from ..kv_core.video_input import restore_frames
+import comfy.model_management as mm
+
+from ..kv_core.stages import FrameBuffer, decode_chunk_sizes, decode_images
 from . import sockets
-from .inputs import CATEGORY, MAX_KEYFRAMES, image_output
+from .inputs import CATEGORY, MAX_KEYFRAMES
 from .networks import activation_memory, stage
 from .progress import StepProgress
 from .video_input import recorded_fit, recorded_fps
@@ -71,19 +73,16 @@ class KandinskyVideoDecode(io.ComfyNode):
         chunk = int(chunk_size) or None
         sizes = decode_chunk_sizes(num_frames, chunk)
         bar = StepProgress(len(sizes) * len(videos))
-        frames = []
+        # the IMAGE batch is allocated once and each decoded chunk is restored (an encoded
+        # video's fit) and laid out into it: the output plus one chunk, never three copies
+        images = FrameBuffer(sum(int(v.shape[0]) for v in videos), device=mm.intermediate_device())
         memory = activation_memory(max(sizes), h, w, video_movq.compute_dtype, 300)
         with torch.inference_mode(), stage(video_movq, memory_required=memory) as device:
             for i, video in enumerate(videos):
-                decoded = decode_frames(video_movq.module, video, chunk_size=chunk,
-                                        progress=lambda k, n, done=i * len(sizes): bar(done + k, bar.bar.total),
-                                        cancel=bar.cancel, device=device, dtype=video_movq.compute_dtype)
-                if fit is not None:  # an encoded video: back to the input's size (see Encode Video's fit)
-                    decoded = restore_frames(decoded, fit)
-                frames.append(image_output(decoded))
-                del decoded
-        images = frames[0] if len(frames) == 1 else torch.cat(frames)
-        return io.NodeOutput(images, float(fps))
+                decode_images(video_movq.module, video, fit, into=images, chunk_size=chunk,
+                              progress=lambda k, n, done=i * len(sizes): bar(done + k, bar.bar.total),
+                              cancel=bar.cancel, device=device, dtype=video_movq.compute_dtype)
+        return io.NodeOutput(images.result(), float(fps))
 
 
 NODES = [KandinskyVideoDecode]
