@@ -617,6 +617,9 @@ def test_extend_options_reencode_and_multi_frame_condition(kv):
     ("KandinskyVideoKeyframeUNetLoader", "weight_dtype", "fp4"),
     ("KandinskyVideoVideoMoVQLoader", "weight_dtype", "int8"),
     ("KandinskyVideoTextEncoderLoader", "weight_dtype", "fp4"),
+    ("KandinskyVideoTextEncoderLoader", "text_encoder_name", "no_such_encoder"),
+    ("KandinskyVideoTextEncoderLoader", "projections_name", "no_such_projections.pt"),
+    ("KandinskyVideoKeyframeUNetLoader", "unet_name", "no_such_unet.pt"),
 ])
 def test_a_bad_value_gives_one_error_on_its_input(kv, class_type, name, value):
     """ComfyUI attaches a validate_inputs message to every input the method takes; the
