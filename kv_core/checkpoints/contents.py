@@ -134,12 +134,12 @@ def describe_file(tf: TensorFile, limit: int = 4) -> str:
 
 
 def missing_null_embedding(tf: TensorFile, network: str, prefix: str) -> CheckpointError:
-    """The error for a U-Net file that holds the weights but not the null embedding (e.g. a
-    MODEL saved by ComfyUI's Save Model from an older build of this pack, or another tool's
-    save), saying what is missing and the command that writes a complete file."""
+    """The error for a U-Net file that holds the weights but not the null embedding (a save
+    by a tool that writes only a model's weights), saying what is missing and the command
+    that writes a complete file."""
     want = DESCRIPTIONS[network]
     release = tf.path.parent / ("t2v.pt" if network == KEYFRAME_UNET else "interpolation.pt")
-    out = tf.path.with_name(tf.path.stem.removesuffix(".safetensors") + "_complete.safetensors")
+    out = tf.path.with_name(tf.path.stem + "_complete.safetensors")
     where = f"under '{prefix}'" if prefix else "without a prefix"
     configs = tf.path.parent / "configs.json"  # a release folder's (the tiny test releases need it)
     command = convert_command("network", str(tf.path), str(out), "--null-embedding", str(release),
