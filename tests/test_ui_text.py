@@ -89,7 +89,7 @@ def _plain_names(tree: ast.AST) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "nodes").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO / "nodes").rglob("*.py")), ids=lambda p: str(p.relative_to(REPO)))
 def test_every_text_to_the_frontend_goes_through_ui_text(path):
     if path.name == "ui_text.py":
         return
