@@ -1,8 +1,10 @@
 """Decode: the video MoVQ turns a video latent into frames, chunk by chunk.
 
-An adapter of ``kv_core.stages.decode_images``, once per video of the LATENT batch, all into
-one IMAGE batch allocated once (host memory: frames x H x W x 3 x 4 bytes)."""
+An adapter of ``kv_core.stages.decode.decode_images``, once per video of the LATENT batch, all
+into one IMAGE batch allocated once (host memory: frames x H x W x 3 x 4 bytes)."""
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -10,7 +12,9 @@ from comfy_api.latest import io
 
 import comfy.model_management as mm
 
-from ..kv_core.stages import FrameBuffer, decode_chunk_sizes, decode_images
+from ..kv_core.stages import Hooks
+from ..kv_core.stages.decode import FrameBuffer, decode_chunk_sizes, decode_images
+from ..kv_core.video_input import restore_frames
 from . import sockets
 from .inputs import CATEGORY, MAX_KEYFRAMES
 from .networks import activation_memory, stage
@@ -76,12 +80,14 @@ class KandinskyVideoDecode(io.ComfyNode):
         # the IMAGE batch is allocated once and each decoded chunk is restored (an encoded
         # video's fit) and laid out into it: the output plus one chunk, never three copies
         images = FrameBuffer(sum(int(v.shape[0]) for v in videos), device=mm.intermediate_device())
-        memory = activation_memory(max(sizes), h, w, video_movq.compute_dtype, 300)
+        # an encoded video: back to the input's size (see Encode Video's fit)
+        restore = None if fit is None else functools.partial(restore_frames, fit=fit)
+        memory = activation_memory(video_movq, max(sizes), h, w)
         with torch.inference_mode(), stage(video_movq, memory_required=memory) as device:
             for i, video in enumerate(videos):
-                decode_images(video_movq.module, video, fit, into=images, chunk_size=chunk,
-                              progress=lambda k, n, done=i * len(sizes): bar(done + k, bar.bar.total),
-                              cancel=bar.cancel, device=device, dtype=video_movq.compute_dtype)
+                decode_images(video_movq.module, video, restore, into=images, chunk_size=chunk,
+                              hooks=Hooks(progress=lambda k, n, done=i * len(sizes): bar(done + k, bar.bar.total),
+                                          cancel=bar.cancel, device=device, dtype=video_movq.compute_dtype))
         return io.NodeOutput(images.result(), float(fps))
 
 

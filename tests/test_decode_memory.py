@@ -21,7 +21,7 @@ import torch
 
 from kv_core import tiny
 from kv_core.checkpoints import VIDEO_MOVQ, build_network
-from kv_core.stages import FrameBuffer, decode_frames, decode_images
+from kv_core.stages.decode import FrameBuffer, decode_frames, decode_images
 from kv_core.video_input import plan_fit, restore_frames
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def test_decode_images_equals_decode_restore_and_layout(video_movq, mode, max_si
     fit = plan_fit(50, 30, 16, mode, max_side)
     latents = torch.randn(9, 4, fit.net_height // 8, fit.net_width // 8, generator=torch.Generator().manual_seed(1))
     want = restore_frames(decode_frames(video_movq, latents), fit).movedim(1, -1)
-    got = decode_images(video_movq, latents, fit)
+    got = decode_images(video_movq, latents, lambda chunk: restore_frames(chunk, fit))
     assert got.shape == (9, *fit.output_size[::-1], 3) and got.is_contiguous()
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 

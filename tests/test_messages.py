@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kv_core import checkpoints as ck
-from kv_core.checkpoints.formats import DESCRIPTIONS
+from kv_core.kinds import DESCRIPTIONS
 from kv_core.tiny import write_tiny_release
 
 REPO = Path(__file__).resolve().parents[1]

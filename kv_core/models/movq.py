@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dtypes import layer_compute_dtype
+from ..dtypes import layer_compute_dtype
+from . import constructor_config
 from .layers import LayerFactory
 from .movq_blocks import (
     NORM_GROUPS,
@@ -206,7 +207,9 @@ class MoVQ(nn.Module):
                  flicker_augmentation: bool = False,
                  per_item_attention_norm: bool = False,
                  operations=None, device=None, dtype=None):
+        config = constructor_config(locals())
         super().__init__()
+        self.config = config
         for name, value in (("build_3D_decoder", build_3D_decoder), ("temporal_blocks", temporal_blocks),
                             ("flicker_augmentation", flicker_augmentation)):
             if value:
@@ -287,7 +290,7 @@ def decode_video(movq: MoVQ, latents: torch.Tensor, chunk_size: Optional[int] = 
     returned: ``sink(first, frames)`` receives each chunk's frames (the same float32 values,
     ``[n, out_ch, 8h, 8w]`` on the decoder's device) and the index of its first frame, so a
     caller can place them straight into its own output (see
-    :func:`kv_core.stages.decode_images`); the chunk is freed when ``sink`` returns.
+    :func:`kv_core.stages.decode.decode_images`); the chunk is freed when ``sink`` returns.
 
     Chunks follow :func:`video_chunk_sizes` (reference: ``latents.chunk(N // 4)``; N < 4
     gives one chunk). Each chunk is one temporal sequence for the decoder's temporal
