@@ -1,8 +1,8 @@
 """Peak host memory of Kandinsky Video Decode against the size of its output.
 
-    python bench/bench_decode_memory.py                        # 477 frames of 640x360, each decode path
-    python bench/bench_decode_memory.py --frames 237 --width 1280 --height 720 --paths encoded
-    python bench/bench_decode_memory.py --decoder tiny --frames 45 --width 256 --height 144
+    python -m bench.bench_decode_memory                        # 477 frames of 640x360, each decode path
+    python -m bench.bench_decode_memory --frames 237 --width 1280 --height 720 --paths encoded
+    python -m bench.bench_decode_memory --decoder tiny --frames 45 --width 256 --height 144
 
 The node (``nodes/decode.py``, with the pinned ComfyUI's modules in this process, ``--cpu``)
 decodes one LATENT per decode path, each in a fresh process so that its peak resident set
@@ -26,12 +26,13 @@ slow on a CPU). A real decoder on a GPU holds its activations in GPU memory.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from tools.harness.inprocess import comfy_modules, comfyui_checkout, import_pack
 
 REPO = Path(__file__).resolve().parents[1]
 PATHS = ("encoded", "encoded-scale", "release", "long")
@@ -42,24 +43,6 @@ def _vm(key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-def _host():
-    """The pinned ComfyUI's modules (``--cpu``) and this pack as the package ``kvpack``."""
-    comfyui = Path(os.environ.get("COMFYUI_PATH") or Path(os.environ.get("KV_CACHE_DIR") or REPO / ".cache")
-                   / "comfyui")
-    if not (comfyui / "comfy" / "model_management.py").exists():
-        raise SystemExit(f"no ComfyUI at {comfyui}: set COMFYUI_PATH or run scripts/test.sh once")
-    sys.path.insert(0, str(comfyui))
-    from comfy.cli_args import args
-    args.cpu = True
-    spec = importlib.util.spec_from_file_location("kvpack", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["kvpack"] = pack
-    spec.loader.exec_module(pack)
-    import kvpack.nodes.decode  # noqa: F401
-    return pack
 
 
 def _decoder(kind: str):
@@ -87,19 +70,18 @@ def _decoder(kind: str):
 
 
 def measure(path: str, frames: int, width: int, height: int, decoder: str = "standin", chunk_size: int = 0) -> dict:
-    """Run Decode once on ``path``'s latent in this process: output bytes, peak rise, ratio."""
+    """Run Decode once on ``path``'s latent in this process: output bytes, peak rise, ratio.
+    Call it inside ``comfy_modules`` after ``import_pack`` (tools/harness/inprocess.py)."""
     import gc
 
     import torch
 
-    if "kvpack" not in sys.modules:
-        _host()
     gc.collect()
     from kvpack.kv_core.checkpoints import VIDEO_MOVQ
     from kvpack.kv_core.video_input import plan_fit
-    from kvpack.nodes import networks, sockets
     from kvpack.nodes.decode import KandinskyVideoDecode
-    from kvpack.nodes.video_input import FIT_KEY, FPS_KEY
+    from kvpack.nodes.host import networks
+    from kvpack.nodes.host.latent import FIT_KEY, FPS_KEY
 
     torch.manual_seed(0)
     cpu = torch.device("cpu")
@@ -136,9 +118,9 @@ def measure(path: str, frames: int, width: int, height: int, decoder: str = "sta
 
 def run_child(path: str, args) -> dict:
     """:func:`measure` in a fresh interpreter (its own peak resident set)."""
-    cmd = [sys.executable, __file__, "--one", path, "--frames", str(args.frames), "--width", str(args.width),
+    cmd = [sys.executable, "-m", "bench.bench_decode_memory", "--one", path, "--frames", str(args.frames), "--width", str(args.width),
            "--height", str(args.height), "--decoder", args.decoder, "--chunk-size", str(args.chunk_size)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode:
         raise RuntimeError(f"{path}: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -159,9 +141,14 @@ def main(argv=None) -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one or args.in_process:
-        for path in [args.one] if args.one else args.paths:
-            print(json.dumps(measure(path, args.frames, args.width, args.height, args.decoder, args.chunk_size)),
-                  flush=True)
+        comfyui = comfyui_checkout()
+        if comfyui is None:
+            raise SystemExit("no ComfyUI checkout: set COMFYUI_PATH or run scripts/test.sh once")
+        with comfy_modules(comfyui):  # the pinned ComfyUI's modules (--cpu) and this pack as ``kvpack``
+            import_pack()
+            for path in [args.one] if args.one else args.paths:
+                print(json.dumps(measure(path, args.frames, args.width, args.height, args.decoder,
+                                         args.chunk_size)), flush=True)
         return 0
     if not args.json:
         print(f"Decode, {args.frames} frames of {args.width}x{args.height}, {args.decoder} decoder, "

@@ -31,7 +31,7 @@ read with ``weights_only``) and writes the encoder alone (the shared token embed
 ``encoder.*``), with its config and tokenizer inside. The decoder is never read: shards
 holding only decoder tensors are not opened and tensors are read one key at a time.
 
-Command line (also ``tools/kv_convert.py``)::
+Command line (also ``python -m tools.kv_convert`` in a clone)::
 
     python -m kv_core.convert release SRC_DIR OUT_DIR [--dtype bf16] [--movq-dtype fp32]
                               [--t5 FLAN_UL2_DIR] [--t5-dtype bf16] [--configs configs.json]

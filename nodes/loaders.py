@@ -1,5 +1,5 @@
 """Loader nodes: one per network of the release, each with a weight-dtype choice and a
-device choice (:mod:`.devices`).
+device choice (:mod:`.host.devices`).
 
 Files are listed from ``models/kandinsky_video/`` (text encoders also from
 ``models/text_encoders/``). A ``configs.json`` beside a checkpoint (as in the official
@@ -18,13 +18,13 @@ from comfy_api.latest import io
 
 from ..kv_core import checkpoints as ckpt, dtypes
 from ..kv_core.text import TextEncoder as KVTextEncoder, check_text_parts
-from . import model_files, sockets
-from .devices import device_input, offload_device_for, resolve_device
-from .common import (FP8, WEIGHT_DTYPE_TOOLTIP, WEIGHT_DTYPES, file_params, operations_for,
-                     weight_and_compute_dtype)
-from .inputs import CATEGORY, CheckedCombos
-from .model_files import check_model_name, release_configs, resolve_model_file, resolve_text_encoder
-from .networks import Network, wrap
+from .host import model_files, sockets
+from .host.devices import device_input, offload_device_for, resolve_device
+from .host.inputs import CATEGORY, CheckedCombos
+from .host.model_files import check_model_name, release_configs, resolve_model_file, resolve_text_encoder
+from .host.networks import Network, wrap
+from .host.weight_dtype import (FP8, WEIGHT_DTYPE_TOOLTIP, WEIGHT_DTYPES, file_params, operations_for,
+                                weight_and_compute_dtype)
 
 LOADERS = f"{CATEGORY}/loaders"
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def _load_error(network: str, name: str, path: str, err: Exception) -> ValueErro
 
 def load_network(network: str, name: str, weight_dtype: str, device: str = "default") -> Network:
     """Load a U-Net or MoVQ checkpoint into a ModelPatcher-wrapped :class:`Network` that
-    runs on ``device`` (a loader's device choice, :mod:`.devices`)."""
+    runs on ``device`` (a loader's device choice, :mod:`.host.devices`)."""
     path = resolve_model_file(name, network)
     unet = network in (ckpt.KEYFRAME_UNET, ckpt.INTERPOLATION_UNET)
     load_device = resolve_device(device, mm.get_torch_device())
@@ -230,7 +230,7 @@ def _text_settings(projections_path: str, projections_name: str) -> tuple[int, i
 def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtype: str,
                       device: str = "default") -> Network:
     """Load Flan-UL2's encoder and the projections into a :class:`Network` that runs on
-    ``device`` (a loader's device choice, :mod:`.devices`)."""
+    ``device`` (a loader's device choice, :mod:`.host.devices`)."""
     encoder_path = resolve_text_encoder(text_encoder_name)
     projections_path = resolve_model_file(projections_name, ckpt.TEXT_PROJECTIONS)
     tokens_length, context_dim, configs = _text_settings(projections_path, projections_name)  # fails fast

@@ -6,7 +6,7 @@ What the encoder reads of each prompt (tokens read, unknown, dropped; see
 ``/history``) and, when part of a prompt is lost, logged as a warning. The run goes on.
 The node shows it as progress text (frontends up to about 1.3x keep that preview after the
 run; newer ones, e.g. 1.58.1, clear it when the run ends, and there ``web/token_report.js``
-shows the ``text`` output instead), both as ``nodes.ui_text.plain`` text: the report quotes
+shows the ``text`` output instead), both as ``nodes.host.ui_text.plain`` text: the report quotes
 the prompt, which must never reach a frontend as markup.
 """
 from __future__ import annotations
@@ -22,11 +22,11 @@ from ..kv_core.conditioning import TextCondition
 from ..kv_core.stages.text import encode_prompt
 from ..kv_core.text import PromptReport
 from ..kv_core.stages import Hooks
-from . import sockets
-from .inputs import CATEGORY
-from .networks import Network, stage
-from .progress import StepProgress
-from .ui_text import plain, send_progress_text
+from .host import sockets
+from .host.inputs import CATEGORY
+from .host.networks import Network, stage
+from .host.progress import StepProgress
+from .host.ui_text import plain, send_progress_text
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class KandinskyVideoTextEncode(io.ComfyNode):
     def execute(cls, text_encoder, prompt, negative_prompt="") -> io.NodeOutput:
         negative = negative_prompt if negative_prompt and negative_prompt.strip() else None
         shown, _ = prompt_reports(text_encoder, {"prompt": prompt, **({"negative prompt": negative} if negative else {})})
-        shown = plain(shown)  # what the frontends show: never markup (nodes/ui_text.py)
+        shown = plain(shown)  # what the frontends show: never markup (nodes/host/ui_text.py)
         send_progress_text(cls.hidden.unique_id if cls.hidden is not None else None, shown)
         bar = StepProgress(2 if negative else 1)
         with torch.inference_mode(), stage(text_encoder) as device:

@@ -1,156 +1,27 @@
-"""Messages that point at what exists: the pack's U-Nets are read under the key prefixes
-ComfyUI and other tools write (and a file missing its null embedding says what to run); every
-command a message or a user-facing doc tells a user to run exists in the registry archive;
-nothing in the repository unpickles without ``weights_only``."""
+"""Messages that point at what exists: every command a message or a user-facing doc tells a
+user to run exists in the registry archive; nothing in the repository unpickles without
+``weights_only``."""
 from __future__ import annotations
 
 import ast
-import importlib.util
-import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from kv_core import checkpoints as ck
-from kv_core.kinds import DESCRIPTIONS
-from kv_core.tiny import write_tiny_release
+from unet_files import tiny_release
 
 REPO = Path(__file__).resolve().parents[1]
-COMFYUI = Path(os.environ.get("KV_CACHE_DIR", REPO / ".cache")) / "comfyui"
-RELEASE_NAMES = {ck.KEYFRAME_UNET: "t2v.pt", ck.INTERPOLATION_UNET: "interpolation.pt"}
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    return write_tiny_release(tmp_path_factory.mktemp("tiny"), seed=3)
-
-
-def _load(network, path, configs):
-    load = ck.load_keyframe_unet if network == ck.KEYFRAME_UNET else ck.load_interpolation_unet
-    return load(path, configs)
-
-
-def _official(release, network):
-    data = torch.load(release.folder / RELEASE_NAMES[network], weights_only=True)
-    return data["unet"], data["null_embedding"]
-
-
-def _same(a, b):
-    (net_a, null_a), (net_b, null_b) = a, b
-    sa, sb = net_a.state_dict(), net_b.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0)
-    torch.testing.assert_close(null_a, null_b, rtol=0, atol=0)
-
-
-# --------------------------------------------------------------------------- U-Nets under host prefixes
-
-@pytest.mark.parametrize("network", [ck.KEYFRAME_UNET, ck.INTERPOLATION_UNET])
-@pytest.mark.parametrize("prefix", ["net.", "model.diffusion_model.", "model.diffusion_model.net.",
-                                    "diffusion_model."])
-def test_a_unet_saved_under_a_host_prefix_loads(tmp_path, release, network, prefix):
-    unet, null = _official(release, network)
-    path = tmp_path / "saved.safetensors"
-    markers = {"v_pred": torch.tensor([])} if network == ck.INTERPOLATION_UNET else {}
-    save_file({**{prefix + k: v.contiguous() for k, v in unet.items()}, "null_embedding": null, **markers},
-              str(path), metadata={"format": "pt"})
-    configs = release.folder / "configs.json"
-    _same(_load(network, path, configs), _load(network, release.folder / RELEASE_NAMES[network], configs))
-
-
-@pytest.mark.parametrize("network", [ck.KEYFRAME_UNET, ck.INTERPOLATION_UNET])
-def test_a_unet_without_null_embedding_says_what_to_run_and_that_command_works(tmp_path, release, network):
-    unet, _ = _official(release, network)
-    path = tmp_path / "ComfyUI_00001_.safetensors"  # moved into a model folder with the release's configs.json
-    save_file({"net." + k: v.contiguous() for k, v in unet.items()}, str(path))
-    configs = shutil.copy(release.folder / "configs.json", tmp_path / "configs.json")
-    with pytest.raises(ck.CheckpointError) as err:
-        _load(network, path, configs)
-    msg = str(err.value)
-    assert "nothing this loader recognises" not in msg and "Stable Diffusion" not in msg
-    assert f"{DESCRIPTIONS[network]}'s weights under 'net.'" in msg and "'null_embedding'" in msg
-    # the command in the message, run as it says (with the release file where it is here)
-    command = msg.split(": cd ", 1)[1].rsplit(", then pick ", 1)[0]
-    folder, _, convert = ("cd " + command).partition(" && ")
-    argv = shlex.split(convert)
-    assert argv[:3] == ["python", "-m", "kv_core.convert"] and shlex.split(folder)[1] == str(REPO)
-    argv[argv.index("--null-embedding") + 1] = str(release.folder / RELEASE_NAMES[network])
-    done = subprocess.run([sys.executable, *argv[1:]], cwd=shlex.split(folder)[1], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    out = Path(argv[argv.index("network") + 2])
-    assert out.name == msg.rsplit(", then pick ", 1)[1] == "ComfyUI_00001__complete.safetensors"
-    _same(_load(network, out, configs), _load(network, release.folder / RELEASE_NAMES[network], configs))
-
-
-def test_the_null_embedding_of_another_network_is_refused(tmp_path, release):
-    from kv_core.convert import convert_network
-
-    unet, _ = _official(release, ck.KEYFRAME_UNET)
-    path = tmp_path / "saved.safetensors"
-    save_file({"net." + k: v.contiguous() for k, v in unet.items()}, str(path))
-    with pytest.raises(ck.CheckpointError, match="expected a keyframe_unet file to take the null embedding from"):
-        convert_network(path, tmp_path / "out.safetensors", null_embedding=release.folder / "interpolation.pt")
-
-
-def test_other_entries_beside_a_prefixed_unet_are_named(tmp_path, release):
-    unet, null = _official(release, ck.KEYFRAME_UNET)
-    path = tmp_path / "saved.safetensors"
-    save_file({**{"net." + k: v.contiguous() for k, v in unet.items()}, "null_embedding": null,
-               "first_stage_model.x": torch.zeros(1)}, str(path))
-    with pytest.raises(ck.CheckpointError, match=r"unexpected entries beside 'net' and 'null_embedding'.*"
-                                                 r"first_stage_model\.x"):
-        _load(ck.KEYFRAME_UNET, path, release.folder / "configs.json")
-
-
-@pytest.fixture(scope="module")
-def host():
-    """ComfyUI's modules (``--cpu``) and this pack as the package ``kvpack``, in this process."""
-    if not (COMFYUI / "comfy" / "sd.py").exists():
-        pytest.skip(f"no ComfyUI at {COMFYUI} (scripts/test.sh installs it)")
-    sys.path.insert(0, str(COMFYUI))
-    from comfy.cli_args import args
-    args.cpu = True
-    if "kvpack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("kvpack", REPO / "__init__.py",
-                                                      submodule_search_locations=[str(REPO)])
-        pack = importlib.util.module_from_spec(spec)
-        sys.modules["kvpack"] = pack
-        spec.loader.exec_module(pack)
-    import kvpack.nodes.core_sampling  # noqa: F401
-    yield sys.modules["kvpack"]
-    sys.path.remove(str(COMFYUI))
-
-
-@pytest.mark.parametrize("network", [ck.KEYFRAME_UNET, ck.INTERPOLATION_UNET])
-def test_core_save_model_of_the_pack_model_loads_back(tmp_path, host, release, network):
-    """Core Save Model (``comfy.sd.save_checkpoint`` with the MODEL alone, what
-    ``ModelSave`` calls) of the core MODEL of a loaded U-Net writes a file the loaders read
-    back as the same network, null embedding included."""
-    import comfy.sd
-
-    from kvpack.nodes import core_sampling, networks
-
-    module, null = _load(network, release.folder / RELEASE_NAMES[network], release.folder / "configs.json")
-    cpu = torch.device("cpu")
-    wrapped = networks.wrap(module, network, RELEASE_NAMES[network], torch.float32, load_device=cpu,
-                            offload_device=cpu, null_embedding=null)
-    node = core_sampling.KandinskyVideoKeyframeModel if network == ck.KEYFRAME_UNET \
-        else core_sampling.KandinskyVideoInterpolationModel
-    model = node.execute(**{node.INPUT: wrapped})
-    model = (model.result if hasattr(model, "result") else model)[0]
-    path = tmp_path / "saved.safetensors"
-    comfy.sd.save_checkpoint(str(path), model, metadata={"format": "pt"})
-    keys = set(load_file(str(path)))
-    assert any(k.startswith("net.") for k in keys) and "null_embedding" in keys
-    _same(_load(network, path, release.folder / "configs.json"), (module, null))
+    return tiny_release(tmp_path_factory)
 
 
 # --------------------------------------------------------------------------- what a user has
