@@ -26,13 +26,13 @@ def release(tmp_path_factory):
 
 # --------------------------------------------------------------------------- what a user has
 
-# what the registry archive ships (.comfyignore; tests/test_packaging.py checks it against
-# `comfy node pack`)
-PACKED_TOP_LEVEL = {"__init__.py", "nodes", "kv_core", "web", "workflows", "requirements.txt", "pyproject.toml",
-                    "README.md", "LICENSE"}
-# README sections for users of the pack (the others are for developers, in a clone)
-USER_SECTIONS = ("Installing into your ComfyUI", "Model files", "Workflows", "Interpolating any video",
-                 "Long videos", "Nodes", "Troubleshooting", "Using `kv_core` without ComfyUI")
+# what the registry archive ships: the top-level entries .comfyignore takes back
+# (tests/test_packaging.py checks that file against `comfy node pack`)
+PACKED_TOP_LEVEL = {line[2:].rstrip("/") for line in (REPO / ".comfyignore").read_text().splitlines()
+                    if line.startswith("!/")}
+# sections for developers, who have a clone (README's "... (for developers)", a docs page's
+# "... (in a clone of the repository)"); every other section of a packed document is a user's
+DEVELOPER_SECTION = re.compile(r"\((?:for developers|in a clone of the repository)\)\s*$")
 COMMAND = re.compile(r"(?:^|[\s`(;&|])(?:\S*python(?:3(?:\.\d+)?)?|bash|sh)\s+(-m\s+[\w.]+|[\w./-]+\.(?:py|sh))")
 # in a message, a path of the repository's developer folders is an instruction too
 PATH = re.compile(r"(?<![\w/.-])((?:tools|bench|scripts|tests|\.ci)/[\w./-]*\w)")
@@ -66,16 +66,26 @@ def _told_to_run(text: str, paths: bool = True) -> list[str]:
     return [m.group(1) for m in COMMAND.finditer(text)] + (PATH.findall(text) if paths else [])
 
 
-def _user_readme() -> str:
-    readme = (REPO / "README.md").read_text()
-    parts = re.split(r"^## ", readme, flags=re.M)
-    return "\n".join(p for p in parts[1:] if p.split("\n", 1)[0].strip() in USER_SECTIONS)
+def _user_docs(packed: set[str]) -> dict[str, str]:
+    """The user's sections of every packed Markdown document (README.md and its translations,
+    docs/*.md), by document."""
+    docs = {}
+    for f in sorted(p for p in packed if p.endswith(".md") and ("/" not in p or p.startswith("docs/"))):
+        parts = re.split(r"^#+ ", (REPO / f).read_text(encoding="utf-8"), flags=re.M)
+        docs[f] = "\n".join(p for p in parts if not DEVELOPER_SECTION.search(p.split("\n", 1)[0]))
+    return docs
 
 
-def test_the_readme_user_sections_are_found():
-    text = _user_readme()
-    assert all(f"{name}\n" in "\n" + text or name in text for name in USER_SECTIONS)
-    assert "python -m kv_core.convert" in text
+def test_the_user_docs_are_found_and_the_developer_sections_left_out():
+    docs = _user_docs(_packed_files())
+    assert {"README.md", "README_ru.md", "README_zh.md", "docs/troubleshooting.md"} <= set(docs)
+    assert "## Install" in (REPO / "README.md").read_text() and "Install\n" in docs["README.md"]
+    assert "python -m kv_core.convert" in docs["docs/troubleshooting.md"]
+    # the developers' quick start tells to run the (unpacked) tools; the users' text does not
+    assert "-m tools.quickstart" in (REPO / "README.md").read_text()
+    assert "-m tools.quickstart" not in docs["README.md"]
+    assert "gpu_check.sh" in (REPO / "docs" / "memory-and-speed.md").read_text()
+    assert "bash bench/gpu_check.sh" not in docs["docs/memory-and-speed.md"]
 
 
 def test_every_command_a_message_or_user_doc_names_is_in_the_registry_archive():
@@ -89,8 +99,9 @@ def test_every_command_a_message_or_user_doc_names_is_in_the_registry_archive():
         elif f.endswith((".js", ".json")) and not f.startswith("workflows/"):
             for target in _told_to_run((REPO / f).read_text()):
                 told.setdefault(target, f)
-    for target in _told_to_run(_user_readme(), paths=False):  # the docs may cite tests and benches
-        told.setdefault(target, "README.md (user sections)")
+    for doc, text in _user_docs(packed).items():
+        for target in _told_to_run(text, paths=False):  # the docs may cite tests and benches
+            told.setdefault(target, f"{doc} (user sections)")
     missing = {t: where for t, where in told.items() if not _exists(t, packed)}
     assert missing == {}, f"commands or paths users are told about that the registry archive lacks: {missing}"
     assert "-m kv_core.convert" in told  # the checker sees the commands it should
