@@ -72,7 +72,7 @@ def main(argv=None) -> int:
             done = subprocess.run([sys.executable, __file__, *passed, "--one", str(window), out_path],
                                   check=True, capture_output=True, text=True)
             seconds, peak = done.stdout.split()[-2:]
-            out = torch.load(out_path)
+            out = torch.load(out_path, weights_only=True)
             if reference is None:
                 reference = out
             diff = out - reference

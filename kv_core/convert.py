@@ -31,12 +31,12 @@ read with ``weights_only``) and writes the encoder alone (the shared token embed
 ``encoder.*``), with its config and tokenizer inside. The decoder is never read: shards
 holding only decoder tensors are not opened and tensors are read one key at a time.
 
-Command line (also ``tools/kv_convert.py``)::
+Command line (also ``python -m tools.kv_convert`` in a clone)::
 
     python -m kv_core.convert release SRC_DIR OUT_DIR [--dtype bf16] [--movq-dtype fp32]
                               [--t5 FLAN_UL2_DIR] [--t5-dtype bf16] [--configs configs.json]
     python -m kv_core.convert network SRC OUT.safetensors [--network keyframe_unet]
-                              [--dtype bf16] [--configs configs.json]
+                              [--dtype bf16] [--configs configs.json] [--null-embedding t2v.pt]
     python -m kv_core.convert t5 FLAN_UL2_DIR OUT.safetensors [--dtype bf16] [--tokenizer DIR]
 """
 from __future__ import annotations
@@ -171,13 +171,17 @@ def plan_entries(keys, shapes: Mapping[str, tuple], dtypes: Mapping[str, torch.d
     return entries
 
 
-def convert_network(src, dst, *, network: str | None = None, configs=None, dtype="fp32") -> Path:
-    """Convert one official file (or re-encode one of ours) to our safetensors form.
+def convert_network(src, dst, *, network: str | None = None, configs=None, dtype="fp32",
+                    null_embedding=None) -> Path:
+    """Convert one official file (or re-encode one of ours, or a U-Net that another tool
+    saved under a prefix, e.g. ComfyUI's Save Model) to our safetensors form.
 
     ``network``: which network the file must hold (default: what it holds). ``configs``:
-    ``configs.json`` (path or dict) or the kwargs; default: stored / detected config. The
-    tensors are checked against the network built from that config before anything is
-    written, so a written file always loads.
+    ``configs.json`` (path or dict) or the kwargs; default: stored / detected config.
+    ``null_embedding``: a U-Net file of the same network (e.g. the release's ``t2v.pt``)
+    whose null embedding the output gets, for weights saved without one. The tensors are
+    checked against the network built from that config before anything is written, so a
+    written file always loads.
     """
     dtype = parse_dtype(dtype)
     tf = open_tensor_file(src)
@@ -188,7 +192,16 @@ def convert_network(src, dst, *, network: str | None = None, configs=None, dtype
     if network not in CONFIG_SECTIONS:
         raise CheckpointError(f"{src}: not a Kandinsky Video network file "
                               f"(found {found or 'unknown keys'}); use 't5' for the text encoder")
-    tensors = network_tensors(tf, network)
+    null = None
+    if null_embedding is not None:
+        if network not in (KEYFRAME_UNET, INTERPOLATION_UNET):
+            raise CheckpointError(f"{src}: --null-embedding is for the U-Nets, this file holds the {network}")
+        donor = open_tensor_file(null_embedding)
+        if (donor.network or identify(donor.keys())) != network:
+            raise CheckpointError(f"{null_embedding}: expected a {network} file to take the null embedding "
+                                  f"from, found {donor.network or identify(donor.keys()) or 'unknown keys'}")
+        null = network_tensors(donor, network).null_embedding()
+    tensors = network_tensors(tf, network, require_null=null is None)
     config, _ = resolve_config(network, configs, tensors)
     module = build_network(network, config, device="meta", path=tf.path)
     check_state_dict({k: tuple(v.shape) for k, v in module.state_dict().items()}, tensors.shapes,
@@ -197,7 +210,9 @@ def convert_network(src, dst, *, network: str | None = None, configs=None, dtype
     shapes = tensors.shapes
     dtypes = {k: tf.dtypes[tensors.prefix + k] for k in shapes}
     entries = plan_entries(list(shapes), shapes, dtypes, tensors.get, dtype, release=tf.release)
-    if tensors.null_key is not None:
+    if null is not None:
+        entries.append(Entry(NULL_EMBEDDING_KEY, tuple(null.shape), torch.float32, lambda: null))
+    elif tensors.null_key is not None:
         entries.append(Entry(NULL_EMBEDDING_KEY, tf.shapes[tensors.null_key], torch.float32,
                              tensors.null_embedding))
     return write_safetensors(dst, entries, _metadata(network, config, dtype, Path(src).name))
@@ -288,6 +303,9 @@ def main(argv=None) -> int:
     net.add_argument("--network", choices=[*CONFIG_SECTIONS, TEXT_PROJECTIONS])
     net.add_argument("--dtype", default="fp32", choices=dtypes)
     net.add_argument("--configs", type=Path, help="configs.json of the release")
+    net.add_argument("--null-embedding", type=Path, metavar="UNET_FILE",
+                     help="U-Net file (e.g. the release's t2v.pt) whose null embedding the output gets, for "
+                          "weights saved without one (ComfyUI's Save Model)")
 
     t5 = sub.add_parser("t5", help="write the encoder of a Hugging Face T5 folder")
     t5.add_argument("src", type=Path, help="google/flan-ul2 folder")
@@ -304,7 +322,7 @@ def main(argv=None) -> int:
                 print(f"{network}: {path}")
         elif args.command == "network":
             print(convert_network(args.src, args.out, network=args.network, configs=args.configs,
-                                  dtype=args.dtype))
+                                  dtype=args.dtype, null_embedding=args.null_embedding))
         else:
             print(convert_t5_encoder(args.src, args.out, dtype=args.dtype, tokenizer=args.tokenizer))
     except CheckpointError as err:

@@ -45,7 +45,7 @@ from .conditioning import null_condition
 from .rules import REFERENCE_KEYFRAMES, VIDEO_SECONDS, SizeRule, size_rule
 from .sampling.loop import check_cancel, run_device
 from .stages import NO_HOOKS, Hooks
-from .stages.decode import decode_frames
+from .stages.decode import decode_images
 from .stages.interpolation import SKIP_FRAMES, interpolate_frames
 
 FIT_MODES = ("pad", "crop", "scale")
@@ -205,7 +205,8 @@ def apply_fit(frames: torch.Tensor, fit: VideoFit) -> torch.Tensor:
 def restore_frames(frames: torch.Tensor, fit: VideoFit, chunk_size: int = 16) -> torch.Tensor:
     """Decoded frames ``[F, C, net_height, net_width]`` -> ``[F, C, out_h, out_w]`` with
     ``(out_w, out_h) = fit.output_size``: the padding cropped off (``pad``), scaled back
-    (``scale``, ``max_side``), ``chunk_size`` frames at a time (resizing needs a copy)."""
+    (``scale``, ``max_side``), ``chunk_size`` frames at a time into one output tensor (a
+    crop alone is a view of ``frames``)."""
     if tuple(frames.shape[-2:]) != (fit.net_height, fit.net_width):
         raise ValueError(f"the decoded frames are {frames.shape[-1]}x{frames.shape[-2]} but this video was run at "
                          f"{fit.net_width}x{fit.net_height}: the latent does not belong to this fit")
@@ -214,7 +215,10 @@ def restore_frames(frames: torch.Tensor, fit: VideoFit, chunk_size: int = 16) ->
     out_w, out_h = fit.output_size
     if tuple(frames.shape[-2:]) == (out_h, out_w):
         return frames
-    return torch.cat([_resize(c, out_w, out_h) for c in frames.split(chunk_size)])
+    out = frames.new_empty((frames.shape[0], frames.shape[1], out_h, out_w))  # allocated once, filled per chunk
+    for start in range(0, frames.shape[0], chunk_size):
+        out[start:start + chunk_size] = _resize(frames[start:start + chunk_size], out_w, out_h)
+    return out
 
 
 # --------------------------------------------------------------------------- frames
@@ -334,6 +338,6 @@ def interpolate_video(interpolation_unet, null_embedding: torch.Tensor, movq, vi
                                      guidance_scale=guidance_scale, sampler=sampler, steps=steps, noise=noise,
                                      window=window, overlap=overlap, hooks=on_device).cpu()
         rate *= 4
-    decoded = decode_frames(video_movq, latents, chunk_size=decode_chunk_size, hooks=on_device).cpu()
-    frames = restore_frames(decoded, plan).movedim(1, -1).contiguous()
+    frames = decode_images(video_movq, latents, lambda chunk: restore_frames(chunk, plan),
+                           chunk_size=decode_chunk_size, hooks=on_device)
     return InterpolatedVideo(frames, rate, latents, plan)

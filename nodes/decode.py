@@ -1,18 +1,23 @@
 """Decode: the video MoVQ turns a video latent into frames, chunk by chunk.
 
-An adapter of ``kv_core.stages.decode.decode_frames``, once per video of the LATENT batch."""
+An adapter of ``kv_core.stages.decode.decode_images``, once per video of the LATENT batch, all
+into one IMAGE batch allocated once (host memory: frames x H x W x 3 x 4 bytes)."""
 from __future__ import annotations
+
+import functools
 
 import torch
 
 from comfy_api.latest import io
 
-from ..kv_core.stages.decode import decode_chunk_sizes, decode_frames
-from ..kv_core.video_input import restore_frames
+import comfy.model_management as mm
+
 from ..kv_core.stages import Hooks
+from ..kv_core.stages.decode import FrameBuffer, decode_chunk_sizes, decode_images
+from ..kv_core.video_input import restore_frames
 from .host import latent as record
 from .host import sockets
-from .host.inputs import CATEGORY, MAX_KEYFRAMES, image_output
+from .host.inputs import CATEGORY, MAX_KEYFRAMES
 from .host.networks import activation_memory, stage
 from .host.progress import StepProgress
 
@@ -72,21 +77,18 @@ class KandinskyVideoDecode(io.ComfyNode):
         chunk = int(chunk_size) or None
         sizes = decode_chunk_sizes(num_frames, chunk)
         bar = StepProgress(len(sizes) * len(videos))
-        frames = []
+        # the IMAGE batch is allocated once and each decoded chunk is restored (an encoded
+        # video's fit) and laid out into it: the output plus one chunk, never three copies
+        images = FrameBuffer(sum(int(v.shape[0]) for v in videos), device=mm.intermediate_device())
+        # an encoded video: back to the input's size (see Encode Video's fit)
+        restore = None if fit is None else functools.partial(restore_frames, fit=fit)
         memory = activation_memory(video_movq, max(sizes), h, w)
         with torch.inference_mode(), stage(video_movq, memory_required=memory) as device:
             for i, video in enumerate(videos):
-                decoded = decode_frames(video_movq.module, video, chunk_size=chunk,
-                                        hooks=Hooks(progress=lambda k, n, done=i * len(sizes): bar(done + k,
-                                                                                                    bar.bar.total),
-                                                    cancel=bar.cancel, device=device,
-                                                    dtype=video_movq.compute_dtype))
-                if fit is not None:  # an encoded video: back to the input's size (see Encode Video's fit)
-                    decoded = restore_frames(decoded, fit)
-                frames.append(image_output(decoded))
-                del decoded
-        images = frames[0] if len(frames) == 1 else torch.cat(frames)
-        return io.NodeOutput(images, float(fps))
+                decode_images(video_movq.module, video, restore, into=images, chunk_size=chunk,
+                              hooks=Hooks(progress=lambda k, n, done=i * len(sizes): bar(done + k, bar.bar.total),
+                                          cancel=bar.cancel, device=device, dtype=video_movq.compute_dtype))
+        return io.NodeOutput(images.result(), float(fps))
 
 
 NODES = [KandinskyVideoDecode]

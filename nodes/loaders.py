@@ -289,13 +289,17 @@ class KandinskyVideoTextEncoderLoader(CheckedCombos, io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, text_encoder_name=None, projections_name=None):
+    def validate_inputs(cls, text_encoder_name=None):
+        # ComfyUI shows a validate_inputs message under every input the method takes, so it
+        # takes only the encoder's name (a folder or a file in two model folders, which the
+        # host's list check would not explain); projections_name is one combo, checked by the
+        # host on its own input (CheckedCombos), and again when the node runs.
         if text_encoder_name is not None:
             try:
                 resolve_text_encoder(text_encoder_name)
             except model_files.ModelFileError as err:
                 return str(err)
-        return check_model_name(projections_name, ckpt.TEXT_PROJECTIONS)
+        return True
 
     @classmethod
     def execute(cls, text_encoder_name, projections_name, weight_dtype, device="default") -> io.NodeOutput:

@@ -4,6 +4,10 @@ adapter of ``kv_core.stages.text.encode_prompt``).
 What the encoder reads of each prompt (tokens read, unknown, dropped; see
 ``kv_core.text.PromptReport``) is shown on the node, kept as its ``text`` UI output (in
 ``/history``) and, when part of a prompt is lost, logged as a warning. The run goes on.
+The node shows it as progress text (frontends up to about 1.3x keep that preview after the
+run; newer ones, e.g. 1.58.1, clear it when the run ends, and there ``web/token_report.js``
+shows the ``text`` output instead), both as ``nodes.host.ui_text.plain`` text: the report quotes
+the prompt, which must never reach a frontend as markup.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from .host import sockets
 from .host.inputs import CATEGORY
 from .host.networks import Network, stage
 from .host.progress import StepProgress
+from .host.ui_text import plain, send_progress_text
 
 logger = logging.getLogger(__name__)
 
@@ -45,20 +50,6 @@ def prompt_reports(network: Network, prompts: dict[str, str]) -> tuple[str, dict
         if not report.ok:
             logger.warning("Kandinsky Video Text Encode: %s", report.message(label))
     return "\n".join(lines), reports
-
-
-def show_text(node_id, text: str) -> None:
-    """Show ``text`` on the node in the ComfyUI frontend (the progress-text preview that core
-    API nodes use); nothing when there is no server (or no node id). Frontends up to about
-    1.3x keep that preview after the run; newer ones (1.58.1) clear it when the run ends, and
-    there ``web/token_report.js`` shows the node's ``text`` UI output (ui.PreviewText) instead."""
-    try:
-        from server import PromptServer
-    except ImportError:  # pragma: no cover - outside ComfyUI
-        return
-    instance = getattr(PromptServer, "instance", None)
-    if instance is not None and node_id is not None:
-        instance.send_progress_text(text, node_id)
 
 
 class KandinskyVideoTextEncode(io.ComfyNode):
@@ -89,7 +80,8 @@ class KandinskyVideoTextEncode(io.ComfyNode):
     def execute(cls, text_encoder, prompt, negative_prompt="") -> io.NodeOutput:
         negative = negative_prompt if negative_prompt and negative_prompt.strip() else None
         shown, _ = prompt_reports(text_encoder, {"prompt": prompt, **({"negative prompt": negative} if negative else {})})
-        show_text(cls.hidden.unique_id if cls.hidden is not None else None, shown)
+        shown = plain(shown)  # what the frontends show: never markup (nodes/host/ui_text.py)
+        send_progress_text(cls.hidden.unique_id if cls.hidden is not None else None, shown)
         bar = StepProgress(2 if negative else 1)
         with torch.inference_mode(), stage(text_encoder) as device:
             # the node reports what the encoder reads (above): no PromptWarning from kv_core

@@ -5,13 +5,41 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ..dtypes import NULL_EMBEDDING_KEY, dtype_name
 from ..kinds import DESCRIPTIONS, INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, T5_ENCODER, TEXT_PROJECTIONS, VIDEO_MOVQ
 from .formats import FORMAT_VERSION, META_FORMAT, CheckpointError, TensorFile, listing, open_tensor_file
+
+
+#: Key prefixes a U-Net's state dict may carry, besides none (our safetensors): the official
+#: files' ``unet.``, ComfyUI's Save Model of this pack's MODEL (``net.``, the adapter's
+#: attribute; 0.3.75 and 0.38.x keep a model's keys as its ``diffusion_model`` holds them),
+#: and the ``model.diffusion_model.`` / ``diffusion_model.`` prefixes that checkpoint
+#: savers and other tools put in front of a diffusion model's keys, with or without ``net.``.
+UNET_PREFIXES = ("unet.", "net.", "diffusion_model.", "diffusion_model.net.", "model.diffusion_model.",
+                 "model.diffusion_model.net.")
+#: Empty marker tensors ComfyUI's Save Model writes beside a model's keys (``v_pred`` for a
+#: v-prediction model such as the interpolation U-Net); they carry no weights.
+HOST_MARKERS = ("v_pred",)
+
+
+def unet_layout(keys) -> tuple[str, str] | None:
+    """``(network, prefix)`` when the keys hold a Kandinsky Video U-Net under one of
+    ``UNET_PREFIXES`` (or none); None otherwise. The longest matching prefix wins, so a
+    key ``model.diffusion_model.net.in_layer.weight`` reads as prefix
+    ``model.diffusion_model.net.``."""
+    keys = set(keys)
+    for prefix in sorted(("", *UNET_PREFIXES), key=len, reverse=True):
+        if prefix + "image_in_layer.weight" in keys:
+            return KEYFRAME_UNET, prefix
+        if prefix + "in_layer.weight" in keys and any(k.startswith(prefix + "down_samples.") for k in keys):
+            return INTERPOLATION_UNET, prefix
+    return None
 
 
 def identify(keys) -> str | None:
@@ -26,11 +54,8 @@ def identify(keys) -> str | None:
         if any(k.startswith("decoder.") and ".temporal_" in k for k in strip):
             return VIDEO_MOVQ
         return MOVQ
-    if "image_in_layer.weight" in strip:
-        return KEYFRAME_UNET
-    if "in_layer.weight" in strip and any(k.startswith("down_samples.") for k in strip):
-        return INTERPOLATION_UNET
-    return None
+    layout = unet_layout(keys)
+    return layout[0] if layout else None
 
 
 # what each network's keys look like (for the message about a file of something else)
@@ -107,6 +132,32 @@ def describe_file(tf: TensorFile, limit: int = 4) -> str:
     return "; ".join(parts)
 
 
+def missing_null_embedding(tf: TensorFile, network: str, prefix: str) -> CheckpointError:
+    """The error for a U-Net file that holds the weights but not the null embedding (a save
+    by a tool that writes only a model's weights), saying what is missing and the command
+    that writes a complete file."""
+    want = DESCRIPTIONS[network]
+    release = tf.path.parent / ("t2v.pt" if network == KEYFRAME_UNET else "interpolation.pt")
+    out = tf.path.with_name(tf.path.stem + "_complete.safetensors")
+    where = f"under '{prefix}'" if prefix else "without a prefix"
+    configs = tf.path.parent / "configs.json"  # a release folder's (the tiny test releases need it)
+    command = convert_command("network", str(tf.path), str(out), "--null-embedding", str(release),
+                              *(["--configs", str(configs)] if configs.is_file() else []))
+    return CheckpointError(
+        f"{tf.path}: this file holds the {want}'s weights {where}, but not its '{NULL_EMBEDDING_KEY}' (the "
+        f"empty-prompt context its guidance needs; official files are {{'unet': state_dict, "
+        f"'null_embedding': tensor}}). Write a complete file with the null embedding of the release file "
+        f"these weights came from ({release.name}; name yours if it lies elsewhere): {command}, then pick "
+        f"{out.name}")
+
+
+def convert_command(*arguments: str) -> str:
+    """The shell command that runs :mod:`kv_core.convert` with ``arguments`` from the folder
+    that holds ``kv_core`` (the node pack's folder; the registry archive ships it)."""
+    root = Path(__file__).resolve().parents[2]
+    return f"cd {shlex.quote(str(root))} && python -m kv_core.convert {' '.join(map(shlex.quote, arguments))}"
+
+
 def not_recognised(tf: TensorFile, expected: str) -> CheckpointError:
     want = DESCRIPTIONS[expected]
     return CheckpointError(f"{tf.path}: expected the {want}, but the file holds nothing this loader recognises: "
@@ -137,8 +188,10 @@ class NetworkTensors:
         return self.file.get(self.null_key).to(torch.float32)
 
 
-def network_tensors(path_or_file, expected: str) -> NetworkTensors:
-    """Open ``path_or_file`` and check that it holds the network ``expected``."""
+def network_tensors(path_or_file, expected: str, *, require_null: bool = True) -> NetworkTensors:
+    """Open ``path_or_file`` and check that it holds the network ``expected``. A U-Net file
+    without its null embedding is an error unless ``require_null`` is False (the converter
+    adding one: ``null_key`` is then None)."""
     tf = path_or_file if isinstance(path_or_file, TensorFile) else open_tensor_file(path_or_file)
     want = DESCRIPTIONS[expected]
     if tf.network is not None:
@@ -156,17 +209,16 @@ def network_tensors(path_or_file, expected: str) -> NetworkTensors:
         raise CheckpointError(f"{tf.path}: expected the {want}, but the file holds the {what} "
                               f"(first keys: {listing(sorted(tf.keys()))})")
     if expected in (KEYFRAME_UNET, INTERPOLATION_UNET):
-        official = any(k.startswith("unet.") for k in tf.keys())
-        prefix = "unet." if official else ""
+        prefix = (unet_layout(tf.keys()) or (expected, ""))[1]
         null_key = NULL_EMBEDDING_KEY if NULL_EMBEDDING_KEY in tf.shapes else None
-        if null_key is None:
-            raise CheckpointError(f"{tf.path}: the {want} has no '{NULL_EMBEDDING_KEY}' "
-                                  f"(official files are {{'unet': state_dict, 'null_embedding': tensor}})")
-        if official:
-            extra = [k for k in tf.keys() if not k.startswith("unet.") and k != null_key]
-            if extra:
-                raise CheckpointError(f"{tf.path}: unexpected entries beside 'unet' and "
-                                      f"'null_embedding' in the {want}: {listing(extra)}")
+        extra = [k for k in tf.keys() if not k.startswith(prefix) and k != null_key
+                 and not (prefix and k in HOST_MARKERS)]
+        if extra:
+            where = f"'{prefix[:-1]}'" if prefix else "the network's keys"
+            raise CheckpointError(f"{tf.path}: unexpected entries beside {where} and 'null_embedding' in the "
+                                  f"{want}: {listing(extra)}")
+        if null_key is None and require_null:
+            raise missing_null_embedding(tf, expected, prefix)
         return NetworkTensors(tf, expected, prefix, null_key)
     return NetworkTensors(tf, expected, "", None)
 

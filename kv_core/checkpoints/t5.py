@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 import torch
 
 from ..dtypes import load_dtype, parse_dtype
-from .contents import identify, not_recognised
+from .contents import convert_command, identify, not_recognised
 from ..kinds import DESCRIPTIONS, T5_ENCODER
 from .formats import (META_CONFIG, META_TOKENIZER, SAFETENSORS_DTYPES, CheckpointError, PageReleaser, TensorFile,
                       listing, open_tensor_file, torch_load)
@@ -165,8 +165,10 @@ def load_t5_encoder(path, *, device=None, dtype=torch.float32):
                               f"the {DESCRIPTIONS.get(found, found)}")
     config = tf.config
     if config is None:
+        out = path.with_name(path.stem + "_converted.safetensors")
         raise CheckpointError(f"{path}: a T5 encoder safetensors needs its config in the metadata "
-                              f"({META_CONFIG}); convert the Hugging Face folder with kv_core.convert")
+                              f"({META_CONFIG}); convert the Flan-UL2 folder (google/flan-ul2 from Hugging "
+                              f"Face), which writes it: {convert_command('t5', 'FLAN_UL2_FOLDER', str(out))}")
     model = _t5_encoder_model(config, path=path)
     keys = t5_encoder_keys(tf.keys())
     extra = [k for k in tf.keys() if k not in keys]
@@ -261,9 +263,11 @@ def load_t5_tokenizer(path, *, vocab_size: int | None = None):
         embedded = tf.metadata.get(META_TOKENIZER)
         if embedded is None:
             if not any((path.parent / n).is_file() for n in TOKENIZER_FILES):
+                out = path.with_name(path.stem + "_with_tokenizer.safetensors")
                 raise CheckpointError(f"{path}: no tokenizer embedded in the file nor beside it "
                                       f"({' or '.join(TOKENIZER_FILES)} in {path.parent}); convert the "
-                                      "Flan-UL2 folder with tools/kv_convert.py t5, which embeds it")
+                                      "Flan-UL2 folder (google/flan-ul2 from Hugging Face), which embeds it: "
+                                      f"{convert_command('t5', 'FLAN_UL2_FOLDER', str(out))}")
             tokenizer = _tokenizer_from_folder(path.parent, f"{path} (no embedded tokenizer)")
         else:
             try:

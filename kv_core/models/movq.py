@@ -281,11 +281,16 @@ def video_chunk_sizes(num_frames: int, chunk_size: Optional[int] = None) -> list
 
 
 def decode_video(movq: MoVQ, latents: torch.Tensor, chunk_size: Optional[int] = None,
-                 progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 sink: Optional[Callable[[int, torch.Tensor], None]] = None) -> Optional[torch.Tensor]:
     """Decode the latents ``[N, z, h, w]`` of a video with the video MoVQ, chunk by chunk.
 
     Returns float32 frames ``[N, out_ch, 8h, 8w]`` = ``clip((x + 1) / 2, 0, 1)`` on the
-    device of the decoder's output.
+    device of the decoder's output. With ``sink``, nothing is collected and None is
+    returned: ``sink(first, frames)`` receives each chunk's frames (the same float32 values,
+    ``[n, out_ch, 8h, 8w]`` on the decoder's device) and the index of its first frame, so a
+    caller can place them straight into its own output (see
+    :func:`kv_core.stages.decode.decode_images`); the chunk is freed when ``sink`` returns.
 
     Chunks follow :func:`video_chunk_sizes` (reference: ``latents.chunk(N // 4)``; N < 4
     gives one chunk). Each chunk is one temporal sequence for the decoder's temporal
@@ -299,11 +304,15 @@ def decode_video(movq: MoVQ, latents: torch.Tensor, chunk_size: Optional[int] = 
     with torch.no_grad():
         for i, chunk in enumerate(latents.split(sizes)):
             decoded = movq.decode(chunk)
-            if frames is None:
-                frames = torch.empty((latents.shape[0], *decoded.shape[1:]), dtype=torch.float32,
-                                     device=decoded.device)
-            out = frames[start:start + chunk.shape[0]]
-            out.copy_(decoded).add_(1.0).div_(2.0).clamp_(0.0, 1.0)
+            if sink is not None:
+                # float32 first (a copy unless it already is), then the same in-place arithmetic
+                sink(start, decoded.to(torch.float32).add_(1.0).div_(2.0).clamp_(0.0, 1.0))
+            else:
+                if frames is None:
+                    frames = torch.empty((latents.shape[0], *decoded.shape[1:]), dtype=torch.float32,
+                                         device=decoded.device)
+                out = frames[start:start + chunk.shape[0]]
+                out.copy_(decoded).add_(1.0).div_(2.0).clamp_(0.0, 1.0)
             start += chunk.shape[0]
             del decoded
             if progress is not None:

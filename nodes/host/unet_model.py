@@ -42,6 +42,7 @@ import comfy.model_patcher
 import comfy.model_sampling
 import comfy.patcher_extension
 
+from ...kv_core.dtypes import NULL_EMBEDDING_KEY
 from ...kv_core.kinds import INTERPOLATION_UNET, KEYFRAME_UNET, activation_memory
 from ...kv_core.stages import LATENT_CHANNELS, STAGE_TABLE, STAGES, schedule_sigmas
 from ...kv_core.stages.first_frame import first_frame_condition
@@ -191,6 +192,16 @@ class KandinskyVideoModel(comfy.model_base.BaseModel):
 
     def get_dtype(self):
         return self.compute_dtype
+
+    def state_dict_for_saving(self, *args, **kwargs):
+        """What core Save Model writes: the U-Net's keys as its ``diffusion_model`` holds them
+        (``net.*``; ``v_pred`` for the interpolation U-Net) plus ``null_embedding``, so the
+        saved file is complete and the pack's loaders read it back
+        (``kv_core.checkpoints.UNET_PREFIXES``)."""
+        sd = super().state_dict_for_saving(*args, **kwargs)
+        if self.null_embedding is not None:
+            sd[NULL_EMBEDDING_KEY] = self.null_embedding.detach().to("cpu", torch.float32).contiguous()
+        return sd
 
     def memory_required(self, input_shape, cond_shapes={}):
         # as the pack's own stages estimate it (kv_core.kinds.activation_memory): rows x area

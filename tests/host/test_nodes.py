@@ -281,6 +281,9 @@ def test_a_file_of_another_model_family_is_described(kv, tmp_path_factory):
     ("KandinskyVideoKeyframeUNetLoader", "weight_dtype", "fp4"),
     ("KandinskyVideoVideoMoVQLoader", "weight_dtype", "int8"),
     ("KandinskyVideoTextEncoderLoader", "weight_dtype", "fp4"),
+    ("KandinskyVideoTextEncoderLoader", "text_encoder_name", "no_such_encoder"),
+    ("KandinskyVideoTextEncoderLoader", "projections_name", "no_such_projections.pt"),
+    ("KandinskyVideoKeyframeUNetLoader", "unet_name", "no_such_unet.pt"),
 ])
 def test_a_bad_value_gives_one_error_on_its_input(kv, class_type, name, value):
     """ComfyUI attaches a validate_inputs message to every input the method takes; the

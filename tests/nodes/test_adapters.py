@@ -19,7 +19,7 @@ NODES = Path(__file__).resolve().parents[2] / "nodes"
 FORBIDDEN = ("kv_core.sampling.loop", "kv_core.models")
 CONSTANTS_ONLY = "kv_core.sampling"  # sampler names, MAX_SEED, NUM_TRAIN_TIMESTEPS
 STAGES = {"encode_prompt", "generate_first_frame", "decode_first_frame", "encode_first_frame",
-          "generate_keyframes", "interpolate_frames", "decode_frames",
+          "generate_keyframes", "interpolate_frames", "decode_frames", "decode_images",
           "generate_segment", "join_segments"}  # kv_core.extend's, over generate_keyframes
 # node class -> the kv_core.stages stages its execute calls
 EXPECTED = {
@@ -28,7 +28,7 @@ EXPECTED = {
     "KandinskyVideoEncodeFirstFrame": {"encode_first_frame"},
     "KandinskyVideoKeyframes": {"generate_keyframes"},
     "KandinskyVideoInterpolate": {"interpolate_frames"},
-    "KandinskyVideoDecode": {"decode_frames"},
+    "KandinskyVideoDecode": {"decode_images"},
     "KandinskyVideoExtend": {"generate_segment", "join_segments"},
 }
 
