@@ -9,6 +9,7 @@ safetensors, or the official one adapted to the checkpoint's shapes, is used.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
@@ -18,6 +19,7 @@ from comfy_api.latest import io
 
 from ..kv_core import checkpoints as ckpt
 from ..kv_core import dtypes
+from ..kv_core.prompt_cache import TextIdentity
 from ..kv_core.text import TextEncoder as KVTextEncoder, check_text_parts
 from . import model_files, sockets
 from .devices import device_input, offload_device_for, resolve_device
@@ -228,16 +230,51 @@ def _text_settings(projections_path: str, projections_name: str) -> tuple[int, i
     return tokens_length, context_dim, configs
 
 
-def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtype: str,
-                      device: str = "default") -> Network:
-    """Load Flan-UL2's encoder and the projections into a :class:`Network` that runs on
-    ``device`` (a loader's device choice, :mod:`.devices`)."""
+@dataclass(frozen=True)
+class TextPlan:
+    """What Load Text Encoder will load, found without reading the weights: the files, the
+    configs.json settings, the devices and the dtypes."""
+
+    encoder_path: str
+    projections_path: str
+    tokens_length: int
+    context_dim: int | None
+    configs: str | None
+    load_device: torch.device
+    offload_device: torch.device
+    weight: torch.dtype
+    compute: torch.dtype
+
+    def identity(self) -> TextIdentity:
+        """The cache identity of these parts (content fingerprints; the projections are
+        loaded in float32)."""
+        return TextIdentity.of_files(self.encoder_path, self.projections_path, tokens_length=self.tokens_length,
+                                     weight_dtype=self.weight, compute_dtype=self.compute,
+                                     projection_dtype=torch.float32)
+
+
+def text_plan(text_encoder_name: str, projections_name: str, weight_dtype: str, device: str = "default") -> TextPlan:
+    """The :class:`TextPlan` of Load Text Encoder's inputs (raises as the loader does for a
+    missing file or an unusable configs.json)."""
     encoder_path = resolve_text_encoder(text_encoder_name)
     projections_path = resolve_model_file(projections_name, ckpt.TEXT_PROJECTIONS)
     tokens_length, context_dim, configs = _text_settings(projections_path, projections_name)  # fails fast
     load_device = resolve_device(device, mm.text_encoder_device())
     offload_device = offload_device_for(load_device, mm.text_encoder_offload_device())
     weight, compute = weight_and_compute_dtype(weight_dtype, "text", load_device, file_params(encoder_path))
+    return TextPlan(encoder_path, projections_path, tokens_length, context_dim, configs, load_device, offload_device,
+                    weight, compute)
+
+
+def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtype: str,
+                      device: str = "default") -> Network:
+    """Load Flan-UL2's encoder and the projections into a :class:`Network` that runs on
+    ``device`` (a loader's device choice, :mod:`.devices`); its ``text_identity`` is the
+    prompt-cache identity of the parts (:meth:`TextPlan.identity`)."""
+    plan = text_plan(text_encoder_name, projections_name, weight_dtype, device)
+    encoder_path, projections_path = plan.encoder_path, plan.projections_path
+    tokens_length, context_dim, configs = plan.tokens_length, plan.context_dim, plan.configs
+    load_device, offload_device, weight, compute = plan.load_device, plan.offload_device, plan.weight, plan.compute
     fp8 = weight if weight in FP8 else None
     try:
         tokenizer = ckpt.load_t5_tokenizer(encoder_path)  # first: a folder without one fails before the big read
@@ -263,8 +300,10 @@ def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtyp
     if fp8 is not None:  # T5's feed-forward output (wo) keeps the compute dtype
         dtypes.store_fp8(encoder, fp8, keep_names=("wo",))
     text = KVTextEncoder(encoder, projections, tokenizer, tokens_length)
-    return wrap(_TextStack(text), ckpt.T5_ENCODER, text_encoder_name, compute, load_device=load_device,
-                offload_device=offload_device)
+    network = wrap(_TextStack(text), ckpt.T5_ENCODER, text_encoder_name, compute, load_device=load_device,
+                   offload_device=offload_device)
+    network.text_identity = plan.identity()
+    return network
 
 
 class KandinskyVideoTextEncoderLoader(CheckedCombos, io.ComfyNode):

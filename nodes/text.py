@@ -4,17 +4,33 @@ adapter of ``kv_core.stages.encode_prompt``).
 What the encoder reads of each prompt (tokens read, unknown, dropped; see
 ``kv_core.text.PromptReport``) is shown on the node, kept as its ``text`` UI output (in
 ``/history``) and, when part of a prompt is lost, logged as a warning. The run goes on.
+
+Encoded prompts are kept on disk (``kv_core.prompt_cache``): the node's ``text_encoder``
+input is lazy, and the node asks the host for it only when a prompt is not in the cache, so
+a run whose prompts are all cached never runs Load Text Encoder (its weights are not read).
+The cache key needs the loader's files and dtypes before the loader runs: the node reads
+them from the queued prompt (the loader node wired to ``text_encoder``, its inputs as
+widget values) and fingerprints the files. When it cannot (another node in between, an
+input fed by a link), it asks for the encoder and uses the cache after loading.
+
+Where the cache lives: ``$KANDINSKY_VIDEO_PROMPT_CACHE`` (a folder; ``off`` turns the cache
+off for the whole server), else ``<ComfyUI user directory>/kandinsky_video/prompt_cache``;
+at most ``$KANDINSKY_VIDEO_PROMPT_CACHE_MB`` megabytes (default 1024), least recently used
+entries removed first. The node's ``use_cache`` switch turns it off for one node.
 """
 from __future__ import annotations
 
 import logging
+import os
+from typing import Optional
 
 import torch
 
 import comfy.model_management as mm
 from comfy_api.latest import io, ui
 
-from ..kv_core.stages import TextCondition, encode_prompt
+from ..kv_core.prompt_cache import DEFAULT_MAX_BYTES, EncodedPrompt, PromptCache, encode_prompt_cached
+from ..kv_core.stages import TextCondition
 from ..kv_core.text import PromptReport
 from . import sockets
 from .inputs import CATEGORY
@@ -36,13 +52,77 @@ def prompt_reports(network: Network, prompts: dict[str, str]) -> tuple[str, dict
     for each prompt the encoder reads only in part."""
     text = network.module.text_encoder
     reports = {label: text.report(prompt) for label, prompt in prompts.items()}
+    return report_text(reports), reports
+
+
+def report_text(reports: dict[str, PromptReport]) -> str:
+    """The text shown on the node for ``{label: report}``; logs a warning for each prompt
+    the encoder reads only in part."""
     lines = []
     for label, report in reports.items():
         lines.append(report.summary(label))
         lines += [f"  ! {problem}" for problem in report.problems()]
         if not report.ok:
             logger.warning("Kandinsky Video Text Encode: %s", report.message(label))
-    return "\n".join(lines), reports
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the prompt cache
+
+CACHE_ENV = "KANDINSKY_VIDEO_PROMPT_CACHE"
+CACHE_MB_ENV = "KANDINSKY_VIDEO_PROMPT_CACHE_MB"
+_OFF = ("off", "0", "false", "no", "none")
+LOADER = "KandinskyVideoTextEncoderLoader"
+
+
+def prompt_cache() -> PromptCache:
+    """The server's prompt cache, as the environment sets it (see the module docstring)."""
+    import folder_paths
+
+    where = os.environ.get(CACHE_ENV, "").strip()
+    enabled = where.lower() not in _OFF
+    folder = where if where and enabled else os.path.join(folder_paths.get_user_directory(), "kandinsky_video",
+                                                          "prompt_cache")
+    max_bytes = DEFAULT_MAX_BYTES
+    mb = os.environ.get(CACHE_MB_ENV, "").strip()
+    if mb:
+        try:
+            max_bytes = int(float(mb) * (1 << 20))
+            if max_bytes < 0:
+                raise ValueError
+        except ValueError:
+            logger.warning("Kandinsky Video prompt cache: %s=%r is not a size in megabytes; using %d", CACHE_MB_ENV,
+                           mb, DEFAULT_MAX_BYTES >> 20)
+            max_bytes = DEFAULT_MAX_BYTES
+    return PromptCache(os.path.expanduser(folder), max_bytes=max_bytes, enabled=enabled)
+
+
+def loader_identity(prompt: Optional[dict], node_id, input_name: str = "text_encoder"):
+    """The cache identity of the text encoder a queued prompt wires to ``input_name`` of
+    node ``node_id``, from the Load Text Encoder node's widget values, without loading it;
+    None when it cannot be known that way (not wired straight to that loader, an input fed
+    by a link, files that do not resolve)."""
+    from .loaders import text_plan
+
+    if not isinstance(prompt, dict) or node_id is None:
+        return None
+    link = (prompt.get(str(node_id)) or {}).get("inputs", {}).get(input_name)
+    if not (isinstance(link, list) and len(link) == 2):
+        return None
+    source = prompt.get(str(link[0])) or {}
+    inputs = source.get("inputs") or {}
+    if source.get("class_type") != LOADER or any(isinstance(v, list) for v in inputs.values()):
+        return None
+    try:
+        return text_plan(inputs["text_encoder_name"], inputs["projections_name"], inputs.get("weight_dtype", "default"),
+                         inputs.get("device", "default")).identity()
+    except Exception as err:  # the loader itself says what is wrong when it runs
+        logger.debug("Kandinsky Video Text Encode: no cache identity from the loader's inputs: %s", err)
+        return None
+
+
+_PENDING: dict[tuple, EncodedPrompt] = {}  # cache hits found by check_lazy_status, for execute
+_PENDING_LIMIT = 16
 
 
 def show_text(node_id, text: str) -> None:
@@ -70,7 +150,9 @@ class KandinskyVideoTextEncode(io.ComfyNode):
                          "negative prompt gives the release's null-text guidance; a negative prompt "
                          "replaces it in every unconditional pass (the release ignores it)."),
             inputs=[
-                sockets.TextEncoder.Input("text_encoder", tooltip="From Load Kandinsky Video Text Encoder."),
+                sockets.TextEncoder.Input("text_encoder", lazy=True,
+                                          tooltip="From Load Kandinsky Video Text Encoder. Loaded only when a prompt "
+                                                  "is not in the prompt cache."),
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="What the video shows, in English (Flan-UL2 was trained on English). "
                                         "Up to 127 tokens are read (tokens_length 128); the node shows how "
@@ -78,23 +160,64 @@ class KandinskyVideoTextEncode(io.ComfyNode):
                 io.String.Input("negative_prompt", multiline=True, default="",
                                 tooltip="What to steer away from. Leave empty for the release's behaviour "
                                         "(null-text guidance)."),
+                io.Boolean.Input("use_cache", default=True, optional=True,
+                                 tooltip="Keep encoded prompts on disk (user/kandinsky_video/prompt_cache, or "
+                                         "$KANDINSKY_VIDEO_PROMPT_CACHE) and reuse them: a known prompt does not "
+                                         "load the text encoder at all."),
             ],
             outputs=[sockets.Conditioning.Output(display_name="conditioning")],
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
         )
 
     @classmethod
-    def execute(cls, text_encoder, prompt, negative_prompt="") -> io.NodeOutput:
-        negative = negative_prompt if negative_prompt and negative_prompt.strip() else None
-        shown, _ = prompt_reports(text_encoder, {"prompt": prompt, **({"negative prompt": negative} if negative else {})})
-        show_text(cls.hidden.unique_id if cls.hidden is not None else None, shown)
-        bar = StepProgress(2 if negative else 1)
-        with torch.inference_mode(), stage(text_encoder) as device:
-            # the node reports what the encoder reads (above): no PromptWarning from kv_core
-            cond = encode_prompt(text_encoder.module.text_encoder, prompt, negative, device=device, warn=False,
-                                 progress=bar)
-        return io.NodeOutput(sockets.TextConditioning(prompt, negative_prompt or "", _on_host(cond)),
-                             ui=ui.PreviewText(shown))
+    def _hidden(cls, name: str):
+        return getattr(cls.hidden, name, None) if cls.hidden is not None else None
+
+    @classmethod
+    def check_lazy_status(cls, text_encoder=None, prompt="", negative_prompt="", use_cache=True, **_) -> list[str]:
+        """Ask for the encoder unless the prompt pair is in the cache."""
+        if text_encoder is not None:
+            return []
+        if not use_cache:
+            return ["text_encoder"]
+        cache = prompt_cache()
+        identity = loader_identity(cls._hidden("prompt"), cls._hidden("unique_id")) if cache.enabled else None
+        if identity is None:
+            return ["text_encoder"]
+        entry = cache.get(identity.key(prompt, negative_prompt))
+        if entry is None or entry.prompt != prompt:
+            return ["text_encoder"]
+        if len(_PENDING) >= _PENDING_LIMIT:
+            _PENDING.clear()
+        _PENDING[(cls._hidden("unique_id"), identity.key(prompt, negative_prompt))] = entry
+        return []
+
+    @classmethod
+    def execute(cls, text_encoder, prompt, negative_prompt="", use_cache=True) -> io.NodeOutput:
+        node_id = cls._hidden("unique_id")
+        cache = prompt_cache() if use_cache else None
+        if text_encoder is None:  # check_lazy_status found the prompts in the cache
+            entry = next((_PENDING.pop(k) for k in list(_PENDING) if k[0] == node_id
+                          and _PENDING[k].prompt == prompt), None)
+            if entry is None:
+                raise RuntimeError("Kandinsky Video Text Encode: the cached encoding of this prompt disappeared "
+                                   "before the node ran (another process cleared the prompt cache); queue the "
+                                   "prompt again")
+            hit = True
+        else:
+            bar = StepProgress(2 if negative_prompt and negative_prompt.strip() else 1)
+            with torch.inference_mode(), stage(text_encoder) as device:
+                # the node reports what the encoder reads (below): no PromptWarning from kv_core
+                entry, hit = encode_prompt_cached(text_encoder.module.text_encoder, prompt, negative_prompt,
+                                                  identity=text_encoder.text_identity, cache=cache, device=device,
+                                                  warn=False, progress=bar)
+        shown = report_text(entry.reports)
+        if hit:
+            shown += "\n(from the prompt cache: the text encoder was not run)"
+        show_text(node_id, shown)
+        conditioning = sockets.TextConditioning(prompt, negative_prompt or "", _on_host(entry.condition),
+                                                reports=dict(entry.reports), identity=entry.identity)
+        return io.NodeOutput(conditioning, ui=ui.PreviewText(shown))
 
 
 NODES = [KandinskyVideoTextEncode]

@@ -1,0 +1,118 @@
+"""The prompt cache and the encoded-prompt files in the real ComfyUI: a second run of the
+text-to-video template with the same prompts, in a fresh server, does not run Load Text
+Encoder and makes the identical video; Save / Load Encoded Prompt give the same video
+without any text encoder; names that lead out of the input / output folders are refused.
+
+Two servers are started one after the other on one base folder (models, user folder with
+the cache, input and output kept), so the second starts with an empty in-memory cache.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kv_core.tiny import write_tiny_release
+from test_nodes import RELEASE_FILES, fast, node_of, shipped_workflow
+from tools.harness import ComfyHost, HostError
+
+pytestmark = pytest.mark.xdist_group("comfyui")  # never beside the session's server on another worker
+
+TEMPLATE = "kandinsky_video_text_to_video_8fps"
+LOADER, ENCODE = "KandinskyVideoTextEncoderLoader", "KandinskyVideoTextEncode"
+
+
+def _start(base, release) -> ComfyHost:
+    if os.environ.get("KV_SKIP_COMFY") and os.environ.get("CI", "").lower() in ("", "0", "false"):
+        pytest.skip("KV_SKIP_COMFY is set: the tests that need a real ComfyUI are skipped")
+    host = ComfyHost(base_dir=base, models={"kandinsky_video": [release / name for name in RELEASE_FILES]})
+    try:
+        return host.start()
+    except HostError as e:
+        pytest.fail(f"ComfyUI did not start: {e}", pytrace=False)
+
+
+def _template(host, prefix: str) -> dict:
+    """The template as a fast API prompt whose decoded frames are also saved as PNGs."""
+    prompt = fast(host.to_api(shipped_workflow(TEMPLATE)), seed=5)
+    prompt["901"] = {"class_type": "SaveImage", "inputs": {"images": [node_of(prompt, "KandinskyVideoDecode"), 0],
+                                                          "filename_prefix": prefix}}
+    return prompt
+
+
+def _frames(host, result, node: str = "901") -> np.ndarray:
+    items = result.outputs[node]["images"]
+    files = sorted(host.output_dir / i.get("subfolder", "") / i["filename"] for i in items)
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
+
+
+def test_a_fresh_server_serves_known_prompts_without_the_text_encoder(tmp_path):
+    release = tmp_path / "release"
+    write_tiny_release(release)
+    base = tmp_path / "comfy"
+    host = _start(base, release)
+    try:
+        first = host.run(_template(host, "first"), timeout=900)
+        assert first.ok, first.describe()
+        prompt = first.history["prompt"][2]
+        assert node_of(prompt, LOADER) in first.executed and node_of(prompt, ENCODE) in first.executed
+        video = _frames(host, first)
+    finally:
+        host.stop()
+    cache = base / "user" / "kandinsky_video" / "prompt_cache"
+    assert len(list(cache.glob("*.safetensors"))) == 1
+
+    host = _start(base, release)  # a fresh server: nothing in memory
+    try:
+        second_prompt = _template(host, "second")
+        encode = node_of(second_prompt, ENCODE)
+        second_prompt["902"] = {"class_type": "KandinskyVideoSaveEncodedPrompt",
+                                "inputs": {"conditioning": [encode, 0], "filename_prefix": "shared/prompt"}}
+        second = host.run(second_prompt, timeout=900)
+        assert second.ok, second.describe()
+        assert node_of(second_prompt, LOADER) not in second.executed, "the text encoder was loaded"
+        assert encode in second.executed
+        assert "from the prompt cache" in second.outputs[encode]["text"][0]
+        assert np.array_equal(_frames(host, second), video)
+
+        # the saved encoded prompt, loaded from input/, makes the same video without any text encoder
+        saved = host.output_dir / "shared" / "prompt_00001_.safetensors"
+        assert saved.is_file()
+        shutil.copy(saved, host.input_dir / "my_prompt.safetensors")
+        third = _template(host, "third")
+        for key in [k for k, v in third.items() if v["class_type"] in (LOADER, ENCODE)]:
+            del third[key]
+        third["903"] = {"class_type": "KandinskyVideoLoadEncodedPrompt",
+                        "inputs": {"encoded_prompt": "my_prompt.safetensors"}}
+        for node in third.values():
+            if node["inputs"].get("conditioning") == [encode, 0]:
+                node["inputs"]["conditioning"] = ["903", 0]
+        result = host.run(third, timeout=900)
+        assert result.ok, result.describe()
+        assert np.array_equal(_frames(host, result), video)
+        # and from output/ with ComfyUI's [output] annotation
+        third["903"]["inputs"]["encoded_prompt"] = "shared/prompt_00001_.safetensors [output]"
+        third["901"]["inputs"]["filename_prefix"] = "fourth"
+        result = host.run(third, timeout=900)
+        assert result.ok, result.describe()
+        assert np.array_equal(_frames(host, result), video)
+
+        # names that lead out of the folders are refused before anything runs
+        (base / "secret.safetensors").write_bytes(saved.read_bytes())
+        for name in ("../secret.safetensors", str(base / "secret.safetensors"), "../secret.safetensors [output]"):
+            third["903"]["inputs"]["encoded_prompt"] = name
+            bad = host.run(third, timeout=300)
+            assert bad.status == "rejected" and "903" in bad.node_errors, (name, bad.describe())
+            assert "inside ComfyUI's" in str(bad.node_errors["903"]), bad.node_errors
+        loader = node_of(second_prompt, LOADER)
+        escape = {loader: second_prompt[loader], encode: second_prompt[encode],
+                  "902": {"class_type": "KandinskyVideoSaveEncodedPrompt",
+                          "inputs": {"conditioning": [encode, 0], "filename_prefix": "../../escaped"}}}
+        bad = host.run(escape, timeout=300)
+        assert bad.status == "error" and "leads outside" in bad.error["exception_message"], bad.describe()
+        assert not list(base.parent.glob("escaped*")) and not list(base.glob("escaped*"))
+    finally:
+        host.stop()
