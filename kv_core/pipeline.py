@@ -188,7 +188,7 @@ class KandinskyVideoPipeline:
                 if not isinstance(prompt_cache, PromptCache):
                     prompt_cache = PromptCache(prompt_cache)
                 identity = TextIdentity.of_files(encoder_path, projections_path, tokens_length=tokens_length,
-                                                 weight_dtype=text_encoder_dtype)
+                                                 weight_dtype=text_encoder_dtype, context_dim=context_dim)
         return cls(unet=unet.eval(), null_embedding=null, interpolation_unet=interp.eval(),
                    interpolation_null_embedding=interp_null,
                    movq=load_movq(folder / "movq.pt", configs, video=False, device=device).eval(),

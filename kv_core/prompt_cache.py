@@ -10,8 +10,9 @@ loader that it calls only on a miss).
 **Key** (:meth:`TextIdentity.key`): a SHA-256 of the prompt, the negative prompt (blank
 counts as none, as :func:`kv_core.stages.encode_prompt` treats it), the content fingerprints
 of the encoder (file or folder, tokenizer included), of the projections and of a separate
-tokenizer, ``tokens_length``, the projection used, the encoder's weight and compute dtypes
-and the projections' dtype, and the cache format. Any change of these misses the cache. Not
+tokenizer, ``tokens_length`` (and configs.json's ``context_dim``, which the loaders check), the
+projection used, the encoder's weight and compute dtypes and the projections' dtype, and the
+cache format. Any change of these misses the cache. Not
 in the key: the device the encoder runs on (a CUDA and a CPU encoding differ by rounding
 only; the first one made is served).
 
@@ -139,7 +140,11 @@ class TextIdentity:
     (:func:`content_fingerprint`; ``tokenizer`` empty when it comes with the encoder);
     ``tokens_length``: configs.json's ``text_encoder.tokens_length``; ``weight_dtype`` /
     ``compute_dtype``: the encoder's stored and computing dtypes; ``projection_dtype``: the
-    projections'; ``projection``: the label used (``projection_base``, as the release)."""
+    projections'; ``projection``: the label used (``projection_base``, as the release);
+    ``context_dim``: configs.json's ``text_encoder.context_dim`` (None: not given). The
+    context width does not change an encoding, but the loaders check it against the
+    projections: a configs.json that contradicts them must reach that check, not a cached
+    entry made under another configs.json."""
 
     encoder: str
     projections: str
@@ -149,15 +154,18 @@ class TextIdentity:
     projection_dtype: str = "float32"
     tokenizer: str = ""
     projection: str = PROJECTION_BASE
+    context_dim: Optional[int] = None
 
     @classmethod
     def of_files(cls, encoder_path, projections_path, *, tokens_length: int, weight_dtype, compute_dtype=None,
-                 projection_dtype=torch.float32, tokenizer_path=None) -> "TextIdentity":
+                 projection_dtype=torch.float32, tokenizer_path=None, context_dim: Optional[int] = None
+                 ) -> "TextIdentity":
         """The identity of the text parts in these files (fingerprints read, nothing loaded)."""
         return cls(content_fingerprint(encoder_path), content_fingerprint(projections_path), int(tokens_length),
                    dtype_name(weight_dtype), dtype_name(compute_dtype if compute_dtype is not None else weight_dtype),
                    dtype_name(projection_dtype),
-                   content_fingerprint(tokenizer_path) if tokenizer_path is not None else "")
+                   content_fingerprint(tokenizer_path) if tokenizer_path is not None else "",
+                   context_dim=None if context_dim is None else int(context_dim))
 
     def key(self, prompt: str, negative_prompt: Optional[str] = None) -> str:
         """Hex SHA-256 cache key of a prompt pair encoded by these parts."""

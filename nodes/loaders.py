@@ -250,7 +250,7 @@ class TextPlan:
         loaded in float32)."""
         return TextIdentity.of_files(self.encoder_path, self.projections_path, tokens_length=self.tokens_length,
                                      weight_dtype=self.weight, compute_dtype=self.compute,
-                                     projection_dtype=torch.float32)
+                                     projection_dtype=torch.float32, context_dim=self.context_dim)
 
 
 def text_plan(text_encoder_name: str, projections_name: str, weight_dtype: str, device: str = "default") -> TextPlan:

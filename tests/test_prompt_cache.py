@@ -100,7 +100,7 @@ def test_each_prompt_change_misses(tmp_path, release, text, change):
 
 @pytest.mark.parametrize("field,value", [
     ("tokens_length", TINY_TOKENS_LENGTH // 2), ("weight_dtype", torch.bfloat16),
-    ("compute_dtype", torch.bfloat16), ("projection_dtype", torch.bfloat16)])
+    ("compute_dtype", torch.bfloat16), ("projection_dtype", torch.bfloat16), ("context_dim", 24)])
 def test_each_setting_of_the_key_misses(tmp_path, release, text, field, value):
     cache, identity = PromptCache(tmp_path), _identity(release)
     _run(text, cache, identity)
