@@ -9,6 +9,7 @@ safetensors, or the official one adapted to the checkpoint's shapes, is used.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -242,7 +243,7 @@ class TextPlan:
     configs: str | None
     load_device: torch.device
     offload_device: torch.device
-    weight: torch.dtype
+    weight: torch.dtype | str   # "gguf": the file's 8/4-bit blocks
     compute: torch.dtype
 
     def identity(self) -> TextIdentity:
@@ -251,6 +252,21 @@ class TextPlan:
         return TextIdentity.of_files(self.encoder_path, self.projections_path, tokens_length=self.tokens_length,
                                      weight_dtype=self.weight, compute_dtype=self.compute,
                                      projection_dtype=torch.float32, context_dim=self.context_dim)
+
+
+def is_gguf(path: str) -> bool:
+    return os.path.isfile(path) and path.endswith(".gguf")
+
+
+def gguf_dtypes(weight_dtype: str, compute: torch.dtype, name: str) -> tuple[str, torch.dtype]:
+    """(weight, compute) of a ``.gguf`` encoder: its weights stay in the file's 8/4-bit blocks
+    (weight ``"gguf"``); ``weight_dtype`` picks the dtype they are dequantized into per layer:
+    bf16 (default where the device supports it, and for fp8_e4m3fn) or float32. T5 overflows
+    in fp16, so fp16 is refused."""
+    if weight_dtype == "fp16":
+        raise ValueError(f"'{name}' is an 8/4-bit .gguf text encoder: it computes in bf16 or float32 (T5 overflows "
+                         "in fp16); set weight_dtype to default or bf16")
+    return "gguf", torch.bfloat16 if weight_dtype in ("bf16", "fp8_e4m3fn") else compute
 
 
 def text_plan(text_encoder_name: str, projections_name: str, weight_dtype: str, device: str = "default") -> TextPlan:
@@ -262,6 +278,8 @@ def text_plan(text_encoder_name: str, projections_name: str, weight_dtype: str, 
     load_device = resolve_device(device, mm.text_encoder_device())
     offload_device = offload_device_for(load_device, mm.text_encoder_offload_device())
     weight, compute = weight_and_compute_dtype(weight_dtype, "text", load_device, file_params(encoder_path))
+    if is_gguf(encoder_path):
+        weight, compute = gguf_dtypes(weight_dtype, compute, text_encoder_name)
     return TextPlan(encoder_path, projections_path, tokens_length, context_dim, configs, load_device, offload_device,
                     weight, compute)
 
@@ -276,9 +294,11 @@ def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtyp
     tokens_length, context_dim, configs = plan.tokens_length, plan.context_dim, plan.configs
     load_device, offload_device, weight, compute = plan.load_device, plan.offload_device, plan.weight, plan.compute
     fp8 = weight if weight in FP8 else None
+    gguf = weight == "gguf"  # 8/4-bit blocks, dequantized per layer into the compute dtype
     try:
         tokenizer = ckpt.load_t5_tokenizer(encoder_path)  # first: a folder without one fails before the big read
-        encoder = ckpt.load_t5_encoder(encoder_path, device=offload_device, dtype=compute if fp8 else weight)
+        encoder = ckpt.load_t5_encoder(encoder_path, device=offload_device,
+                                       dtype=compute if fp8 or gguf else weight)
         ckpt.check_t5_tokenizer(tokenizer, path=encoder_path, vocab_size=encoder.get_input_embeddings().num_embeddings)
     except ckpt.CheckpointError as err:
         raise _load_error(ckpt.T5_ENCODER, text_encoder_name, encoder_path, err) from None
@@ -295,7 +315,7 @@ def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtyp
     except ValueError as err:
         raise ValueError(f"The text projections '{projections_name}' and the text encoder '{text_encoder_name}' "
                          f"do not fit together: {err}.") from None
-    adopt_operations(encoder, operations_for(weight, compute, load_device), compute=compute,
+    adopt_operations(encoder, operations_for(compute if gguf else weight, compute, load_device), compute=compute,
                      fp32_names=("wo",) if weight == torch.float16 else ())
     if fp8 is not None:  # T5's feed-forward output (wo) keeps the compute dtype
         dtypes.store_fp8(encoder, fp8, keep_names=("wo",))
@@ -317,9 +337,10 @@ class KandinskyVideoTextEncoderLoader(CheckedCombos, io.ComfyNode):
                          "Kandinsky Video text projections (t5_projections.pt)."),
             inputs=[
                 io.Combo.Input("text_encoder_name", options=model_files.text_encoder_choices(),
-                               tooltip="A google/flan-ul2 folder (config.json, weights, tokenizer) or our "
-                                       "encoder-only .safetensors, in models/kandinsky_video/ or "
-                                       "models/text_encoders/."),
+                               tooltip="A google/flan-ul2 folder (config.json, weights, tokenizer), our "
+                                       "encoder-only .safetensors, or its 8/4-bit .gguf (python -m "
+                                       "kv_core.convert t5 ... --dtype q4_0; needs the gguf package), in "
+                                       "models/kandinsky_video/ or models/text_encoders/."),
                 io.Combo.Input("projections_name", options=model_files.model_files(),
                                tooltip="t5_projections.pt of the release, in models/kandinsky_video/."),
                 _dtype_input(),

@@ -116,3 +116,45 @@ def test_a_fresh_server_serves_known_prompts_without_the_text_encoder(tmp_path):
         assert not list(base.parent.glob("escaped*")) and not list(base.glob("escaped*"))
     finally:
         host.stop()
+
+
+def test_the_small_encoder_loads_and_encodes_through_the_loader_node(tmp_path):
+    """An 8-bit .gguf encoder (kv_core.convert t5 --dtype q8_0) is listed, loaded by Load Text
+    Encoder and encodes the template's prompt; the video is close to the full encoder's."""
+    pytest.importorskip("gguf", reason="the optional gguf package (tests/requirements.txt)")
+    import torch
+
+    from kv_core.convert import convert_t5_encoder
+    from kv_core.text_projection import PROJECTION_LABELS, TextProjection
+    from kv_core.tiny import TINY_CONTEXT_DIM, randomize_, write_tiny_t5
+
+    release = tmp_path / "release"
+    write_tiny_release(release)
+    wide = tmp_path / "wide"  # a 64-wide T5: every matrix has rows of a multiple of 32 (GGUF's block)
+    write_tiny_t5(wide / "flan-ul2", d_model=64, d_kv=16)
+    generator = torch.Generator().manual_seed(3)
+    torch.save({label: randomize_(TextProjection(64, TINY_CONTEXT_DIM), generator).state_dict()
+                for label in PROJECTION_LABELS}, wide / "wide_t5_projections.pt")
+    small = convert_t5_encoder(wide / "flan-ul2", wide / "kv_t5_q8_0.gguf", dtype="q8_0")
+    host = _start(tmp_path / "comfy", release)
+    try:
+        host.add_model("text_encoders", small)
+        host.add_model("kandinsky_video", wide / "wide_t5_projections.pt")
+        host.add_model("text_encoders", wide / "flan-ul2", name="wide-flan-ul2")
+        spec = host.object_info(LOADER)["input"]["required"]["text_encoder_name"]
+        names = spec[0] if isinstance(spec[0], list) else spec[1]["options"]
+        assert "kv_t5_q8_0.gguf" in names, names
+        videos = {}
+        for name in ("wide-flan-ul2", "kv_t5_q8_0.gguf"):
+            prompt = _template(host, name.split(".")[0])
+            loader = node_of(prompt, LOADER)
+            prompt[loader]["inputs"].update(text_encoder_name=name, projections_name="wide_t5_projections.pt")
+            result = host.run(prompt, timeout=900)
+            assert result.ok, result.describe()
+            assert loader in result.executed
+            videos[name] = _frames(host, result).astype(np.int16)
+        diff = np.abs(videos["kv_t5_q8_0.gguf"] - videos["wide-flan-ul2"])
+        assert videos["kv_t5_q8_0.gguf"].shape == videos["wide-flan-ul2"].shape
+        assert diff.mean() < 8, diff.mean()  # same prompt, 8-bit weights: a close video, not another one
+    finally:
+        host.stop()
