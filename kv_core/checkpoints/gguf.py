@@ -161,13 +161,14 @@ def _set(model, key: str, module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, name, module)
 
 
-def load_t5_gguf(path, *, device=None, dtype=torch.bfloat16):
+def load_t5_gguf(path, build_model, *, device=None, dtype=torch.bfloat16):
     """A transformers ``T5EncoderModel`` from a GGUF file of :func:`write_t5_gguf`'s layout:
     Q8_0/Q4_0/Q4_1 matrices stay packed (``QuantLinear``/``QuantEmbedding``, dequantized per
-    layer into ``dtype`` when they run), other tensors are read into ``dtype``. Raises
+    layer into ``dtype`` when they run), other tensors are read into ``dtype``.
+    ``build_model(config_dict, path=...)`` makes the encoder on the meta device
+    (:func:`kv_core.checkpoints.load_t5_encoder` passes its own). Raises
     :class:`CheckpointError` for a GGUF file that is not a T5 encoder of this layout."""
     from .networks import check_state_dict
-    from .t5 import _t5_encoder_model
 
     dtype = dtype or torch.bfloat16
     gf = GGUFFile(path)
@@ -180,7 +181,7 @@ def load_t5_gguf(path, *, device=None, dtype=torch.bfloat16):
         config = json.loads(gf.metadata[META_CONFIG])
     except ValueError as err:
         raise CheckpointError(f"{path}: {META_CONFIG} is not JSON: {err}") from None
-    model = _t5_encoder_model(config, path=path)
+    model = build_model(config, path=path)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     embed = "shared.weight"
     shapes = {gf_key: gf.shape(gf_key) for gf_key in gf.tensors}

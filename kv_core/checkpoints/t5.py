@@ -149,7 +149,7 @@ def load_t5_encoder(path, *, device=None, dtype=torch.float32):
     if path.suffix == ".gguf" and not path.is_dir():
         from .gguf import load_t5_gguf
 
-        return load_t5_gguf(path, device=device, dtype=dtype)
+        return load_t5_gguf(path, _t5_encoder_model, device=device, dtype=dtype)
     if path.is_dir():
         config_file = path / "config.json"
         if not config_file.is_file():
