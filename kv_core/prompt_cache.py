@@ -19,7 +19,8 @@ only; the first one made is served).
 **Content fingerprint** (:func:`content_fingerprint`): a SHA-256 over each file's size and,
 for files above 1 MiB, the safetensors header (every tensor's name, dtype, shape and offset,
 and the metadata) plus 32 evenly spaced 32 KiB samples including the first and the last
-(1 MiB read per file, a few milliseconds; for ``.pt`` files the last sample holds the zip
+(1 MiB read per file: 31 ms for a 0.35 GB file, 0.14 s for a 10-file folder, measured with
+the files in the page cache; for ``.pt`` files the last sample holds the zip
 directory with the CRC-32 of every tensor's data); smaller files are hashed whole. A folder
 is fingerprinted file by file (names relative to it, hidden files left out). It sees a
 renamed copy as the same model and any other release, fine-tune, conversion, dtype change,

@@ -23,7 +23,7 @@ import websocket
 from PIL import Image
 
 from kv_core.tiny import write_tiny_release
-from tools.thumbnails import EXAMPLE_VIDEO, example_video_source
+from tools.thumbnails import EXAMPLE_VIDEO, example_video_source, write_small_text_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
@@ -89,6 +89,7 @@ def kv_release(comfy_host):
         write_tiny_release(folder)
     for name in RELEASE_FILES:
         comfy_host.add_model("kandinsky_video", folder / name)
+    comfy_host.add_model("text_encoders", write_small_text_encoder(folder))  # the 16 GB template's
     example = comfy_host.comfyui / "input" / "example.png"
     shutil.copy(example, comfy_host.input_dir / "example.png")
     shutil.copy(example_video_source(), comfy_host.input_dir / EXAMPLE_VIDEO)  # the any-video template's input
