@@ -4,22 +4,23 @@ to the bf16 encoder's, for GGUF ``q8_0``, ``q4_1`` and ``q4_0`` (kv_core.checkpo
 
 Proportional subset, as bench/bench_load_memory.py: a Hugging Face folder shaped like
 google/flan-ul2 with the real token embedding (32128 x 4096) and ``--blocks`` of its 32
-encoder blocks at their real shapes (random weights, N(0, 0.02), bf16), written once into
-``--cache``. Every row runs in a fresh subprocess and prints: the file size, the load time,
+encoder blocks at their real shapes (random weights at T5's initialisation scales,
+:func:`t5_init_fill`, bf16), written once into ``--cache``. Every row runs in a fresh subprocess and prints: the file size, the load time,
 the resident set after loading and the peak after encoding (``VmHWM``: anonymous and
 touched file-backed pages), each as growth over the process before loading, and the time of
 encoding one prompt padded to 128 tokens (batch 1, ``torch.set_num_threads(--threads)``).
-``full`` columns scale the subset to 32 blocks: the embedding counts once, the blocks 32 /
-``--blocks`` times (memory and time are linear in the blocks; the embedding's lookup costs
-nothing).
+``full`` columns scale the subset to 32 blocks: the file's embedding counts once, its blocks
+32 / ``--blocks`` times; the memory peak adds the missing blocks' weights as they are held
+(float32 for the reference, packed for a .gguf); the encoding time is linear in the blocks
+(the embedding's lookup costs nothing).
 
 Distance: the last hidden states of each small encoder against those of the bf16 weights,
 both computed in float32 (so only the quantization differs), per token of real English
 prompts tokenized by ComfyUI's T5 tokenizer (comfy/text_encoders/t5_tokenizer: Flan-UL2's
 32k SentencePiece vocabulary): ``|h_q - h| / |h|`` over the prompts' tokens (mean, 95th
 percentile, max). Random weights lack the outlier features of trained T5 weights, so these
-distances describe the quantization of weights of this scale through ``--blocks`` blocks,
-not Flan-UL2's own activations.
+distances describe the quantization of weights of T5's scales through ``--blocks`` blocks,
+not Flan-UL2's own activations (which this machine cannot hold to compare).
 
     python bench/bench_text_encoder.py --cache /tmp/kv11_full --blocks 2 [--threads 2] [--json out.json]
 """
@@ -52,6 +53,45 @@ PROMPTS = [
 ]
 TOKENS = 128
 VARIANTS = ("bf16", "q8_0", "q4_1", "q4_0")
+
+
+def t5_init_fill(seed: int):
+    """Random weights at T5's own initialisation scales (transformers' ``T5PreTrainedModel``:
+    embedding N(0, 1); q N(0, (d_model d_kv)^-1/2), k and v N(0, d_model^-1/2), o
+    N(0, (heads d_kv)^-1/2); wi N(0, d_model^-1/2), wo N(0, d_ff^-1/2); relative-attention
+    bias N(0, d_model^-1/2); norms 1). At these scales the activations keep unit size
+    through the blocks, as in a trained T5; with one N(0, 0.02) for every matrix (the load
+    benchmark's filler, fine for memory) T5's unscaled attention logits grow to tens and the
+    softmax turns into an argmax that a rounding flips, which says nothing about the
+    trained encoder."""
+    d_model, d_kv, heads, d_ff = 4096, 256, 16, 16384
+    std = {"shared.weight": 1.0, ".q.weight": (d_model * d_kv) ** -0.5, ".k.weight": d_model ** -0.5,
+           ".v.weight": d_model ** -0.5, ".o.weight": (heads * d_kv) ** -0.5, ".wi_0.weight": d_model ** -0.5,
+           ".wi_1.weight": d_model ** -0.5, ".wo.weight": d_ff ** -0.5, "relative_attention_bias.weight": d_model ** -0.5}
+    g = torch.Generator().manual_seed(seed)
+
+    def fill(key: str, shape):
+        if "layer_norm" in key:
+            return torch.ones(shape)
+        scale = next(v for k, v in std.items() if key.endswith(k))
+        return torch.randn(shape, generator=g) * scale
+    return fill
+
+
+def write_t5_init_subset(cache: Path, blocks: int) -> Path:
+    """:func:`bench_load_memory.write_t5_subset`'s folder (same shapes, shards, tokenizer and
+    decoder shard) with :func:`t5_init_fill`'s weights."""
+    import bench_load_memory
+
+    folder = cache / f"flan_ul2_{blocks}blocks"
+    if (folder / "model.safetensors.index.json").is_file():
+        return folder
+    original = bench_load_memory.random_fill
+    bench_load_memory.random_fill = t5_init_fill
+    try:
+        return bench_load_memory.write_t5_subset(cache, blocks)
+    finally:
+        bench_load_memory.random_fill = original
 
 
 def _status(field: str) -> int:
@@ -116,7 +156,7 @@ def main(argv=None) -> int:
         kind, *rest = sys.argv[2:]
         print(json.dumps({"convert": _child_convert, "encode": _child_encode}[kind](*rest)))
         return 0
-    from bench_load_memory import t5_encoder_shapes, write_t5_subset
+    from bench_load_memory import t5_encoder_shapes
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("KV_BIG_CACHE", "/tmp/kv11_full")))
@@ -124,7 +164,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    folder = write_t5_subset(args.cache, args.blocks)
+    folder = write_t5_init_subset(args.cache, args.blocks)
     shapes, full_shapes = t5_encoder_shapes(args.blocks), t5_encoder_shapes(32)
     embedding = math.prod(shapes["shared.weight"])  # the shapes hold it once (shared.weight)
     part = sum(math.prod(s) for s in shapes.values())
@@ -148,11 +188,15 @@ def main(argv=None) -> int:
         out = args.cache / f"states_{variant}.pt"
         enc = run_child(["encode", str(path), str(out), str(args.threads)])
         outputs[variant] = torch.load(out, weights_only=True)
+        # memory holds each block's weights as loaded: float32 for the bf16 reference (computed in
+        # float32), the packed bytes of a .gguf; the missing blocks add that much, the rest is fixed
+        held = 2 if variant == "bf16" else 1
+        extra = (scale(size) - size) * held
         row = {"variant": variant, "file_bytes": size, "full_file_bytes": scale(size),
                "load_seconds": enc["load_seconds"], "load_rss_bytes": enc["after_load"] - enc["before"],
                "encode_peak_bytes": enc["hwm"] - enc["before"], "encode_seconds": enc["encode_seconds"],
                "full_encode_seconds": enc["encode_seconds"] * 32 / args.blocks,
-               "full_encode_peak_bytes": scale(enc["hwm"] - enc["before"])}
+               "full_encode_peak_bytes": enc["hwm"] - enc["before"] + extra}
         if conv is not None:
             row.update(convert_seconds=conv["seconds"], convert_peak_bytes=conv["hwm"] - conv["before"])
         rows.append(row)
