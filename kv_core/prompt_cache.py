@@ -8,7 +8,7 @@ whose prompts are all cached never loads the encoder (:func:`encode_prompt_cache
 loader that it calls only on a miss).
 
 **Key** (:meth:`TextIdentity.key`): a SHA-256 of the prompt, the negative prompt (blank
-counts as none, as :func:`kv_core.stages.encode_prompt` treats it), the content fingerprints
+counts as none, as :func:`kv_core.stages.text.encode_prompt` treats it), the content fingerprints
 of the encoder (file or folder, tokenizer included), of the projections and of a separate
 tokenizer, ``tokens_length`` (and configs.json's ``context_dim``, which the loaders check), the
 projection used, the encoder's weight and compute dtypes and the projections' dtype, and the
@@ -53,8 +53,8 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
-from .sampling import TextCondition
-from .text_projection import PROJECTION_BASE
+from .conditioning import TextCondition
+from .models.text_projection import PROJECTION_BASE
 
 logger = logging.getLogger(__name__)
 
@@ -406,10 +406,10 @@ def encode_prompt_cached(text_encoder, prompt: str, negative_prompt: Optional[st
                          identity: Optional[TextIdentity] = None, cache: Optional[PromptCache] = None,
                          device=None, warn: bool = True,
                          progress: Callable[[int, int], None] | None = None) -> tuple[EncodedPrompt, bool]:
-    """Encode a prompt pair as :func:`kv_core.stages.encode_prompt` does, through ``cache``.
+    """Encode a prompt pair as :func:`kv_core.stages.text.encode_prompt` does, through ``cache``.
 
     ``text_encoder``: a :class:`kv_core.text.TextEncoder` (or any encoder
-    :func:`~kv_core.stages.encode_prompt` takes), or None with ``load_text_encoder``, a
+    :func:`~kv_core.stages.text.encode_prompt` takes), or None with ``load_text_encoder``, a
     function that returns one: it is called only on a miss (the encoder is loaded on first
     need). ``identity``: the key's :class:`TextIdentity` (no cache without it). Returns
     ``(entry, hit)``; on a hit the reports come from the cache and, with ``warn``, a
@@ -417,7 +417,8 @@ def encode_prompt_cached(text_encoder, prompt: str, negative_prompt: Optional[st
     miss. The condition is the stored one on a hit (float32, CPU) and the encoder's on a
     miss: the same values.
     """
-    from .stages import encode_prompt
+    from .stages import Hooks
+    from .stages.text import encode_prompt
     from .text import warn_prompt
 
     negative = normalise_negative(negative_prompt)
@@ -444,7 +445,7 @@ def encode_prompt_cached(text_encoder, prompt: str, negative_prompt: Optional[st
         if warn:
             for label, report in reports.items():
                 warn_prompt(report, label, stacklevel=2)
-    condition = encode_prompt(encoder, prompt, negative, device=device, warn=False, progress=progress)
+    condition = encode_prompt(encoder, prompt, negative, warn=False, hooks=Hooks(device=device, progress=progress))
     entry = EncodedPrompt(condition, prompt, negative, reports, identity)
     if use_cache:
         cache.put(key, entry)

@@ -1,5 +1,5 @@
 """Text encode: prompt and negative prompt -> the Kandinsky Video conditioning (an
-adapter of ``kv_core.stages.encode_prompt``).
+adapter of ``kv_core.stages.text.encode_prompt``).
 
 What the encoder reads of each prompt (tokens read, unknown, dropped; see
 ``kv_core.text.PromptReport``) is shown on the node, kept as its ``text`` UI output (in
@@ -29,8 +29,8 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io, ui
 
+from ..kv_core.conditioning import TextCondition
 from ..kv_core.prompt_cache import DEFAULT_MAX_BYTES, EncodedPrompt, PromptCache, encode_prompt_cached
-from ..kv_core.stages import TextCondition
 from ..kv_core.text import PromptReport
 from . import sockets
 from .inputs import CATEGORY

@@ -18,7 +18,7 @@ from kv_core.convert import convert_t5_encoder, main as convert_main  # noqa: E4
 from kv_core.pipeline import KandinskyVideoPipeline  # noqa: E402
 from kv_core.quantized import QUANT_TYPES, QuantEmbedding, QuantLinear, dequantize, quantized_bytes  # noqa: E402
 from kv_core.text import TextEncoder  # noqa: E402
-from kv_core.text_projection import PROJECTION_LABELS, TextProjection  # noqa: E402
+from kv_core.models.text_projection import PROJECTION_LABELS, TextProjection  # noqa: E402
 from kv_core.tiny import (TINY_CONTEXT_DIM, TINY_TOKENS_LENGTH, randomize_, write_tiny_release,  # noqa: E402
                           write_tiny_t5)
 

@@ -125,7 +125,7 @@ def test_the_small_encoder_loads_and_encodes_through_the_loader_node(tmp_path):
     import torch
 
     from kv_core.convert import convert_t5_encoder
-    from kv_core.text_projection import PROJECTION_LABELS, TextProjection
+    from kv_core.models.text_projection import PROJECTION_LABELS, TextProjection
     from kv_core.tiny import TINY_CONTEXT_DIM, randomize_, write_tiny_t5
 
     release = tmp_path / "release"

@@ -32,7 +32,8 @@ from typing import Mapping
 import torch
 
 from ..quantized import BLOCK, QUANT_TYPES, QuantEmbedding, QuantLinear, row_bytes
-from .formats import META_CONFIG, META_DTYPE, META_NETWORK, T5_ENCODER, CheckpointError
+from ..kinds import T5_ENCODER
+from .formats import META_CONFIG, META_DTYPE, META_NETWORK, CheckpointError
 
 GGUF_SUFFIX = ".gguf"
 ARCHITECTURE = "flan-ul2-encoder"
