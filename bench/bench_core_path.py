@@ -1,44 +1,26 @@
 """The two ways to sample, side by side on the same tiny random networks (fp32, CPU): the pack's
-own loops and ComfyUI's core sampling (nodes/core_model.py + nodes/core_sampling.py),
-imported in this process from the pinned ComfyUI.
+own loops and ComfyUI's core sampling (nodes/core_sampling.py with nodes/host/unet_model.py
+and nodes/host/core_path.py), imported in this process from the pinned ComfyUI
+(tools/harness/inprocess.py).
 
 Prints, per stage: time per step of each path (DDIM / core ``ddim``, median of repeats),
 the largest difference of their results from the same initial noise, and the difference
 core's ``zsnr`` schedule (last alphas_cumprod 4.8973451890853435e-08 instead of our 2**-24
 floor) makes in sigmas and results.
 
-    .venv/bin/python bench/bench_core_path.py [--size 64] [--steps 10] [--repeats 3]
+    .venv/bin/python -m bench.bench_core_path [--size 64] [--steps 10] [--repeats 3]
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-COMFYUI = Path(os.environ.get("COMFYUI_PATH") or Path(os.environ.get("KV_CACHE_DIR", REPO / ".cache")) / "comfyui")
-
-
-def load_pack():
-    sys.path.insert(0, str(COMFYUI))
-    from comfy.cli_args import args
-    args.cpu = True
-    import comfy.samplers  # noqa: F401
-    spec = importlib.util.spec_from_file_location("kvpack", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["kvpack"] = pack
-    spec.loader.exec_module(pack)
-    import kvpack.nodes.core_sampling  # noqa: F401
-    return pack
-
+from tools.harness.inprocess import comfy_modules, comfyui_checkout, import_pack
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,8 +30,15 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     opts = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    comfyui = comfyui_checkout()
+    if comfyui is None:
+        raise SystemExit("no ComfyUI checkout: set COMFYUI_PATH, or run scripts/test.sh (it obtains the pinned one)")
+    with comfy_modules(comfyui):
+        import_pack()
+        run(opts)
 
-    load_pack()
+
+def run(opts):
     import comfy.model_sampling
     import comfy.samplers
     from kvpack.kv_core import checkpoints as ck, tiny
@@ -60,7 +49,8 @@ def main():
     from kvpack.kv_core.stages.first_frame import sample_first_frame
     from kvpack.kv_core.stages.interpolation import sample_interpolation
     from kvpack.kv_core.stages.keyframes import keyframe_augmentation_noise, sample_keyframes
-    from kvpack.nodes import core_sampling as cs, networks, sockets
+    from kvpack.nodes import core_sampling as cs
+    from kvpack.nodes.host import latent, networks, sockets
 
     g = torch.Generator().manual_seed(0)
 
@@ -124,7 +114,7 @@ def main():
     rows.append(("keyframes", t_loop, t_core, float((core - loop).abs().max())))
     # interpolation
     frames = torch.randn(n, 4, h, h, generator=g) * 0.5
-    video = sockets.video_latent(frames, n)
+    video = latent.video_latent(frames, n)
     pos, neg, lat = res(cs.KandinskyVideoInterpolationConditioning.execute(imodel, video, 3, Text()))
     sig = res(cs.KandinskyVideoSigmas.execute("interpolation", steps, "default"))[0]
     guider = res(cs.KandinskyVideoGuider.execute(imodel, pos, neg, 0.5, 2.0, True))[0]

@@ -1,8 +1,8 @@
 """Time and peak memory of interpolating a long input video, one batch against windows.
 
-    python bench/bench_interpolate_video.py                       # 100 frames, tiny networks, CPU
-    python bench/bench_interpolate_video.py --frames 200 --size 256 --windows 0 8 16 32
-    python bench/bench_interpolate_video.py --full --device cuda --dtype bfloat16 --size 512
+    python -m bench.bench_interpolate_video                       # 100 frames, tiny networks, CPU
+    python -m bench.bench_interpolate_video --frames 200 --size 256 --windows 0 8 16 32
+    python -m bench.bench_interpolate_video --full --device cuda --dtype bfloat16 --size 512
 
 One x4 pass (``kv_core.stages.interpolation.interpolate_frames``, DDPM, ``--steps``) over the image-MoVQ
 latents of ``--frames`` random frames at ``--size`` pixels, once in one batch (window 0, as the
@@ -22,14 +22,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_pipeline import PeakMemory, build_pipeline  # noqa: E402
-from kv_core.conditioning import null_condition  # noqa: E402
-from kv_core.stages.interpolation import interpolate_frames  # noqa: E402
-from kv_core.stages.windows import default_overlap  # noqa: E402
-from kv_core.stages import Hooks  # noqa: E402
+from bench.bench_pipeline import PeakMemory, build_pipeline
+from kv_core.conditioning import null_condition
+from kv_core.stages import Hooks
+from kv_core.stages.interpolation import interpolate_frames
+from kv_core.stages.windows import default_overlap
 
 
 def run_one(args, window: int, out_path: str) -> None:

@@ -20,8 +20,8 @@ Two steps, both on the CPU:
     growth / loaded weights, and the wall time. For the converter the ratio is growth / size
     of the output file, and the row also shows the largest tensor it wrote.
 
-    python bench/bench_load_memory.py write  --cache /big/kv11 [--only t2v,movq]
-    python bench/bench_load_memory.py measure --cache /big/kv11 [--only t2v] [--dtype bf16]
+    python -m bench.bench_load_memory write  --cache /big/kv11 [--only t2v,movq]
+    python -m bench.bench_load_memory measure --cache /big/kv11 [--only t2v] [--dtype bf16]
         [--convert bf16] [--json rows.json]
 
 Full-size figures need about 9 GB of free memory per U-Net row in bf16/fp16 (fp32 U-Nets,
@@ -43,8 +43,6 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from kv_core.checkpoints import (INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, NULL_EMBEDDING_KEY,  # noqa: E402
                                  VIDEO_MOVQ, build_network, expected_shapes, official_config)

@@ -26,9 +26,9 @@ When ``KV_REFERENCE_REPO`` points at a checkout of ``ai-forever/KandinskyVideo``
 reference modules are loaded from it, given the same weights and inputs, timed in the
 same run, and the ratio (reference / ours) and the largest output difference are printed.
 
-    python bench/bench_networks.py                       # tiny, CPU, fp32 and bf16
-    python bench/bench_networks.py --size official --device cuda --dtype bf16
-    KV_REFERENCE_REPO=/path/KandinskyVideo python bench/bench_networks.py --size official \
+    python -m bench.bench_networks                       # tiny, CPU, fp32 and bf16
+    python -m bench.bench_networks --size official --device cuda --dtype bf16
+    KV_REFERENCE_REPO=/path/KandinskyVideo python -m bench.bench_networks --size official \
         --shared-weights --video-side 64 --dtype fp32 --device cpu     # both fit a CPU
 """
 from __future__ import annotations
@@ -47,7 +47,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from kv_core.models import movq as kv_movq, unet as kv_unet, unet_interpolation as kv_interp  # noqa: E402
 

@@ -1,8 +1,8 @@
 """Per-stage time and peak memory of the Kandinsky Video pipeline.
 
-    python bench/bench_pipeline.py                      # tiny random networks, CPU
-    python bench/bench_pipeline.py --fps high --keyframes 12 --size 128
-    python bench/bench_pipeline.py --full --device cuda --dtype float16   # official sizes (GPU)
+    python -m bench.bench_pipeline                      # tiny random networks, CPU
+    python -m bench.bench_pipeline --fps high --keyframes 12 --size 128
+    python -m bench.bench_pipeline --full --device cuda --dtype float16   # official sizes (GPU)
 
 Tiny mode builds the networks of ``kv_core.tiny`` (random weights); ``--full`` builds the
 official configurations with random weights (about 9 GB of fp16 U-Nets; no text encoder:
@@ -13,22 +13,19 @@ reset before each stage) on the CPU.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from kv_core.checkpoints import (INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ, build_network,  # noqa: E402
+from kv_core.checkpoints import (INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ, build_network,
                                  official_config)
-from kv_core.conditioning import TextCondition  # noqa: E402
-from kv_core.pipeline import KandinskyVideoPipeline  # noqa: E402
-from kv_core.stages.decode import decode_frames  # noqa: E402
-from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame  # noqa: E402
-from kv_core.stages.interpolation import interpolate_frames  # noqa: E402
-from kv_core.stages.keyframes import generate_keyframes  # noqa: E402
+from kv_core.conditioning import TextCondition
+from kv_core.pipeline import KandinskyVideoPipeline
+from kv_core.stages.decode import decode_frames
+from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame
+from kv_core.stages.interpolation import interpolate_frames
+from kv_core.stages.keyframes import generate_keyframes
 from kv_core.tiny import randomize_, tiny_configs  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Sampler trade-off: time and distance from the reference result, per sampler and step count.
 
-    python bench/bench_samplers.py [--stage keyframes|first_frame|interpolation] [--steps 5 10 20 50]
+    python -m bench.bench_samplers [--stage keyframes|first_frame|interpolation] [--steps 5 10 20 50]
 
 On the tiny random networks of ``kv_core.tiny`` (same weights, same seed, same
 conditioning for every run), each stage is sampled with the reference DDPM, DDIM and
@@ -15,16 +15,11 @@ with ``--ode-steps`` steps), which DDIM and DPM-Solver++ approach as steps grow.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench_pipeline import build_pipeline, random_condition  # noqa: E402
+from bench.bench_pipeline import build_pipeline, random_condition  # noqa: E402
 
 from kv_core.sampling.schedulers import SAMPLERS  # noqa: E402
 from kv_core.stages import stage_defaults  # noqa: E402

@@ -1,9 +1,9 @@
 """Peak activation memory of every Kandinsky Video 1.1 stage at the release's size,
 estimated on the CPU without allocating it.
 
-    python bench/estimate_vram.py              # the release's size: estimate table (about a minute)
-    python bench/estimate_vram.py --check      # the method against measured CPU peaks (small sizes)
-    python bench/estimate_vram.py --json out.json
+    python -m bench.estimate_vram              # the release's size: estimate table (about a minute)
+    python -m bench.estimate_vram --check      # the method against measured CPU peaks (small sizes)
+    python -m bench.estimate_vram --json out.json
 
 Method. Each stage runs the real code (``kv_core.stages``: the same calls the nodes make,
 one sampling step) under ``torch.inference_mode()`` on *fake* tensors
@@ -20,7 +20,7 @@ like any other and is counted.
 
 The same counter runs on real tensors, and :func:`measured_peak` takes the CPU allocator's
 own record (the profiler's memory events) of a real run: ``--check`` compares the estimate
-with both at small sizes (fp32 and bf16), and ``tests/test_estimate_vram.py`` keeps them
+with both at small sizes (fp32 and bf16), and ``tests/bench/test_estimate_vram.py`` keeps them
 within :data:`COUNTER_AGREEMENT` (the counter) and :data:`ALLOCATOR_MARGIN` (the allocator,
 bf16) so the method cannot rot.
 
@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import weakref
 from pathlib import Path
 
@@ -47,13 +46,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from kv_core import dtypes  # noqa: E402
 from kv_core.checkpoints import (INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ,  # noqa: E402
                                  build_network, official_config)
 from kv_core.conditioning import TextCondition  # noqa: E402
+from kv_core.stages import Hooks  # noqa: E402
 from kv_core.stages.decode import decode_chunk_sizes, decode_frames  # noqa: E402
 from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame  # noqa: E402
 from kv_core.stages.interpolation import interpolate_frames  # noqa: E402
@@ -62,7 +60,7 @@ from kv_core.stages.keyframes import generate_keyframes  # noqa: E402
 #: the estimate (fake tensors) and the same counter on a real run of the stage agree within this fraction
 COUNTER_AGREEMENT = 0.02
 #: in bf16 the CPU allocator's peak of a real run is at most this fraction above the estimate (the
-#: kernels' own buffers, e.g. oneDNN convolution reorders); checked by tests/test_estimate_vram.py
+#: kernels' own buffers, e.g. oneDNN convolution reorders); checked by tests/bench/test_estimate_vram.py
 ALLOCATOR_MARGIN = 0.25
 GIB = 2 ** 30
 FP8 = getattr(torch, "float8_e4m3fn", None)
@@ -494,7 +492,6 @@ def check_configs(kind: str) -> dict:
     U-Nets and the video MoVQ, kv_core.tiny's image MoVQ; ``kind`` "tiny" uses kv_core.tiny's
     for all."""
     from kv_core.tiny import tiny_configs
-    from kv_core.stages import Hooks
 
     tiny = {k: v["configs"] for k, v in tiny_configs().items() if "configs" in v}
     if kind == "tiny":

@@ -19,5 +19,6 @@ if [ -z "$PY" ]; then
 fi
 PY="${PY:-python3}"
 start=$SECONDS
-"$PY" "$ROOT/bench/gpu_check.py" "$@"
+cd "$ROOT"  # run as a module from the repository root, which puts the root on sys.path
+"$PY" -m bench.gpu_check "$@"
 echo "# gpu_check finished in $((SECONDS - start)) s"

@@ -1,8 +1,10 @@
 """The pack's ComfyUI extension: gathers the node classes of every module of this package.
 
-A node module exports a list ``NODES`` of its ``io.ComfyNode`` classes (helper modules
-export none); this package imports the modules in name order (skipping ``_private``
-ones) and registers every class listed.
+Every module directly in this package is a node module: it exports a list ``NODES`` of
+its ``io.ComfyNode`` classes. What they share (sockets, the LATENT record, inputs, loaded
+networks, progress...) is host glue in the sub-package ``nodes/host/``, which defines no
+node. This package imports the node modules in name order (skipping ``_private`` ones and
+sub-packages) and registers every class listed.
 A module that fails to import is reported in the server log with the marker
 ``[Kandinsky Video]`` and its traceback, and the others still load, so one broken stage
 never hides the rest of the pack.
@@ -28,7 +30,7 @@ def collect_nodes() -> list[type[io.ComfyNode]]:
     classes: list[type[io.ComfyNode]] = []
     owners: dict[str, str] = {}
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
+        if info.name.startswith("_") or info.ispkg:  # host/ is glue, not nodes
             continue
         try:
             module = importlib.import_module(f".{info.name}", __name__)

@@ -3,8 +3,8 @@ per stage, the release's guider and sigmas, and the assembly of interpolated fra
 
 The pack's stage nodes (First Frame, Keyframes, Interpolate) stay the faithful default;
 these nodes add the core path: SamplerCustomAdvanced (or KSampler where it fits) with
-any core sampler, scheduler and model patch. Thin adapters of ``nodes.core_model`` and
-``kv_core.stage_inputs``.
+any core sampler, scheduler and model patch. Thin adapters of ``nodes.host.core_path``,
+``nodes.host.unet_model`` and ``kv_core.stage_inputs``.
 """
 from __future__ import annotations
 
@@ -25,11 +25,13 @@ from ..kv_core.stages.first_frame import decode_first_frame, first_frame_latent_
 from ..kv_core.stages.interpolation import GROUP_FRAMES, MAX_SKIP_FRAMES, SKIP_FRAMES, assemble_interpolated
 from ..kv_core.stages.keyframes import (MOTION_PRESETS, augment_key_frame, keyframe_augmentation_noise,
                                         keyframe_condition, motion_score, score_tensor)
-from . import core_model as cm
-from . import sockets
-from .inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos, size_inputs
-from .networks import activation_memory, stage
-from .video_input import AUTO_SKIP, carry_video_record, resolve_skip_frames
+from .host import core_path as cp
+from .host import latent as record
+from .host import sockets
+from .host import unet_model as cm
+from .host.inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos, size_inputs
+from .host.latent import AUTO_SKIP, carry_video_record, resolve_skip_frames
+from .host.networks import activation_memory, stage
 
 CORE = f"{CATEGORY}/core sampling"
 LOSSES = ("What this path loses against the pack's own stage nodes: the noise comes from the core noise node, "
@@ -44,7 +46,7 @@ def _intermediate(t: torch.Tensor) -> torch.Tensor:
 def _contexts(model, conditioning, stage_name: str, what: str):
     """(context, mask, null context, null mask) ``[1, L, D]`` / ``[1, L]`` of one stage,
     all of one length L (the null text is the U-Net's null embedding, as in the loops)."""
-    inner = cm.kandinsky_model(model, stage_name, what)
+    inner = cp.kandinsky_model(model, stage_name, what)
     null = inner.null_embedding.float().cpu()
     if conditioning is None:
         ctx = torch.zeros(1, DEFAULT_TOKENS_LENGTH, null.shape[-1])
@@ -85,7 +87,7 @@ class _CoreModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, **unet):
-        return io.NodeOutput(cm.core_model(unet[cls.INPUT]))
+        return io.NodeOutput(cp.core_model(unet[cls.INPUT]))
 
 
 class KandinskyVideoKeyframeModel(_CoreModel):
@@ -122,7 +124,7 @@ class KandinskyVideoFirstFrameConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, model, conditioning, width, height):
         what = "Kandinsky Video First Frame Conditioning"
-        inner = cm.kandinsky_model(model, "first_frame", what)
+        inner = cp.kandinsky_model(model, "first_frame", what)
         h, w = first_frame_latent_size(width, height, unet=inner.diffusion_model.net)
         ctx, mask, uc, um = _contexts(model, conditioning, "first_frame", what)
         stage_key = {cm.KEY_STAGE: "first_frame"}
@@ -191,7 +193,7 @@ class KandinskyVideoKeyframesConditioning(CheckedCombos, io.ComfyNode):
     @classmethod
     def execute(cls, model, conditioning, first_frame, num_keyframes, motion, noise_augmentation, seed):
         what = "Kandinsky Video Keyframes Conditioning"
-        inner = cm.kandinsky_model(model, "keyframes", what)
+        inner = cp.kandinsky_model(model, "keyframes", what)
         key = first_frame.latent.float().cpu()
         h, w = key.shape[-2:]
         size_rule(unet=inner.diffusion_model.net).check_latent(h, w, "first-frame latent")
@@ -206,7 +208,7 @@ class KandinskyVideoKeyframesConditioning(CheckedCombos, io.ComfyNode):
                   cm.KEY_AUGMENTATION: score_tensor(noise_augmentation, 1)}
         with_image = video(keyframe_condition(noisy_key, num_keyframes, h, w))
         without = video(keyframe_condition(None, num_keyframes, h, w))
-        latent = sockets.video_latent(torch.zeros(num_keyframes, LATENT_CHANNELS, h, w), num_keyframes)
+        latent = record.video_latent(torch.zeros(num_keyframes, LATENT_CHANNELS, h, w), num_keyframes)
         return io.NodeOutput(_cond(ctx, mask, **scores, **{cm.KEY_CONDITION: with_image}),
                              _cond(uc, um, **scores, **{cm.KEY_CONDITION: with_image}),
                              _cond(uc, um, **scores, **{cm.KEY_CONDITION: without}), latent)
@@ -244,8 +246,8 @@ class KandinskyVideoInterpolationConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, model, latent, skip_frames, conditioning=None):
         what = "Kandinsky Video Interpolation Conditioning"
-        inner = cm.kandinsky_model(model, "interpolation", what)
-        videos = sockets.latent_videos(latent, what)
+        inner = cp.kandinsky_model(model, "interpolation", what)
+        videos = record.latent_videos(latent, what)
         if len(videos) != 1:
             raise ValueError(f"{what}: the latent holds {len(videos)} videos; core sampling interpolates one at a "
                              "time (pick one with core Latent From Batch, or use Kandinsky Video Interpolate)")
@@ -287,7 +289,7 @@ class KandinskyVideoAssembleFrames(io.ComfyNode):
     @classmethod
     def execute(cls, frames, groups):
         what = "Kandinsky Video Assemble Frames"
-        video = sockets.latent_videos(frames, what)
+        video = record.latent_videos(frames, what)
         g = groups.get("samples") if isinstance(groups, dict) else None
         if len(video) != 1 or not isinstance(g, torch.Tensor) or g.ndim != 5 or g.shape[0] != 1:
             raise ValueError(f"{what}: expected one video in frames and the sampled groups [1, 12, N-1, h, w] of the "
@@ -300,8 +302,8 @@ class KandinskyVideoAssembleFrames(io.ComfyNode):
                              "(frames = that node's latent input)")
         assembled = assemble_interpolated(video[0].cpu(), g[0].movedim(1, 0).float().cpu())
         # an Encode Video latent's frame rate (x4) and size record go on to Decode, as through Interpolate
-        return io.NodeOutput(carry_video_record(frames, sockets.video_latent(assembled,
-                                                                             sockets.recorded_keyframes(frames))))
+        return io.NodeOutput(carry_video_record(frames, record.video_latent(assembled,
+                                                                            record.recorded_keyframes(frames))))
 
 
 class KandinskyVideoGuider(io.ComfyNode):
@@ -332,8 +334,8 @@ class KandinskyVideoGuider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, guidance_scale, image_guidance_scale, clamp_x0, image_only=None):
-        cm.check_guider_inputs(model, positive, negative, image_only, "Kandinsky Video Guider")
-        guider = cm.KandinskyVideoGuider(model)
+        cp.check_guider_inputs(model, positive, negative, image_only, "Kandinsky Video Guider")
+        guider = cp.KandinskyVideoGuider(model)
         guider.set_conds(positive, negative, image_only)
         guider.set_weights(guidance_scale, image_guidance_scale, clamp_x0)
         return io.NodeOutput(guider)

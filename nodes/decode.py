@@ -10,11 +10,11 @@ from comfy_api.latest import io
 from ..kv_core.stages.decode import decode_chunk_sizes, decode_frames
 from ..kv_core.video_input import restore_frames
 from ..kv_core.stages import Hooks
-from . import sockets
-from .inputs import CATEGORY, MAX_KEYFRAMES, image_output
-from .networks import activation_memory, stage
-from .progress import StepProgress
-from .video_input import recorded_fit, recorded_fps
+from .host import latent as record
+from .host import sockets
+from .host.inputs import CATEGORY, MAX_KEYFRAMES, image_output
+from .host.networks import activation_memory, stage
+from .host.progress import StepProgress
 
 MAX_CHUNK = 256
 
@@ -60,11 +60,11 @@ class KandinskyVideoDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, video_movq, latent, chunk_size=0, num_keyframes=0, segment_keyframes=0) -> io.NodeOutput:
-        videos = sockets.latent_videos(latent, "Kandinsky Video Decode")
+        videos = record.latent_videos(latent, "Kandinsky Video Decode")
         num_frames, (h, w) = int(videos[0].shape[0]), videos[0].shape[-2:]
-        fit, fps = recorded_fit(latent), recorded_fps(latent)
+        fit, fps = record.recorded_fit(latent), record.recorded_fps(latent)
         if fps is None:  # made from keyframes: one video, or a long video at its first segment's rate
-            fps = sockets.video_frame_rate(latent, num_frames, int(num_keyframes), int(segment_keyframes),
+            fps = record.video_frame_rate(latent, num_frames, int(num_keyframes), int(segment_keyframes),
                                            "Kandinsky Video Decode")
         elif num_keyframes or segment_keyframes:
             raise ValueError(f"Kandinsky Video Decode: this latent is an encoded video at {fps:g} fps, not made "

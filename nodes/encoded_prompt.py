@@ -14,9 +14,9 @@ import os
 from comfy_api.latest import io, ui
 
 from ..kv_core.prompt_cache import SUFFIX, EncodedPrompt, EncodedPromptError, read_encoded_prompt, write_encoded_prompt
-from . import sockets
-from .inputs import CATEGORY
-from .text import _on_host, report_text
+from .host import sockets
+from .host.inputs import CATEGORY
+from .host.prompt_cache import on_host, report_text
 
 
 def encoded_prompt_files() -> list[str]:
@@ -141,7 +141,7 @@ class KandinskyVideoLoadEncodedPrompt(io.ComfyNode):
             entry, _ = read_encoded_prompt(path)
         except EncodedPromptError as err:
             raise ValueError(f"Load Encoded Prompt: {err}") from None
-        conditioning = sockets.TextConditioning(entry.prompt, entry.negative_prompt or "", _on_host(entry.condition),
+        conditioning = sockets.TextConditioning(entry.prompt, entry.negative_prompt or "", on_host(entry.condition),
                                                 reports=dict(entry.reports), identity=entry.identity)
         shown = report_text(entry.reports) if entry.reports else f"prompt: {entry.prompt!r}"
         return io.NodeOutput(conditioning, ui=ui.PreviewText(shown))

@@ -13,22 +13,13 @@ from comfy_api.latest import io
 
 from ..kv_core.extend import CONDITION_SOURCES, PromptTimeline, generate_segment, join_segments
 from ..kv_core.stages import Hooks
-from . import sockets
-from .inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos
-from .keyframes import KandinskyVideoKeyframes
-from .networks import activation_memory, stage
-from .progress import StepProgress
-from .video_input import recorded_fps
+from .host import latent as record
+from .host import sockets
+from .host.inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos, keyframe_inputs
+from .host.networks import activation_memory, stage
+from .host.progress import StepProgress
 
 WHAT = "Kandinsky Video Extend"
-# the segment's own settings are the Keyframes node's, with its tooltips and ranges
-SEGMENT_SETTINGS = ("motion", "noise_augmentation", "guidance_weight_prompt", "guidance_weight_image", "steps",
-                    "sampler", "seed", "num_keyframes")
-
-
-def _keyframes_inputs() -> list:
-    inputs = {i.id: i for i in KandinskyVideoKeyframes.define_schema().inputs}
-    return [inputs[name] for name in SEGMENT_SETTINGS]
 
 
 class KandinskyVideoExtend(CheckedCombos, io.ComfyNode):
@@ -54,7 +45,7 @@ class KandinskyVideoExtend(CheckedCombos, io.ComfyNode):
                             "prompt)."),
                 io.Latent.Input("latent", tooltip="Keyframes of the video so far: from Kandinsky Video Keyframes or "
                                                   "a previous Extend (not interpolated)."),
-                *_keyframes_inputs(),
+                *keyframe_inputs(),  # the segment's own settings: the Keyframes node's
                 sockets.Conditioning.Input(
                     "conditioning", optional=True,
                     tooltip="This segment's prompt and negative prompt (Text Encode). Not connected: the previous "
@@ -85,15 +76,15 @@ class KandinskyVideoExtend(CheckedCombos, io.ComfyNode):
     def execute(cls, keyframe_unet, previous_conditioning, latent, motion, noise_augmentation,
                 guidance_weight_prompt, guidance_weight_image, steps, sampler, seed, num_keyframes,
                 conditioning=None, condition_frames=1, condition_source="latent", movq=None) -> io.NodeOutput:
-        videos = sockets.latent_videos(latent, WHAT)
+        videos = record.latent_videos(latent, WHAT)
         n, (h, w) = int(videos[0].shape[0]), videos[0].shape[-2:]
         if n < 2:
             raise ValueError(f"{WHAT}: the latent has {n} frame; a video to continue has at least 2 keyframes")
-        if recorded_fps(latent) is not None:
+        if record.recorded_fps(latent) is not None:
             raise ValueError(f"{WHAT}: this latent is an encoded video (Encode Video) at its own frame rate, not "
                              "keyframes: to continue it, take its last frame (core Image From Batch) into Encode "
                              "First Frame -> Keyframes, then Extend that")
-        recorded = sockets.recorded_keyframes(latent)
+        recorded = record.recorded_keyframes(latent)
         if recorded is not None and recorded != n:
             raise ValueError(f"{WHAT}: this latent has {n} frames made from {recorded} keyframes: it is "
                              "interpolated. Extend continues keyframes: wire the latent of Keyframes or of the "
@@ -108,7 +99,7 @@ class KandinskyVideoExtend(CheckedCombos, io.ComfyNode):
             raise ValueError(f"{WHAT}: condition_frames ({condition_frames}) is more than the {n} keyframes of the "
                              "video so far")
         timeline: PromptTimeline = sockets.prompt_timeline(previous_conditioning, n, WHAT)
-        segments = sockets.recorded_segments(latent) or timeline.keyframe_counts
+        segments = record.recorded_segments(latent) or timeline.keyframe_counts
         added = num_keyframes - condition_frames
         own = conditioning if conditioning is not None else previous_conditioning
         timeline = timeline.extended(own.text_condition(), added)
@@ -130,7 +121,7 @@ class KandinskyVideoExtend(CheckedCombos, io.ComfyNode):
                                                                                          progress.bar.total, x),
                                 cancel=progress.cancel, device=device, dtype=keyframe_unet.compute_dtype))
                 out.append(join_segments(previous, segment.cpu(), condition_frames))
-        joined = sockets.video_latent(out, n + added, [*segments, added])
+        joined = record.video_latent(out, n + added, [*segments, added])
         return io.NodeOutput(joined, sockets.ConditioningTimeline(own.prompt, own.negative_prompt,
                                                                   timeline.latest, timeline))
 

@@ -19,10 +19,10 @@ from ..kv_core.image import RESIZE_MODES, image_batch_picture
 from ..kv_core.stages.first_frame import (decode_first_frame, encode_first_frame, first_frame_latent_size,
                                           generate_first_frame)
 from ..kv_core.stages import Hooks
-from . import sockets
-from .inputs import CATEGORY, CheckedCombos, sampler_inputs, size_inputs
-from .networks import activation_memory, stage
-from .progress import StepProgress
+from .host import sockets
+from .host.inputs import CATEGORY, CheckedCombos, sampler_inputs, size_inputs
+from .host.networks import activation_memory, stage
+from .host.progress import StepProgress
 
 PICK_HINT = "choose one with the core Image From Batch node (batch_index, length 1) before this node"
 

@@ -10,11 +10,12 @@ from comfy_api.latest import io
 from ..kv_core.conditioning import null_condition
 from ..kv_core.stages.interpolation import MAX_SKIP_FRAMES, SKIP_FRAMES, interpolate_frames
 from ..kv_core.stages import Hooks
-from . import sockets
-from .inputs import CATEGORY, CheckedCombos, sampler_inputs
-from .networks import activation_memory, stage
-from .progress import StepProgress
-from .video_input import AUTO_SKIP, carry_video_record, resolve_skip_frames
+from .host import latent as record
+from .host import sockets
+from .host.inputs import CATEGORY, CheckedCombos, sampler_inputs
+from .host.latent import AUTO_SKIP, carry_video_record, resolve_skip_frames
+from .host.networks import activation_memory, stage
+from .host.progress import StepProgress
 
 MAX_WINDOW = 4096
 
@@ -63,7 +64,7 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
     @classmethod
     def execute(cls, interpolation_unet, latent, skip_frames, guidance_scale, steps, sampler, seed,
                 conditioning=None, window=0) -> io.NodeOutput:
-        videos = sockets.latent_videos(latent, "Kandinsky Video Interpolate")
+        videos = record.latent_videos(latent, "Kandinsky Video Interpolate")
         skip_frames = resolve_skip_frames(skip_frames, latent, int(videos[0].shape[0]),
                                           "Kandinsky Video Interpolate")
         window = int(window) or None
@@ -87,9 +88,9 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
                     hooks=Hooks(progress=lambda step, total, x, done=i * steps: progress(
                         done + step, progress.bar.total, x), cancel=progress.cancel, device=device,
                         dtype=interpolation_unet.compute_dtype)).cpu())
-        keyframes = sockets.recorded_keyframes(latent)  # passed on for Decode's frame rate, if known
+        keyframes = record.recorded_keyframes(latent)  # passed on for Decode's frame rate, if known
         # an Encode Video latent's frame rate (x4) and size record go on to Decode
-        out = sockets.video_latent(out, keyframes, sockets.recorded_segments(latent))  # a long video's segments too
+        out = record.video_latent(out, keyframes, record.recorded_segments(latent))  # a long video's segments too
         return io.NodeOutput(carry_video_record(latent, out))
 
 

@@ -7,14 +7,14 @@ import torch
 
 from comfy_api.latest import io
 
-from ..kv_core.rules import REFERENCE_KEYFRAMES
-from ..kv_core.sampling.schedulers import NUM_TRAIN_TIMESTEPS
-from ..kv_core.stages.keyframes import MOTION_PRESETS, generate_keyframes
+from ..kv_core.stages.keyframes import generate_keyframes
 from ..kv_core.stages import Hooks
-from . import sockets
-from .inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos, sampler_inputs
-from .networks import activation_memory, stage
-from .progress import StepProgress
+from .host import sockets
+from .host.inputs import CATEGORY, CheckedCombos, keyframe_inputs
+from .host.latent import video_latent
+from .host.networks import activation_memory, stage
+from .host.progress import StepProgress
+
 
 class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
     @classmethod
@@ -31,20 +31,7 @@ class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
                 sockets.Conditioning.Input("conditioning", tooltip="From Kandinsky Video Text Encode."),
                 sockets.FirstFrame.Input("first_frame", tooltip="From Kandinsky Video Encode First Frame; "
                                                                "it also sets the video size."),
-                io.Combo.Input("motion", options=list(MOTION_PRESETS), default="medium",
-                               tooltip="Amount of motion: low 1, medium 10, high 50, extreme 100 (the motion "
-                                       "score the U-Net was trained with)."),
-                io.Int.Input("noise_augmentation", default=20, min=0, max=NUM_TRAIN_TIMESTEPS - 1,
-                             tooltip="Diffusion timestep the first frame is noised to before conditioning "
-                                     "(20 in the release); higher lets the video drift from the picture."),
-                io.Float.Input("guidance_weight_prompt", default=5.0, min=-30.0, max=30.0, step=0.1,
-                               tooltip="Prompt guidance weight wp in (1-wi)*uncond + (wi-wp)*image + wp*full "
-                                       "(5 in the release)."),
-                io.Float.Input("guidance_weight_image", default=2.0, min=-30.0, max=30.0, step=0.1,
-                               tooltip="Image guidance weight wi (2 in the release, 3 in its README examples)."),
-                *sampler_inputs(50),
-                io.Int.Input("num_keyframes", default=REFERENCE_KEYFRAMES, min=2, max=MAX_KEYFRAMES,
-                             tooltip="Keyframes to generate (12 in the release, 0.5 s apart)."),
+                *keyframe_inputs(),
             ],
             outputs=[io.Latent.Output(display_name="latent",
                                       tooltip="Keyframe latents [1, 4, frames, h, w].")],
@@ -68,7 +55,7 @@ class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
                 sampler=sampler, steps=steps, noise=seed,
                 hooks=Hooks(progress=progress, cancel=progress.cancel, device=device,
                             dtype=keyframe_unet.compute_dtype))
-        return io.NodeOutput(sockets.video_latent(frames, num_keyframes))
+        return io.NodeOutput(video_latent(frames, num_keyframes))
 
 
 NODES = [KandinskyVideoKeyframes]

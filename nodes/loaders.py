@@ -1,5 +1,5 @@
 """Loader nodes: one per network of the release, each with a weight-dtype choice and a
-device choice (:mod:`.devices`).
+device choice (:mod:`.host.devices`).
 
 Files are listed from ``models/kandinsky_video/`` (text encoders also from
 ``models/text_encoders/``). A ``configs.json`` beside a checkpoint (as in the official
@@ -9,8 +9,6 @@ safetensors, or the official one adapted to the checkpoint's shapes, is used.
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
 
 import torch
 
@@ -19,15 +17,15 @@ import comfy.ops
 from comfy_api.latest import io
 
 from ..kv_core import checkpoints as ckpt, dtypes
-from ..kv_core.prompt_cache import TextIdentity
 from ..kv_core.text import TextEncoder as KVTextEncoder, check_text_parts
-from . import model_files, sockets
-from .devices import device_input, offload_device_for, resolve_device
-from .common import (FP8, WEIGHT_DTYPE_TOOLTIP, WEIGHT_DTYPES, file_params, operations_for,
-                     weight_and_compute_dtype)
-from .inputs import CATEGORY, CheckedCombos
-from .model_files import check_model_name, release_configs, resolve_model_file, resolve_text_encoder
-from .networks import Network, wrap
+from .host import model_files, sockets
+from .host.devices import device_input, offload_device_for, resolve_device
+from .host.inputs import CATEGORY, CheckedCombos
+from .host.model_files import check_model_name, release_configs, resolve_model_file, resolve_text_encoder
+from .host.networks import Network, wrap
+from .host.text_plan import text_plan
+from .host.weight_dtype import (FP8, WEIGHT_DTYPE_TOOLTIP, WEIGHT_DTYPES, file_params, operations_for,
+                                weight_and_compute_dtype)
 
 LOADERS = f"{CATEGORY}/loaders"
 logger = logging.getLogger(__name__)
@@ -52,7 +50,7 @@ def _load_error(network: str, name: str, path: str, err: Exception) -> ValueErro
 
 def load_network(network: str, name: str, weight_dtype: str, device: str = "default") -> Network:
     """Load a U-Net or MoVQ checkpoint into a ModelPatcher-wrapped :class:`Network` that
-    runs on ``device`` (a loader's device choice, :mod:`.devices`)."""
+    runs on ``device`` (a loader's device choice, :mod:`.host.devices`)."""
     path = resolve_model_file(name, network)
     unet = network in (ckpt.KEYFRAME_UNET, ckpt.INTERPOLATION_UNET)
     load_device = resolve_device(device, mm.get_torch_device())
@@ -217,76 +215,10 @@ def adopt_operations(module: torch.nn.Module, operations, *, compute=None, fp32_
             setattr(parent, name, new)
 
 
-def _text_settings(projections_path: str, projections_name: str) -> tuple[int, int | None, str | None]:
-    """``(tokens_length, context_dim, configs.json path)`` from the release's configs.json beside
-    the projections, read and checked by :func:`kv_core.checkpoints.text_settings` (128 and None
-    without configs.json or those entries); a configs.json that cannot be used is refused."""
-    configs = release_configs(projections_path)
-    try:
-        tokens_length, context_dim = ckpt.text_settings(configs or None)
-    except ckpt.CheckpointError as err:
-        raise ValueError(f"The configs.json beside the text projections '{projections_name}' cannot be used: "
-                         f"{err}") from None
-    return tokens_length, context_dim, configs
-
-
-@dataclass(frozen=True)
-class TextPlan:
-    """What Load Text Encoder will load, found without reading the weights: the files, the
-    configs.json settings, the devices and the dtypes."""
-
-    encoder_path: str
-    projections_path: str
-    tokens_length: int
-    context_dim: int | None
-    configs: str | None
-    load_device: torch.device
-    offload_device: torch.device
-    weight: torch.dtype | str   # "gguf": the file's 8/4-bit blocks
-    compute: torch.dtype
-
-    def identity(self) -> TextIdentity:
-        """The cache identity of these parts (content fingerprints; the projections are
-        loaded in float32)."""
-        return TextIdentity.of_files(self.encoder_path, self.projections_path, tokens_length=self.tokens_length,
-                                     weight_dtype=self.weight, compute_dtype=self.compute,
-                                     projection_dtype=torch.float32, context_dim=self.context_dim)
-
-
-def is_gguf(path: str) -> bool:
-    return os.path.isfile(path) and path.endswith(".gguf")
-
-
-def gguf_dtypes(weight_dtype: str, compute: torch.dtype, name: str) -> tuple[str, torch.dtype]:
-    """(weight, compute) of a ``.gguf`` encoder: its weights stay in the file's 8/4-bit blocks
-    (weight ``"gguf"``); ``weight_dtype`` picks the dtype they are dequantized into per layer:
-    bf16 (default where the device supports it, and for fp8_e4m3fn) or float32. T5 overflows
-    in fp16, so fp16 is refused."""
-    if weight_dtype == "fp16":
-        raise ValueError(f"'{name}' is an 8/4-bit .gguf text encoder: it computes in bf16 or float32 (T5 overflows "
-                         "in fp16); set weight_dtype to default or bf16")
-    return "gguf", torch.bfloat16 if weight_dtype in ("bf16", "fp8_e4m3fn") else compute
-
-
-def text_plan(text_encoder_name: str, projections_name: str, weight_dtype: str, device: str = "default") -> TextPlan:
-    """The :class:`TextPlan` of Load Text Encoder's inputs (raises as the loader does for a
-    missing file or an unusable configs.json)."""
-    encoder_path = resolve_text_encoder(text_encoder_name)
-    projections_path = resolve_model_file(projections_name, ckpt.TEXT_PROJECTIONS)
-    tokens_length, context_dim, configs = _text_settings(projections_path, projections_name)  # fails fast
-    load_device = resolve_device(device, mm.text_encoder_device())
-    offload_device = offload_device_for(load_device, mm.text_encoder_offload_device())
-    weight, compute = weight_and_compute_dtype(weight_dtype, "text", load_device, file_params(encoder_path))
-    if is_gguf(encoder_path):
-        weight, compute = gguf_dtypes(weight_dtype, compute, text_encoder_name)
-    return TextPlan(encoder_path, projections_path, tokens_length, context_dim, configs, load_device, offload_device,
-                    weight, compute)
-
-
 def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtype: str,
                       device: str = "default") -> Network:
     """Load Flan-UL2's encoder and the projections into a :class:`Network` that runs on
-    ``device`` (a loader's device choice, :mod:`.devices`); its ``text_identity`` is the
+    ``device`` (a loader's device choice, :mod:`.host.devices`); its ``text_identity`` is the
     prompt-cache identity of the parts (:meth:`TextPlan.identity`)."""
     plan = text_plan(text_encoder_name, projections_name, weight_dtype, device)
     encoder_path, projections_path = plan.encoder_path, plan.projections_path

@@ -16,69 +16,17 @@ import torch
 
 from comfy_api.latest import io
 
-from ..kv_core.rules import frame_rate, size_rule
-from ..kv_core.video_input import (DEFAULT_ENCODE_CHUNK, FIT_MODES, VideoFit, auto_skip_frames, check_frame_rate,
-                                   encode_video, interpolated_fps, plan_fit)
+from ..kv_core.rules import size_rule
 from ..kv_core.stages import Hooks
-from . import sockets
-from .inputs import CATEGORY, CheckedCombos, MAX_SIZE
-from .networks import activation_memory, stage
-from .progress import StepProgress
+from ..kv_core.video_input import DEFAULT_ENCODE_CHUNK, FIT_MODES, check_frame_rate, encode_video, plan_fit
+from .host import sockets
+from .host.inputs import CATEGORY, CheckedCombos, MAX_SIZE
+from .host.latent import encoded_video_latent
+from .host.networks import activation_memory, stage
+from .host.progress import StepProgress
 
-FPS_KEY = "kandinsky_video_fps"   # frames per second of the latent's frames (an input video's, x4 per pass)
-FIT_KEY = "kandinsky_video_fit"   # kv_core.video_input.VideoFit.to_dict(): how to give the input's size back
-DEFAULT_FPS = 6.0                 # core Save Animated WEBP's default: a WebP it wrote plays at this rate
-AUTO_SKIP = -1                    # Interpolate's skip_frames value for "from the frame rate"
+DEFAULT_FPS = 6.0  # core Save Animated WEBP's default: a WebP it wrote plays at this rate
 NAME = "Kandinsky Video Encode Video"
-
-
-def recorded_fps(latent: dict) -> Optional[float]:
-    """The frame rate an Encode Video latent records (x4 per Interpolate); None otherwise."""
-    value = latent.get(FPS_KEY)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
-
-
-def recorded_fit(latent: dict) -> Optional[VideoFit]:
-    value = latent.get(FIT_KEY)
-    return VideoFit.from_dict(value) if isinstance(value, dict) else None
-
-
-def latent_fps(latent: dict, num_frames: int) -> Optional[float]:
-    """The frame rate of a latent's frames: an input video's as recorded, or a generated
-    video's from its recorded keyframe count; None when the latent says neither (Load Latent)."""
-    fps = recorded_fps(latent)
-    if fps is not None:
-        return fps
-    keyframes = sockets.recorded_keyframes(latent)
-    if keyframes is None:
-        return None
-    try:
-        return frame_rate(num_frames, keyframes)
-    except ValueError:
-        return None
-
-
-def resolve_skip_frames(skip_frames: int, latent: dict, num_frames: int, what: str) -> int:
-    """``skip_frames`` as given, or for ``AUTO_SKIP`` kv_core's rule applied to the latent's
-    frame rate; refuses auto when the latent does not say its rate."""
-    if skip_frames != AUTO_SKIP:
-        return skip_frames
-    fps = latent_fps(latent, num_frames)
-    if fps is None:
-        raise ValueError(f"{what}: skip_frames is auto (-1), but this latent does not say its frame rate (Save "
-                         "Latent keeps only the frames): set skip_frames to 3 (frames about 0.5 s apart, the "
-                         "release's first pass) or 1 (8 fps and faster, its second pass)")
-    return auto_skip_frames(fps)
-
-
-def carry_video_record(source: dict, out: dict, passes: int = 1) -> dict:
-    """Copy an Encode Video latent's record from ``source`` to ``out``, the rate x4 per pass."""
-    fps = recorded_fps(source)
-    if fps is not None:
-        out[FPS_KEY] = interpolated_fps(fps, passes)
-    if isinstance(source.get(FIT_KEY), dict):
-        out[FIT_KEY] = dict(source[FIT_KEY])
-    return out
 
 
 def opacity(mask: Optional[torch.Tensor], images: torch.Tensor) -> Optional[torch.Tensor]:
@@ -153,9 +101,7 @@ class KandinskyVideoEncodeVideo(CheckedCombos, io.ComfyNode):
                                                         cancel=bar.cancel))
         if clipped:
             logging.warning("%s: %d frame values were outside 0..1 and were clipped", NAME, clipped)
-        out = sockets.video_latent(latents, None)
-        out[FPS_KEY], out[FIT_KEY] = fps, plan.to_dict()
-        return io.NodeOutput(out)
+        return io.NodeOutput(encoded_video_latent(latents, fps, plan))
 
 
 NODES = [KandinskyVideoEncodeVideo]

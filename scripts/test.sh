@@ -46,7 +46,7 @@ if [ ! -f "$deps_stamp" ]; then
 fi
 
 # 3. ComfyUI (stamped inside tools/harness/install.py) -------------------------------------------
-"$PY" tools/comfy_host.py install
+"$PY" -m tools.comfy_host install
 
 # 4. Chromium for the frontend tests --------------------------------------------------------
 if ! command -v chromium >/dev/null && [ -z "${KV_CHROMIUM:-}" ]; then

@@ -1,16 +1,16 @@
 """Command around the real-ComfyUI harness (tools/harness/).
 
-  python tools/comfy_host.py install                 obtain the pinned ComfyUI 0.3.75 (cached in
+  python -m tools.comfy_host install                 obtain the pinned ComfyUI 0.3.75 (cached in
                                                      .cache/comfyui) and install its requirements;
                                                      unpack the current frontend (1.58.1) that the
                                                      browser tests also use (.cache/frontends)
-  python tools/comfy_host.py path                    print the ComfyUI folder in use
-  python tools/comfy_host.py check                   start a host with the pack, report its nodes
+  python -m tools.comfy_host path                    print the ComfyUI folder in use
+  python -m tools.comfy_host check                   start a host with the pack, report its nodes
                                                      and import problems, stop it
-  python tools/comfy_host.py serve [--port N]        start a host with the pack and keep it up
+  python -m tools.comfy_host serve [--port N]        start a host with the pack and keep it up
                                                      until Ctrl-C (open the printed URL)
-  python tools/comfy_host.py convert WF.json         print WF.json (UI format) as an API prompt
-  python tools/comfy_host.py run WF.json [--browser] run a workflow (UI or API format) to its end
+  python -m tools.comfy_host convert WF.json         print WF.json (UI format) as an API prompt
+  python -m tools.comfy_host run WF.json [--browser] run a workflow (UI or API format) to its end
                                                      and print the result as JSON
 
 ``--models FOLDER=PATH`` (repeatable) links a model file or folder into the host's
@@ -26,12 +26,10 @@ import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tools.harness import (  # noqa: E402
+from tools.harness import (
     Browser, ComfyFrontend, ComfyHost, HostError, ensure_comfyui, is_api_prompt, workflow_to_prompt,
 )
-from tools.harness.install import ensure_frontend  # noqa: E402
+from tools.harness.install import ensure_frontend
 
 
 def _host(args) -> ComfyHost:

@@ -1,7 +1,7 @@
 """Quick start: install everything, run the text-to-video workflow in a real ComfyUI, print
 the path of the video.
 
-    python3 tools/quickstart.py [--models DIR] [--prompt TEXT] [--workflow 8fps|32fps|i2v]
+    python3 -m tools.quickstart [--models DIR] [--prompt TEXT] [--workflow 8fps|32fps|i2v]
 
 1. Environment: unless it already runs inside one, it creates ``.venv`` (``$KV_VENV``),
    installs torch/torchvision and the pack's ``requirements.txt`` there (each step only
@@ -85,7 +85,7 @@ def ensure_environment(argv: list[str]) -> None:
         if not python.exists():
             say(f"creating the virtual environment {venv}")
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        os.execv(str(python), [str(python), str(Path(__file__).resolve()), *argv])
+        os.execv(str(python), [str(python), "-m", "tools.quickstart", *argv])
     python = sys.executable
     if _missing(python, "torch, torchvision"):
         say("installing torch and torchvision (the PyPI builds run with or without a GPU; a few GB)")
@@ -178,7 +178,6 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     ensure_environment(argv)
-    sys.path.insert(0, str(REPO))
     import torch
 
     from tools import harness

@@ -2,9 +2,9 @@
 """Template thumbnails: a screenshot of each workflow of ``workflows/`` as the real ComfyUI
 frontend shows it when the template opens, saved beside it as ``<name>.jpg``.
 
-    python tools/thumbnails.py              # every template
-    python tools/thumbnails.py NAME ...     # some of them (file stems or paths)
-    python tools/thumbnails.py --check      # only say which templates have no thumbnail (exit 1)
+    python -m tools.thumbnails              # every template
+    python -m tools.thumbnails NAME ...     # some of them (file stems or paths)
+    python -m tools.thumbnails --check      # only say which templates have no thumbnail (exit 1)
 
 How ComfyUI finds them (ComfyUI 0.3.75 ``app/custom_node_manager.py``, frontend 1.32.9 and
 1.58.1 ``workflowTemplatesStore.ts`` / ``useTemplateWorkflows.ts``): ``/api/workflow_templates``
@@ -38,8 +38,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 WORKFLOWS = REPO / "workflows"
 #: The viewport (CSS pixels) the templates' saved views are made for: a 1400x900 headless window.

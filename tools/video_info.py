@@ -1,7 +1,7 @@
 """Print a video file's frame count, frame rate and size; with ``--expect-frames N`` exit 1
 unless it has exactly N frames (CI checks the quick start's video with it).
 
-    python tools/video_info.py VIDEO [--expect-frames N]
+    python -m tools.video_info VIDEO [--expect-frames N]
 """
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ spacing, first timestep 980) never reach it, its v-prediction stage (trailing, f
 timestep 999) does: there the loops use ``abar = 0`` exactly (x0 = -v) and a floored
 schedule gives ``x0 = 2**-12 x - sqrt(1 - 2**-24) v``
 (see :func:`floored_alphas_cumprod`). These sigma-space helpers are what a host's own
-sampler (ComfyUI's, ``nodes/core_model.py``) needs of the stages.
+sampler (ComfyUI's, ``nodes/host/unet_model.py``) needs of the stages.
 """
 from __future__ import annotations
 

@@ -128,7 +128,7 @@ class WindowedInterpolationUNet:
         out = None
         for k, win in enumerate(layout):
             if k and self.cancel is not None and self.cancel():
-                from .sampling import Interrupted
+                from ..sampling.loop import Interrupted
                 raise Interrupted("generation was cancelled")
             index = torch.cat([torch.arange(b * num_groups + win.start, b * num_groups + win.end)
                                for b in range(copies)]).to(x.device)

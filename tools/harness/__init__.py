@@ -1,7 +1,7 @@
 """A real ComfyUI for this pack: obtain it, start it with the pack, drive it.
 
 The one home of the harness that the quick start (``tools/quickstart.py``), the command
-``tools/comfy_host.py``, the test fixtures (``tests/comfy_fixtures.py``) and the template
+``tools/comfy_host.py``, the test fixtures (``tests/support/comfy_fixtures.py``) and the template
 thumbnails all use. Its third-party needs (``requests``, ``websocket-client``, ``playwright``)
 are listed in ``tools/requirements.txt``, which the quick start and the test command install.
 

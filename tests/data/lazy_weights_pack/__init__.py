@@ -1,10 +1,10 @@
 """Test-only ComfyUI custom node pack: turns a 0.3.x ComfyUI into one that builds layers
 the way current ComfyUI does with dynamic VRAM, so the Kandinsky Video loaders meet them
-through the real API (tests/test_lazy_weights_host.py).
+through the real API (tests/host/test_lazy_weights_host.py).
 
 On import it
 * makes ``comfy.ops.disable_weight_init`` / ``manual_cast`` ``Linear`` and ``Embedding``
-  lazy (tests/lazy_comfy_ops.py: no weight until ``_load_from_state_dict``);
+  lazy (tests/support/lazy_comfy_ops.py: no weight until ``_load_from_state_dict``);
 * gives ``comfy.model_management`` the ``unload_model_and_clones`` of newer ComfyUI when
   the host lacks it (unload a patcher and its clones via ``free_memory`` with everything
   else kept), recording the models it was called with, so the pack's feature-detected
@@ -24,7 +24,7 @@ from pathlib import Path
 import comfy.model_management as mm
 import comfy.ops
 
-_SIM = Path(__file__).resolve().parents[2] / "lazy_comfy_ops.py"
+_SIM = Path(__file__).resolve().parents[2] / "support" / "lazy_comfy_ops.py"
 _spec = importlib.util.spec_from_file_location("kv_test_lazy_comfy_ops", _SIM)
 lazy = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = lazy
