@@ -5,6 +5,8 @@ its ``io.ComfyNode`` classes. What they share (sockets, the LATENT record, input
 networks, progress...) is host glue in the sub-package ``nodes/host/``, which defines no
 node. This package imports the node modules in name order (skipping ``_private`` ones and
 sub-packages) and registers every class listed.
+Each class gets the pack's presentation (:mod:`.host.presentation`: expert inputs marked
+advanced, search aliases) where the host supports it.
 A module that fails to import is reported in the server log with the marker
 ``[Kandinsky Video]`` and its traceback, and the others still load, so one broken stage
 never hides the rest of the pack.
@@ -16,6 +18,8 @@ import logging
 import pkgutil
 
 from comfy_api.latest import ComfyExtension, io
+
+from .host.presentation import present
 
 LOG_MARKER = "[Kandinsky Video]"
 logger = logging.getLogger(__name__)
@@ -42,7 +46,7 @@ def collect_nodes() -> list[type[io.ComfyNode]]:
             if node_id in owners:
                 raise ValueError(f"node id {node_id!r} defined in nodes/{owners[node_id]}.py and nodes/{info.name}.py")
             owners[node_id] = info.name
-            classes.append(cls)
+            classes.append(present(cls))
     return classes
 
 

@@ -11,7 +11,8 @@
 #   3. the pinned ComfyUI 0.3.75 into .cache/comfyui and its requirements, and the current web
 #      frontend (1.58.1) unpacked into .cache/frontends for the frontend tests (tools/comfy_host.py
 #      install; $COMFYUI_PATH uses an existing ComfyUI instead);
-#   4. Debian's chromium for the frontend tests (apt-get, when run as root and it is missing);
+#   4. Debian's chromium for the frontend tests and a Chinese font for their screenshots (apt-get,
+#      when run as root and they are missing);
 #   5. pytest.
 set -euo pipefail
 
@@ -48,15 +49,22 @@ fi
 # 3. ComfyUI (stamped inside tools/harness/install.py) -------------------------------------------
 "$PY" -m tools.comfy_host install
 
-# 4. Chromium for the frontend tests --------------------------------------------------------
+# 4. Chromium for the frontend tests, and a font with Chinese characters for their screenshots --
+apt_packages=()
 if ! command -v chromium >/dev/null && [ -z "${KV_CHROMIUM:-}" ]; then
+    apt_packages+=(chromium)
+fi
+if command -v fc-list >/dev/null && ! fc-list :lang=zh family | grep -q .; then
+    apt_packages+=(fonts-wqy-microhei)  # about 5 MB; without it Chinese text shows as boxes
+fi
+if [ ${#apt_packages[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        say "installing Debian's chromium"
+        say "installing Debian's ${apt_packages[*]}"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq >/dev/null
-        apt-get install -y -qq --no-install-recommends chromium >/dev/null
+        apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
     else
-        say "no chromium and no root apt-get: the frontend tests will be skipped (they fail under CI)"
+        say "cannot install ${apt_packages[*]} (no root apt-get): without chromium the frontend tests are skipped (they fail under CI)"
     fi
 fi
 

@@ -20,7 +20,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # what the registry archive ships: the package ComfyUI imports and what a user reads
 PACKED_TOP_LEVEL = {"__init__.py", "nodes", "kv_core", "web", "workflows", "requirements.txt", "pyproject.toml",
-                    "README.md", "LICENSE"}
+                    "README.md", "LICENSE",
+                    # the UI text ComfyUI merges, the subgraph blueprints it serves, ComfyUI-Manager's
+                    # node list, and the user guide in Russian and Chinese and its documents
+                    "locales", "subgraphs", "node_list.json", "README_ru.md", "README_zh.md", "docs"}
+# tracked but not packed: what only developers use
+UNPACKED_TOP_LEVEL = {".ci", ".comfyignore", ".gitignore", "bench", "icon.png", "scripts", "tests", "tools",
+                      "CONTRIBUTING.md"}
 # import names of the distributions in requirements.txt, where they differ
 IMPORT_NAMES = {"pillow": "PIL", "protobuf": "google"}
 
@@ -123,6 +129,8 @@ def test_registry_archive_holds_only_the_runtime_files(clone, tmp_path):
     shipped = {f for f in files if f.split("/", 1)[0] in PACKED_TOP_LEVEL}
     assert packed == shipped, sorted(packed ^ shipped)
     assert any(f.startswith("workflows/") and f.endswith(".json") for f in packed)
+    # every top-level item of the repository is deliberately packed or not
+    assert {f.split("/", 1)[0] for f in files} == PACKED_TOP_LEVEL | UNPACKED_TOP_LEVEL
 
 
 def test_pip_install_installs_kv_core_alone(tmp_path):

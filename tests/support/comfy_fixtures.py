@@ -15,6 +15,8 @@ Registered from tests/conftest.py with ``pytest_plugins``.
   Skipped with the reason when no Chromium is installed, except under CI (``CI`` set),
   where that is a failure.
 * ``chromium`` (session): a bare :class:`Browser` for tests of the harness on their own pages.
+* ``artifacts`` (session): the folder where tests leave what a person should look at after the
+  run (screenshots): ``$KV_ARTIFACTS``, default ``out/test-artifacts/`` in the repository.
 * ``pack`` (module): this pack imported in the test process with ComfyUI's modules and no
   server (``tools/harness/inprocess.py``), for tests that call the host glue and nodes
   directly; skipped when there is no ComfyUI checkout.
@@ -28,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import os
+from pathlib import Path
 
 import pytest
 
@@ -101,6 +104,13 @@ def _browser_session(failure: str, opener=lambda browser: browser):
         yield opened
     finally:
         browser.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    folder = Path(os.environ.get("KV_ARTIFACTS") or Path(__file__).resolve().parents[2] / "out" / "test-artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="session")
