@@ -77,8 +77,8 @@ class KandinskyVideoTextEncode(io.ComfyNode):
                                         "(null-text guidance)."),
                 io.Boolean.Input("use_cache", default=True, optional=True,
                                  tooltip="Keep encoded prompts on disk (user/kandinsky_video/prompt_cache, or "
-                                         "$KANDINSKY_VIDEO_PROMPT_CACHE) and reuse them: a known prompt does not "
-                                         "load the text encoder at all."),
+                                         "the folder in KANDINSKY_VIDEO_PROMPT_CACHE) and reuse them: a known "
+                                         "prompt does not load the text encoder at all."),
             ],
             outputs=[sockets.Conditioning.Output(display_name="conditioning")],
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
