@@ -5,6 +5,8 @@ is cut along the stages of a generation:
 
 - ``models/``        the networks (U-Nets, MoVQs, text projections) and their layers
 - ``text``           the text encoder (T5 tokenizer, Flan-UL2 encoder, projections), prompt reports
+- ``prompt_cache``   encoded prompts on disk (the cache and the saved-prompt file format)
+- ``quantized``      GGUF's 8/4-bit weight blocks, dequantized per layer (the small encoder)
 - ``conditioning``   ``TextCondition``, the null text, guidance contexts and cfg
 - ``sampling/``      schedulers and samplers, the noise streams, the step loop
 - ``stages/``        one module per stage (text, first_frame, keyframes, interpolation,

@@ -38,6 +38,10 @@ Command line (also ``python -m tools.kv_convert`` in a clone)::
     python -m kv_core.convert network SRC OUT.safetensors [--network keyframe_unet]
                               [--dtype bf16] [--configs configs.json] [--null-embedding t2v.pt]
     python -m kv_core.convert t5 FLAN_UL2_DIR OUT.safetensors [--dtype bf16] [--tokenizer DIR]
+    python -m kv_core.convert t5 FLAN_UL2_DIR OUT.gguf --dtype q4_0|q4_1|q8_0
+
+The ``.gguf`` form (:mod:`kv_core.checkpoints.gguf`) keeps the encoder's matrices in GGUF's
+8- or 4-bit block types; the ``gguf`` package (``pip install gguf``) writes and reads it.
 """
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from .checkpoints.gguf import GGUF_TYPES
 from .checkpoints import (
     CONFIG_SECTIONS, FORMAT_VERSION, INTERPOLATION_UNET, KEYFRAME_UNET, META_CONFIG, META_DTYPE, META_FORMAT,
     META_NETWORK, META_SOURCE, META_TOKENIZER, MOVQ, NULL_EMBEDDING_KEY, SAFETENSORS_DTYPES, T5_ENCODER,
@@ -231,7 +236,10 @@ def convert_text_projections(src, dst, *, dtype="fp32") -> Path:
 def convert_t5_encoder(src_folder, dst, *, dtype="bf16", tokenizer=None) -> Path:
     """Write the encoder of a Hugging Face T5 folder (e.g. ``google/flan-ul2``) as one
     safetensors with its config and tokenizer; the decoder is never read, and the encoder
-    is written one tensor at a time."""
+    is written one tensor at a time. ``dtype`` ``q8_0``, ``q4_0`` or ``q4_1`` writes a GGUF
+    file with 8- or 4-bit weights instead (:func:`convert_t5_encoder_gguf`)."""
+    if isinstance(dtype, str) and dtype.lower() in GGUF_TYPES:
+        return convert_t5_encoder_gguf(src_folder, dst, qtype=dtype, tokenizer=tokenizer)
     dtype = parse_dtype(dtype)
     src_folder = Path(src_folder)
     config_file = src_folder / "config.json"
@@ -249,6 +257,49 @@ def convert_t5_encoder(src_folder, dst, *, dtype="bf16", tokenizer=None) -> Path
                            rename={"encoder.embed_tokens.weight": "shared.weight"}, release=tf.release)
     extra = {META_TOKENIZER: json.dumps(tokenizer_files(load_t5_tokenizer(tokenizer or src_folder)))}
     return write_safetensors(dst, entries, _metadata(T5_ENCODER, config, dtype, src_folder.name, extra))
+
+
+def convert_t5_encoder_gguf(src, dst, *, qtype="q4_0", tokenizer=None) -> Path:
+    """Write Flan-UL2's encoder as a GGUF file (:mod:`kv_core.checkpoints.gguf`): matrices in
+    ``qtype`` (``q8_0``: 8.5 bits per weight, ``q4_1``: 5, ``q4_0``: 4.5), norms and
+    relative-attention biases in float32, config and tokenizer in the metadata. ``src``: a
+    Hugging Face T5 folder (the decoder is never read) or our encoder safetensors. Tensors
+    are read, quantized and written one at a time (rows in chunks), so memory stays near one
+    float32 tensor (the token embedding, 0.5 GB for Flan-UL2). Needs the ``gguf`` package."""
+    from .checkpoints.gguf import GGUF_SUFFIX, write_t5_gguf
+
+    key = str(qtype).lower()
+    if key not in GGUF_TYPES:
+        raise CheckpointError(f"unknown GGUF quantization {qtype!r}; choose one of {', '.join(GGUF_TYPES)}")
+    src, dst = Path(src), Path(dst)
+    if dst.suffix != GGUF_SUFFIX:
+        raise CheckpointError(f"{dst}: a quantized text encoder is a {GGUF_SUFFIX} file; name it so")
+    if src.is_dir():
+        config_file = src / "config.json"
+        if not config_file.is_file():
+            raise CheckpointError(f"{src}: not a Hugging Face T5 folder (no config.json)")
+        config = json.loads(config_file.read_text())
+        tf = t5_encoder_file(src)
+    else:
+        tf = open_tensor_file(src)
+        if tf.network != T5_ENCODER or tf.config is None:
+            raise CheckpointError(f"{src}: not a T5 encoder safetensors written by kv_core.convert t5")
+        config = tf.config
+    keys = list(tf.keys())
+    if "shared.weight" in keys:  # the encoder's embedding is tied to the shared one
+        keys = [k for k in keys if k != "encoder.embed_tokens.weight"]
+    if not any(k in keys for k in ("shared.weight", "encoder.embed_tokens.weight")) \
+            or not any(k.startswith("encoder.block.") for k in keys):
+        raise CheckpointError(f"{src}: no T5 encoder tensors found")
+    rename = {"encoder.embed_tokens.weight": "shared.weight"}
+    names = [rename.get(k, k) for k in keys]
+    shapes = {rename.get(k, k): tuple(tf.shapes[k]) for k in keys}
+    source = {rename.get(k, k): k for k in keys}
+    metadata = {META_FORMAT: FORMAT_VERSION, META_NETWORK: T5_ENCODER, META_DTYPE: GGUF_TYPES[key],
+                META_SOURCE: src.name, META_CONFIG: json.dumps(config),
+                META_TOKENIZER: json.dumps(tokenizer_files(load_t5_tokenizer(tokenizer or src)))}
+    return write_t5_gguf(dst, names, shapes, lambda name: tf.get(source[name]), qtype=GGUF_TYPES[key],
+                         metadata=metadata, release=tf.release)
 
 
 def convert_release(src_folder, out_folder, *, dtype="bf16", movq_dtype="fp32", configs=None,
@@ -308,9 +359,11 @@ def main(argv=None) -> int:
                           "weights saved without one (ComfyUI's Save Model)")
 
     t5 = sub.add_parser("t5", help="write the encoder of a Hugging Face T5 folder")
-    t5.add_argument("src", type=Path, help="google/flan-ul2 folder")
+    t5.add_argument("src", type=Path, help="google/flan-ul2 folder (for q8_0/q4_*: or our encoder .safetensors)")
     t5.add_argument("out", type=Path)
-    t5.add_argument("--dtype", default="bf16", choices=dtypes)
+    t5.add_argument("--dtype", default="bf16", choices=[*dtypes, *GGUF_TYPES],
+                    help="storage dtype; q8_0 / q4_1 / q4_0 write a .gguf with 8- or 4-bit weights "
+                         "(needs the gguf package)")
     t5.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: SRC)")
 
     args = parser.parse_args(argv)

@@ -93,33 +93,67 @@ StageProgress = Callable[[str, int, int, Optional[torch.Tensor]], None]
 class KandinskyVideoPipeline:
     """The networks of a release, run in order by ``__call__`` or stage by stage.
 
-    ``text_encoder`` is optional: without it ``__call__`` needs ``conditioning``.
+    ``text_encoder`` is optional: without it (and without ``load_text_encoder``)
+    ``__call__`` needs ``conditioning``. ``load_text_encoder``: a function that returns the
+    text encoder, called on first need (the first prompt that is not in ``prompt_cache``, or
+    the first read of :attr:`text_encoder`). ``prompt_cache`` (a
+    :class:`kv_core.prompt_cache.PromptCache`) with ``text_identity`` (the
+    :class:`~kv_core.prompt_cache.TextIdentity` of the text parts) keeps encoded prompts on
+    disk, so a known prompt never loads the encoder.
     """
 
     def __init__(self, *, unet, null_embedding, interpolation_unet, interpolation_null_embedding,
-                 movq, video_movq, text_encoder=None):
+                 movq, video_movq, text_encoder=None, load_text_encoder: Optional[Callable[[], object]] = None,
+                 prompt_cache=None, text_identity=None):
         self.unet = unet
         self.null_embedding = null_embedding
         self.interpolation_unet = interpolation_unet
         self.interpolation_null_embedding = interpolation_null_embedding
         self.movq = movq
         self.video_movq = video_movq
-        self.text_encoder = text_encoder
+        self._text_encoder = text_encoder
+        self._load_text_encoder = load_text_encoder
+        self.prompt_cache = prompt_cache
+        self.text_identity = text_identity
+        self.prompt_cache_hit: Optional[bool] = None  # whether the last encode_prompt was served by the cache
+
+    @property
+    def text_encoder(self):
+        """The text encoder, loaded now if it is not yet (None when the pipeline has none)."""
+        if self._text_encoder is None and self._load_text_encoder is not None:
+            self._text_encoder = self._load_text_encoder()
+        return self._text_encoder
+
+    @text_encoder.setter
+    def text_encoder(self, value) -> None:
+        self._text_encoder, self._load_text_encoder = value, None
+
+    @property
+    def has_text_encoder(self) -> bool:
+        """True when the pipeline can encode prompts (the encoder loaded or loadable)."""
+        return self._text_encoder is not None or self._load_text_encoder is not None
 
     @classmethod
     def from_release(cls, folder, *, device=None, unet_dtype=None, text_encoder_folder=None,
-                     with_text_encoder: bool = True) -> "KandinskyVideoPipeline":
+                     with_text_encoder: bool = True, prompt_cache=None,
+                     text_encoder_dtype: torch.dtype = torch.float32) -> "KandinskyVideoPipeline":
         """Load a release folder in the official layout (``configs.json``, ``t2v.pt``,
         ``interpolation.pt``, ``movq.pt``, ``video_movq.pt``, ``t5_projections.pt`` and a
-        T5 encoder folder, ``flan-ul2`` unless ``text_encoder_folder`` says otherwise).
+        T5 encoder folder, ``flan-ul2`` unless ``text_encoder_folder`` says otherwise, or
+        an encoder file from ``kv_core.convert``).
         ``unet_dtype``: e.g. ``torch.float16`` for the U-Nets (the release's choice); the
-        MoVQs and the text encoder stay float32. The ``text_encoder`` section of configs.json
-        is checked as :func:`kv_core.checkpoints.text_settings` does (``CheckpointError``) and
-        its ``context_dim`` against the projections (``ValueError``)."""
+        MoVQs stay float32 and the text encoder runs in ``text_encoder_dtype`` (float32, as
+        the release; bfloat16 halves its memory). The text encoder is loaded on first need
+        (:attr:`text_encoder`); ``prompt_cache`` (a :class:`kv_core.prompt_cache.PromptCache`
+        or a folder) serves known prompts without loading it. The ``text_encoder`` section of
+        configs.json is checked as :func:`kv_core.checkpoints.text_settings` does
+        (``CheckpointError``) and its ``context_dim`` against the projections (``ValueError``,
+        when the encoder is loaded)."""
         from pathlib import Path
 
-        from .checkpoints import load_interpolation_unet, load_keyframe_unet, load_movq, text_settings
-        from .text import TextEncoder
+        from .checkpoints import (load_interpolation_unet, load_keyframe_unet, load_movq, load_text_projections,
+                                  text_settings)
+        from .text import TextEncoder, check_text_parts
 
         folder = Path(folder)
         configs = folder / "configs.json"
@@ -129,16 +163,32 @@ class KandinskyVideoPipeline:
         unet, null = load_keyframe_unet(folder / "t2v.pt", configs, device=device, dtype=unet_dtype)
         interp, interp_null = load_interpolation_unet(folder / "interpolation.pt", configs, device=device,
                                                       dtype=unet_dtype)
-        text_encoder = None
+        load_text, identity = None, None
         if with_text_encoder:
-            text_encoder = TextEncoder.from_files(text_encoder_folder or folder / "flan-ul2",
-                                                  folder / "t5_projections.pt", device=device,
-                                                  tokens_length=tokens_length, context_dim=context_dim)
+            encoder_path = Path(text_encoder_folder or folder / "flan-ul2")
+            projections_path = folder / "t5_projections.pt"
+            if not encoder_path.exists():
+                raise FileNotFoundError(f"{encoder_path}: no such text encoder")
+            # the projections are small: loaded and checked now, the encoder on first need
+            projections = load_text_projections(projections_path, device=device, dtype=torch.float32)
+            check_text_parts(None, projections, context_dim)
+
+            def load_text():
+                return TextEncoder.from_files(encoder_path, projections, device=device, dtype=text_encoder_dtype,
+                                              tokens_length=tokens_length, context_dim=context_dim)
+
+            if prompt_cache is not None:
+                from .prompt_cache import PromptCache, TextIdentity
+
+                if not isinstance(prompt_cache, PromptCache):
+                    prompt_cache = PromptCache(prompt_cache)
+                identity = TextIdentity.of_files(encoder_path, projections_path, tokens_length=tokens_length,
+                                                 weight_dtype=text_encoder_dtype, context_dim=context_dim)
         return cls(unet=unet.eval(), null_embedding=null, interpolation_unet=interp.eval(),
                    interpolation_null_embedding=interp_null,
                    movq=load_movq(folder / "movq.pt", configs, video=False, device=device).eval(),
                    video_movq=load_movq(folder / "video_movq.pt", configs, video=True, device=device).eval(),
-                   text_encoder=text_encoder)
+                   load_text_encoder=load_text, prompt_cache=prompt_cache, text_identity=identity)
 
     def size_rule(self, *, interpolation: bool = True) -> SizeRule:
         """The video sizes these networks run (:func:`size_rule`); without
@@ -147,9 +197,19 @@ class KandinskyVideoPipeline:
                          interpolation_unet=self.interpolation_unet if interpolation else None)
 
     def encode_prompt(self, prompt: str, negative_prompt: Optional[str] = None) -> TextCondition:
-        if self.text_encoder is None:
+        """The ``projection_base`` condition of a prompt pair: from ``prompt_cache`` when it
+        holds it (the encoder is not loaded), else encoded (and stored in the cache)."""
+        if not self.has_text_encoder:
             raise ValueError("this pipeline has no text encoder: pass conditioning=TextCondition(...)")
-        return encode_prompt(self.text_encoder, prompt, negative_prompt)
+        if self.prompt_cache is None or self.text_identity is None:
+            self.prompt_cache_hit = None
+            return encode_prompt(self.text_encoder, prompt, negative_prompt)
+        from .prompt_cache import encode_prompt_cached
+
+        entry, self.prompt_cache_hit = encode_prompt_cached(
+            self._text_encoder, prompt, negative_prompt, load_text_encoder=lambda: self.text_encoder,
+            identity=self.text_identity, cache=self.prompt_cache)
+        return entry.condition
 
     def __call__(
         self, prompt: Optional[str] = None, *, negative_prompt: Optional[str] = None,
@@ -169,7 +229,7 @@ class KandinskyVideoPipeline:
         if conditioning is None:
             if not isinstance(prompt, str):
                 raise ValueError("give a prompt (string) or conditioning=TextCondition(...)")
-            if self.text_encoder is None:
+            if not self.has_text_encoder:
                 raise ValueError("this pipeline has no text encoder: pass conditioning=TextCondition(...)")
         elif not isinstance(conditioning, TextCondition):
             raise ValueError("conditioning must be a kv_core.conditioning.TextCondition")

@@ -268,6 +268,8 @@ class TextEncoder(nn.Module):
 
         ``encoder_path``: a transformers T5 folder (``config.json`` + weights; only the
         encoder is loaded) or an encoder-only safetensors written by ``kv_core.convert``.
+        ``projections_path``: ``t5_projections.pt`` (or its safetensors form), or the
+        projections already loaded (label -> :class:`TextProjection`).
         ``tokenizer_path``: a folder with the tokenizer files; by default the encoder folder,
         or the tokenizer embedded in the encoder-only safetensors. ``dtype`` is the encoder's
         dtype (the release runs it in float32; T5 overflows in float16, bfloat16 is fine);
@@ -285,9 +287,12 @@ class TextEncoder(nn.Module):
         tokenizer = load_t5_tokenizer(tokenizer_path)  # first: fails before the encoder's big read
         encoder = load_t5_encoder(encoder_path, device=device, dtype=dtype)
         check_t5_tokenizer(tokenizer, path=tokenizer_path, vocab_size=encoder.get_input_embeddings().num_embeddings)
-        projections = load_text_projections(projections_path, device=device,
-                                            dtype=projection_dtype or torch.float32,
-                                            operations=operations)
+        if isinstance(projections_path, Mapping):  # already loaded (KandinskyVideoPipeline.from_release)
+            projections = projections_path
+        else:
+            projections = load_text_projections(projections_path, device=device,
+                                                dtype=projection_dtype or torch.float32,
+                                                operations=operations)
         return cls(encoder, projections, tokenizer, tokens_length, context_dim)
 
     @property

@@ -183,15 +183,17 @@ def write_tiny_tokenizer(folder, *, extra_ids: int = 8):
 
 
 def write_tiny_t5(folder, *, seed: int = 0, d_model: int = TINY_T5_DIM, with_decoder: bool = True,
-                  max_shard_size: str | None = None):
+                  max_shard_size: str | None = None, d_kv: int = 8):
     """A tiny gated-silu T5 (Flan-UL2's architecture) with its tokenizer, as a Hugging Face
     folder. ``with_decoder`` saves the whole encoder-decoder like google/flan-ul2;
-    ``max_shard_size`` shards the weights (with an index json)."""
+    ``max_shard_size`` shards the weights (with an index json); ``d_kv`` is the width of
+    each of its 2 heads (quantized tests use ``d_model`` 64 and ``d_kv`` 16: every matrix
+    then has rows of a multiple of 32, GGUF's block)."""
     from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration
 
     folder = Path(folder)
     tokenizer = write_tiny_tokenizer(folder)
-    config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=2 * d_model,
+    config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=d_kv, d_ff=2 * d_model,
                       num_layers=2, num_decoder_layers=2, num_heads=2,
                       relative_attention_num_buckets=8, relative_attention_max_distance=16,
                       feed_forward_proj="gated-silu", tie_word_embeddings=False,

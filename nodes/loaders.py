@@ -23,6 +23,7 @@ from .host.devices import device_input, offload_device_for, resolve_device
 from .host.inputs import CATEGORY, CheckedCombos
 from .host.model_files import check_model_name, release_configs, resolve_model_file, resolve_text_encoder
 from .host.networks import Network, wrap
+from .host.text_plan import text_plan
 from .host.weight_dtype import (FP8, WEIGHT_DTYPE_TOOLTIP, WEIGHT_DTYPES, file_params, operations_for,
                                 weight_and_compute_dtype)
 
@@ -214,33 +215,21 @@ def adopt_operations(module: torch.nn.Module, operations, *, compute=None, fp32_
             setattr(parent, name, new)
 
 
-def _text_settings(projections_path: str, projections_name: str) -> tuple[int, int | None, str | None]:
-    """``(tokens_length, context_dim, configs.json path)`` from the release's configs.json beside
-    the projections, read and checked by :func:`kv_core.checkpoints.text_settings` (128 and None
-    without configs.json or those entries); a configs.json that cannot be used is refused."""
-    configs = release_configs(projections_path)
-    try:
-        tokens_length, context_dim = ckpt.text_settings(configs or None)
-    except ckpt.CheckpointError as err:
-        raise ValueError(f"The configs.json beside the text projections '{projections_name}' cannot be used: "
-                         f"{err}") from None
-    return tokens_length, context_dim, configs
-
-
 def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtype: str,
                       device: str = "default") -> Network:
     """Load Flan-UL2's encoder and the projections into a :class:`Network` that runs on
-    ``device`` (a loader's device choice, :mod:`.host.devices`)."""
-    encoder_path = resolve_text_encoder(text_encoder_name)
-    projections_path = resolve_model_file(projections_name, ckpt.TEXT_PROJECTIONS)
-    tokens_length, context_dim, configs = _text_settings(projections_path, projections_name)  # fails fast
-    load_device = resolve_device(device, mm.text_encoder_device())
-    offload_device = offload_device_for(load_device, mm.text_encoder_offload_device())
-    weight, compute = weight_and_compute_dtype(weight_dtype, "text", load_device, file_params(encoder_path))
+    ``device`` (a loader's device choice, :mod:`.host.devices`); its ``text_identity`` is the
+    prompt-cache identity of the parts (:meth:`TextPlan.identity`)."""
+    plan = text_plan(text_encoder_name, projections_name, weight_dtype, device)
+    encoder_path, projections_path = plan.encoder_path, plan.projections_path
+    tokens_length, context_dim, configs = plan.tokens_length, plan.context_dim, plan.configs
+    load_device, offload_device, weight, compute = plan.load_device, plan.offload_device, plan.weight, plan.compute
     fp8 = weight if weight in FP8 else None
+    gguf = weight == "gguf"  # 8/4-bit blocks, dequantized per layer into the compute dtype
     try:
         tokenizer = ckpt.load_t5_tokenizer(encoder_path)  # first: a folder without one fails before the big read
-        encoder = ckpt.load_t5_encoder(encoder_path, device=offload_device, dtype=compute if fp8 else weight)
+        encoder = ckpt.load_t5_encoder(encoder_path, device=offload_device,
+                                       dtype=compute if fp8 or gguf else weight)
         ckpt.check_t5_tokenizer(tokenizer, path=encoder_path, vocab_size=encoder.get_input_embeddings().num_embeddings)
     except ckpt.CheckpointError as err:
         raise _load_error(ckpt.T5_ENCODER, text_encoder_name, encoder_path, err) from None
@@ -257,13 +246,15 @@ def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtyp
     except ValueError as err:
         raise ValueError(f"The text projections '{projections_name}' and the text encoder '{text_encoder_name}' "
                          f"do not fit together: {err}.") from None
-    adopt_operations(encoder, operations_for(weight, compute, load_device), compute=compute,
+    adopt_operations(encoder, operations_for(compute if gguf else weight, compute, load_device), compute=compute,
                      fp32_names=("wo",) if weight == torch.float16 else ())
     if fp8 is not None:  # the file rule: T5's feed-forward outputs (wo) keep the compute dtype
         dtypes.store_fp8(encoder, fp8)
     text = KVTextEncoder(encoder, projections, tokenizer, tokens_length)
-    return wrap(_TextStack(text), ckpt.T5_ENCODER, text_encoder_name, compute, load_device=load_device,
-                offload_device=offload_device)
+    network = wrap(_TextStack(text), ckpt.T5_ENCODER, text_encoder_name, compute, load_device=load_device,
+                   offload_device=offload_device)
+    network.text_identity = plan.identity()
+    return network
 
 
 class KandinskyVideoTextEncoderLoader(CheckedCombos, io.ComfyNode):
@@ -277,9 +268,10 @@ class KandinskyVideoTextEncoderLoader(CheckedCombos, io.ComfyNode):
                          "Kandinsky Video text projections (t5_projections.pt)."),
             inputs=[
                 io.Combo.Input("text_encoder_name", options=model_files.text_encoder_choices(),
-                               tooltip="A google/flan-ul2 folder (config.json, weights, tokenizer) or our "
-                                       "encoder-only .safetensors, in models/kandinsky_video/ or "
-                                       "models/text_encoders/."),
+                               tooltip="A google/flan-ul2 folder (config.json, weights, tokenizer), our "
+                                       "encoder-only .safetensors, or its 8/4-bit .gguf (python -m "
+                                       "kv_core.convert t5 ... --dtype q4_0; needs the gguf package), in "
+                                       "models/kandinsky_video/ or models/text_encoders/."),
                 io.Combo.Input("projections_name", options=model_files.model_files(),
                                tooltip="t5_projections.pt of the release, in models/kandinsky_video/."),
                 _dtype_input(),

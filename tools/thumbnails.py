@@ -42,6 +42,21 @@ REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
 #: The viewport (CSS pixels) the templates' saved views are made for: a 1400x900 headless window.
 VIEWPORT = (1400, 757)
+#: the 4-bit text encoder the 16 GB template names (models/text_encoders/)
+SMALL_TEXT_ENCODER = "flan_ul2_encoder_q4_0.gguf"
+
+
+def write_small_text_encoder(release: Path) -> Path:
+    """The tiny release's T5 as ``SMALL_TEXT_ENCODER`` beside it (once; needs the gguf
+    package), for the templates that name it."""
+    from kv_core.convert import convert_t5_encoder
+
+    path = Path(release) / SMALL_TEXT_ENCODER
+    if not path.is_file():
+        convert_t5_encoder(Path(release) / "flan-ul2", path, dtype="q4_0")
+    return path
+
+
 RELEASE_FILES = ("configs.json", "t2v.pt", "interpolation.pt", "movq.pt", "video_movq.pt",
                  "t5_projections.pt", "flan-ul2")
 #: The input video the any-video template names (its Load Video), which the tests and this tool put
@@ -197,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kv-thumbnails-") as tmp:
         release = Path(tmp) / "release"
         write_tiny_release(release)
-        host = ComfyHost(ensure_comfyui(), models={"kandinsky_video": [release / n for n in RELEASE_FILES]})
+        host = ComfyHost(ensure_comfyui(), models={"kandinsky_video": [release / n for n in RELEASE_FILES],
+                                                   "text_encoders": [write_small_text_encoder(release)]})
         with host:
             shutil.copy(host.comfyui / "input" / "example.png", host.input_dir / "example.png")
             shutil.copy(example_video_source(), host.input_dir / EXAMPLE_VIDEO)

@@ -142,9 +142,15 @@ def _assign_t5(model, shapes: Mapping[str, tuple], get, *, path, device, dtype, 
 
 def load_t5_encoder(path, *, device=None, dtype=torch.float32):
     """A transformers ``T5EncoderModel`` from a Hugging Face T5 folder (only its encoder
-    tensors are read) or from our encoder-only safetensors."""
+    tensors are read), from our encoder-only safetensors, or from our quantized ``.gguf``
+    (:func:`kv_core.checkpoints.gguf.load_t5_gguf`: 8/4-bit matrices kept packed, dequantized
+    per layer into ``dtype`` when they run)."""
     path = Path(path)
     dtype = parse_dtype(dtype)
+    if path.suffix == ".gguf" and not path.is_dir():
+        from .gguf import load_t5_gguf
+
+        return load_t5_gguf(path, _t5_encoder_model, device=device, dtype=dtype)
     if path.is_dir():
         config_file = path / "config.json"
         if not config_file.is_file():
@@ -259,8 +265,12 @@ def load_t5_tokenizer(path, *, vocab_size: int | None = None):
     if path.is_dir():
         tokenizer = _tokenizer_from_folder(path, f"the T5 folder {path}")
     else:
-        tf = open_tensor_file(path)
-        embedded = tf.metadata.get(META_TOKENIZER)
+        if path.suffix == ".gguf":
+            from .gguf import GGUFFile
+
+            embedded = GGUFFile(path).metadata.get(META_TOKENIZER)
+        else:
+            embedded = open_tensor_file(path).metadata.get(META_TOKENIZER)
         if embedded is None:
             if not any((path.parent / n).is_file() for n in TOKENIZER_FILES):
                 out = path.with_name(path.stem + "_with_tokenizer.safetensors")

@@ -41,7 +41,7 @@ EXPECTED_FILES = {
     ckpt.VIDEO_MOVQ: "video_movq.pt (or its .safetensors conversion)",
     ckpt.TEXT_PROJECTIONS: "t5_projections.pt (or its .safetensors conversion)",
     ckpt.T5_ENCODER: "a Flan-UL2 folder (google/flan-ul2: config.json, weights, tokenizer) "
-                     "or our encoder-only .safetensors",
+                     "or our encoder-only .safetensors (or its 8/4-bit .gguf)",
 }
 
 
@@ -61,7 +61,7 @@ def _folders(keys) -> list[str]:
 def text_encoder_choices() -> list[str]:
     """Text encoders under ``models/kandinsky_video/`` and ``models/text_encoders/``:
     Hugging Face T5 folders (a folder with ``config.json``, up to two levels deep) and
-    ``.safetensors`` files outside such folders."""
+    ``.safetensors`` / ``.gguf`` files outside such folders."""
     names: list[str] = []
     for base in _folders(TEXT_ENCODER_FOLDERS):
         if not os.path.isdir(base):
@@ -77,7 +77,8 @@ def text_encoder_choices() -> list[str]:
                 continue
             if depth >= 2:
                 dirs[:] = []
-            names += [os.path.normpath(os.path.join(rel, f)) for f in sorted(files) if f.endswith(".safetensors")]
+            names += [os.path.normpath(os.path.join(rel, f)) for f in sorted(files)
+                      if f.endswith((".safetensors", ".gguf"))]
         names += [d.replace(os.sep, "/") for d in hf_dirs]
     return sorted(dict.fromkeys(n.replace(os.sep, "/") for n in names))
 

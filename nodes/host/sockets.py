@@ -4,7 +4,8 @@ carry. Video latents travel as core ``LATENT`` dictionaries (``nodes.host.latent
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -27,11 +28,15 @@ class TextConditioning:
     """What ``KV_CONDITIONING`` carries: the prompts and kv_core's ``TextCondition`` of
     them (``projection_base`` contexts ``[1, L, D]`` float32 on the intermediate device;
     no negative context when the negative prompt is blank: the null-text context is used
-    then, as in the release)."""
+    then, as in the release). ``reports``: what the encoder read of each prompt
+    (``{"prompt": PromptReport, ...}``) and ``identity``: the text parts that made it
+    (``kv_core.prompt_cache.TextIdentity``), kept for Save Encoded Prompt."""
 
     prompt: str
     negative_prompt: str
     condition: TextCondition
+    reports: dict = field(default_factory=dict, kw_only=True)
+    identity: Optional[object] = field(default=None, kw_only=True)
 
     def text_condition(self) -> TextCondition:
         return self.condition

@@ -6,7 +6,7 @@ import pytest
 
 from host_prompts import RELEASE_FILES
 from kv_core.tiny import write_tiny_release
-from tools.thumbnails import EXAMPLE_VIDEO, example_video_source
+from tools.thumbnails import EXAMPLE_VIDEO, example_video_source, write_small_text_encoder
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +22,7 @@ def kv_release(comfy_host):
     example = comfy_host.comfyui / "input" / "example.png"
     shutil.copy(example, comfy_host.input_dir / "example.png")
     shutil.copy(example_video_source(), comfy_host.input_dir / EXAMPLE_VIDEO)  # the any-video template's input
+    comfy_host.add_model("text_encoders", write_small_text_encoder(folder))  # the 16 GB template's
     return folder
 
 

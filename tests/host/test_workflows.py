@@ -19,12 +19,13 @@ import pytest
 from kv_core.extend import long_video_frame_rate
 from kv_core.rules import frame_rate
 from host_prompts import REPO, SIZE, WORKFLOWS, fast, shipped_workflow
-from tools.thumbnails import EXAMPLE_VIDEO, hidden_nodes, thumbnail_path
+from tools.thumbnails import EXAMPLE_VIDEO, SMALL_TEXT_ENCODER, hidden_nodes, thumbnail_path
 
 # workflow -> (frames, keyframes) of the video it writes
 EXPECTED = {
     "kandinsky_video_text_to_video_8fps": (45, 12),
     "kandinsky_video_text_to_video_8fps_low_vram": (45, 12),
+    "kandinsky_video_text_to_video_8fps_16gb_ram": (45, 12),
     "kandinsky_video_text_to_video_32fps": (177, 12),
     "kandinsky_video_image_to_video": (45, 12),
     "kandinsky_video_interpolate_any_video": (None, None),  # 4N - 3 frames of its input video: VIDEO_INPUTS
@@ -140,6 +141,23 @@ def test_low_vram_template_is_the_8fps_one_with_fp8_weights():
             changed[type_] = values
     assert {t: v[-1] for t, v in changed.items() if t in fp8} == dict.fromkeys(fp8, "fp8_e4m3fn")
     assert set(changed) - fp8 <= {"SaveVideo", "MarkdownNote"}  # its own file name and note
+
+
+def test_16gb_template_is_the_low_vram_one_with_the_small_encoder_on_the_cpu_and_small_decode_chunks():
+    small = shipped_workflow("kandinsky_video_text_to_video_8fps_16gb_ram")
+    low = shipped_workflow("kandinsky_video_text_to_video_8fps_low_vram")
+    assert small["links"] == low["links"]
+    changed = {}
+    for node_id, (type_, values) in _widgets(small).items():
+        assert type_ == _widgets(low)[node_id][0]
+        if values != _widgets(low)[node_id][1]:
+            changed[type_] = values
+    assert changed.pop("KandinskyVideoTextEncoderLoader") == [SMALL_TEXT_ENCODER, "t5_projections.pt", "default",
+                                                              "cpu"]
+    assert changed.pop("KandinskyVideoDecode") == [2]  # chunk_size 2 (README: 4.3 GiB instead of 7.1)
+    assert set(changed) <= {"SaveVideo", "MarkdownNote"}
+    encode = next(n for n in small["nodes"] if n["type"] == "KandinskyVideoTextEncode")
+    assert encode["widgets_values"][-1] is True  # use_cache
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -20,10 +20,11 @@ FORBIDDEN = ("kv_core.sampling.loop", "kv_core.models")
 CONSTANTS_ONLY = "kv_core.sampling"  # sampler names, MAX_SEED, NUM_TRAIN_TIMESTEPS
 STAGES = {"encode_prompt", "generate_first_frame", "decode_first_frame", "encode_first_frame",
           "generate_keyframes", "interpolate_frames", "decode_frames", "decode_images",
-          "generate_segment", "join_segments"}  # kv_core.extend's, over generate_keyframes
+          "generate_segment", "join_segments",  # kv_core.extend's, over generate_keyframes
+          "encode_prompt_cached"}  # kv_core.prompt_cache's: encode_prompt behind the prompt cache
 # node class -> the kv_core.stages stages its execute calls
 EXPECTED = {
-    "KandinskyVideoTextEncode": {"encode_prompt"},
+    "KandinskyVideoTextEncode": {"encode_prompt_cached"},  # the stage runs only on a cache miss
     "KandinskyVideoFirstFrame": {"generate_first_frame", "decode_first_frame"},
     "KandinskyVideoEncodeFirstFrame": {"encode_first_frame"},
     "KandinskyVideoKeyframes": {"generate_keyframes"},
