@@ -100,7 +100,8 @@ class KandinskyVideoSaveEncodedPrompt(io.ComfyNode):
                               dict(conditioning.reports), conditioning.identity)
         write_encoded_prompt(os.path.join(folder, name), entry)
         saved = os.path.join(subfolder, name).replace(os.sep, "/")
-        return io.NodeOutput(ui=ui.PreviewText(plain(f"saved {saved} in the output folder")))
+        shown = plain(f"saved {saved} in the output folder")  # a name the user typed: never markup
+        return io.NodeOutput(ui=ui.PreviewText(shown))
 
 
 class KandinskyVideoLoadEncodedPrompt(io.ComfyNode):
