@@ -98,7 +98,7 @@ class KandinskyVideoPipeline:
     text encoder, called on first need (the first prompt that is not in ``prompt_cache``, or
     the first read of :attr:`text_encoder`). ``prompt_cache`` (a
     :class:`kv_core.prompt_cache.PromptCache`) with ``text_identity`` (the
-    :class:`~kv_core.prompt_cache.TextIdentity` of the text parts) keeps encoded prompts on
+    :class:`~kv_core.text_identity.TextIdentity` of the text parts) keeps encoded prompts on
     disk, so a known prompt never loads the encoder.
     """
 
@@ -178,7 +178,8 @@ class KandinskyVideoPipeline:
                                               tokens_length=tokens_length, context_dim=context_dim)
 
             if prompt_cache is not None:
-                from .prompt_cache import PromptCache, TextIdentity
+                from .prompt_cache import PromptCache
+                from .text_identity import TextIdentity
 
                 if not isinstance(prompt_cache, PromptCache):
                     prompt_cache = PromptCache(prompt_cache)

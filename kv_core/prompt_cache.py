@@ -7,7 +7,7 @@ negative prompt). The cache keeps, for each prompt, what the encoder made of it,
 whose prompts are all cached never loads the encoder (:func:`encode_prompt_cached` takes a
 loader that it calls only on a miss).
 
-**Key** (:meth:`TextIdentity.key`): a SHA-256 of the prompt, the negative prompt (blank
+**Key** (:meth:`kv_core.text_identity.TextIdentity.key`): a SHA-256 of the prompt, the negative prompt (blank
 counts as none, as :func:`kv_core.stages.text.encode_prompt` treats it), the content fingerprints
 of the encoder (file or folder, tokenizer included), of the projections and of a separate
 tokenizer, ``tokens_length`` (and configs.json's ``context_dim``, which the loaders check), the
@@ -16,7 +16,7 @@ cache format. Any change of these misses the cache. Not
 in the key: the device the encoder runs on (a CUDA and a CPU encoding differ by rounding
 only; the first one made is served).
 
-**Content fingerprint** (:func:`content_fingerprint`): a SHA-256 over each file's size and,
+**Content fingerprint** (:func:`kv_core.text_identity.content_fingerprint`): a SHA-256 over each file's size and,
 for files above 1 MiB, the safetensors header (every tensor's name, dtype, shape and offset,
 and the metadata) plus 32 evenly spaced 32 KiB samples including the first and the last
 (1 MiB read per file: 31 ms for a 0.35 GB file, 0.14 s for a 10-file folder, measured with
@@ -41,12 +41,10 @@ recently used entries (a hit refreshes the file's modification time).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import tempfile
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional
@@ -54,15 +52,11 @@ from typing import Callable, Mapping, Optional
 import torch
 
 from .conditioning import TextCondition
-from .models.text_projection import PROJECTION_BASE
+from .text_identity import CACHE_FORMAT, TextIdentity, normalise_negative
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = "kandinsky-video-encoded-prompt/1"
 DEFAULT_MAX_BYTES = 1 << 30          # 1 GiB: about 250 prompts with a negative prompt at full length
-WHOLE_FILE_BYTES = 1 << 20           # files up to this size are hashed whole
-SAMPLE_COUNT = 32
-SAMPLE_BYTES = 32 << 10
 SUFFIX = ".safetensors"
 
 _TENSORS = ("context", "context_mask", "negative_context", "negative_mask")
@@ -70,114 +64,6 @@ _TENSORS = ("context", "context_mask", "negative_context", "negative_mask")
 
 class EncodedPromptError(ValueError):
     """A file that is not a readable encoded prompt (the message says why)."""
-
-
-# --------------------------------------------------------------------------- fingerprints
-
-_fingerprints: dict[tuple, str] = {}
-_fingerprints_lock = threading.Lock()
-
-
-def _safetensors_header(f, size: int) -> bytes:
-    """The 8-byte length and the JSON header of a safetensors file, or b"" for another file."""
-    f.seek(0)
-    head = f.read(8)
-    if len(head) < 8:
-        return b""
-    n = int.from_bytes(head, "little")
-    if not 2 <= n <= min(size - 8, 100 << 20):
-        return b""
-    header = f.read(n)
-    return head + header if header[:1] == b"{" else b""
-
-
-def _file_fingerprint(path: str) -> str:
-    st = os.stat(path)
-    memo = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
-    with _fingerprints_lock:
-        if memo in _fingerprints:
-            return _fingerprints[memo]
-    h = hashlib.sha256(b"size:%d;" % st.st_size)
-    with open(path, "rb") as f:
-        if st.st_size <= WHOLE_FILE_BYTES:
-            h.update(f.read())
-        else:
-            h.update(_safetensors_header(f, st.st_size))
-            last = st.st_size - SAMPLE_BYTES
-            for i in range(SAMPLE_COUNT):
-                f.seek(last * i // (SAMPLE_COUNT - 1))
-                h.update(f.read(SAMPLE_BYTES))
-    digest = h.hexdigest()
-    with _fingerprints_lock:
-        _fingerprints[memo] = digest
-    return digest
-
-
-def content_fingerprint(path) -> str:
-    """Hex SHA-256 fingerprint of a file's or a folder's content (see the module docstring
-    for what it covers). Raises ``OSError`` for a path that cannot be read."""
-    path = Path(path)
-    if not path.is_dir():
-        return _file_fingerprint(str(path))
-    h = hashlib.sha256(b"folder;")
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = file.relative_to(path)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        h.update(rel.as_posix().encode() + b"\0" + _file_fingerprint(str(file)).encode() + b";")
-    return h.hexdigest()
-
-
-def dtype_name(dtype) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"`` (strings pass through)."""
-    return str(dtype).removeprefix("torch.")
-
-
-@dataclass(frozen=True)
-class TextIdentity:
-    """Everything besides the prompts that decides what the text stage makes of a prompt.
-
-    ``encoder`` / ``projections`` / ``tokenizer``: content fingerprints
-    (:func:`content_fingerprint`; ``tokenizer`` empty when it comes with the encoder);
-    ``tokens_length``: configs.json's ``text_encoder.tokens_length``; ``weight_dtype`` /
-    ``compute_dtype``: the encoder's stored and computing dtypes; ``projection_dtype``: the
-    projections'; ``projection``: the label used (``projection_base``, as the release);
-    ``context_dim``: configs.json's ``text_encoder.context_dim`` (None: not given). The
-    context width does not change an encoding, but the loaders check it against the
-    projections: a configs.json that contradicts them must reach that check, not a cached
-    entry made under another configs.json."""
-
-    encoder: str
-    projections: str
-    tokens_length: int
-    weight_dtype: str
-    compute_dtype: str
-    projection_dtype: str = "float32"
-    tokenizer: str = ""
-    projection: str = PROJECTION_BASE
-    context_dim: Optional[int] = None
-
-    @classmethod
-    def of_files(cls, encoder_path, projections_path, *, tokens_length: int, weight_dtype, compute_dtype=None,
-                 projection_dtype=torch.float32, tokenizer_path=None, context_dim: Optional[int] = None
-                 ) -> "TextIdentity":
-        """The identity of the text parts in these files (fingerprints read, nothing loaded)."""
-        return cls(content_fingerprint(encoder_path), content_fingerprint(projections_path), int(tokens_length),
-                   dtype_name(weight_dtype), dtype_name(compute_dtype if compute_dtype is not None else weight_dtype),
-                   dtype_name(projection_dtype),
-                   content_fingerprint(tokenizer_path) if tokenizer_path is not None else "",
-                   context_dim=None if context_dim is None else int(context_dim))
-
-    def key(self, prompt: str, negative_prompt: Optional[str] = None) -> str:
-        """Hex SHA-256 cache key of a prompt pair encoded by these parts."""
-        payload = {"format": CACHE_FORMAT, "identity": asdict(self), "prompt": prompt,
-                   "negative_prompt": normalise_negative(negative_prompt) or ""}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
-def normalise_negative(negative_prompt: Optional[str]) -> Optional[str]:
-    """None for a missing or blank negative prompt (the release's null-text guidance)."""
-    return negative_prompt if negative_prompt is not None and negative_prompt.strip() else None
 
 
 # --------------------------------------------------------------------------- the file format

@@ -33,7 +33,7 @@ class Network:
     compute_dtype: torch.dtype
     null_embedding: Optional[torch.Tensor] = None
     configs: Optional[str] = None      # configs.json used, if any
-    text_identity: Optional[object] = None  # a text encoder's kv_core.prompt_cache.TextIdentity
+    text_identity: Optional[object] = None  # a text encoder's kv_core.text_identity.TextIdentity
 
     @property
     def module(self) -> torch.nn.Module:

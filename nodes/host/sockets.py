@@ -30,7 +30,7 @@ class TextConditioning:
     no negative context when the negative prompt is blank: the null-text context is used
     then, as in the release). ``reports``: what the encoder read of each prompt
     (``{"prompt": PromptReport, ...}``) and ``identity``: the text parts that made it
-    (``kv_core.prompt_cache.TextIdentity``), kept for Save Encoded Prompt."""
+    (``kv_core.text_identity.TextIdentity``), kept for Save Encoded Prompt."""
 
     prompt: str
     negative_prompt: str

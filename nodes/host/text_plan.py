@@ -12,7 +12,7 @@ import torch
 import comfy.model_management as mm
 
 from ...kv_core import checkpoints as ckpt
-from ...kv_core.prompt_cache import TextIdentity
+from ...kv_core.text_identity import TextIdentity
 from .devices import offload_device_for, resolve_device
 from .model_files import release_configs, resolve_model_file, resolve_text_encoder
 from .weight_dtype import file_params, weight_and_compute_dtype

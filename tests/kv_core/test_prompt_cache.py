@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from kv_core.pipeline import KandinskyVideoPipeline
-from kv_core.prompt_cache import (CACHE_FORMAT, EncodedPrompt, EncodedPromptError, PromptCache, TextIdentity,
-                                  content_fingerprint, encode_prompt_cached, read_encoded_prompt,
-                                  write_encoded_prompt)
+from kv_core.prompt_cache import (EncodedPrompt, EncodedPromptError, PromptCache, encode_prompt_cached,
+                                  read_encoded_prompt, write_encoded_prompt)
+from kv_core.text_identity import CACHE_FORMAT, TextIdentity, content_fingerprint
 from kv_core.stages.text import encode_prompt
 from kv_core.text import PromptWarning, TextEncoder
 from kv_core.tiny import TINY_TOKENS_LENGTH, write_tiny_release
