@@ -325,7 +325,7 @@ def text_encoder(dtype: torch.dtype, *, fake, fp8: bool = False, config: dict = 
         model = model.to_empty(device="cpu")
         model.encoder.embed_tokens.weight = model.shared.weight  # one table, as loaded
         if fp8:  # the feed-forward output (wo) keeps the compute dtype, as the loader does
-            dtypes.store_fp8(model, FP8, keep_names=("wo",))
+            dtypes.store_fp8(model, FP8)  # the rule keeps them by name
     return FakeNetwork(model.eval(), fake)
 
 

@@ -135,7 +135,7 @@ def build(setup: Setup, fp8: bool = False, seed: int = 0) -> dict:
     t5.encoder.embed_tokens.weight = t5.shared.weight
     _randomize(t5, seed + 9)
     if fp8:
-        ev.dtypes.store_fp8(t5, ev.FP8, keep_names=("wo",))
+        ev.dtypes.store_fp8(t5, ev.FP8)  # the rule keeps the feed-forward outputs (wo) as the loader does
     nets["text_encoder"] = t5.to("cpu")
     nets["null"] = torch.zeros(setup.configs[KEYFRAME_UNET]["context_dim"])
     _empty_cache(setup)
