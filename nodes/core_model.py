@@ -45,6 +45,7 @@ import comfy.samplers
 from ..kv_core.checkpoints import INTERPOLATION_UNET, KEYFRAME_UNET
 from ..kv_core.stage_inputs import (GROUP_FRAMES, LATENT_CHANNELS, clamp_x0, first_frame_condition, frame_index,
                                     interpolation_input, keyframe_guidance, schedule_sigmas)
+from .attention import host_attention
 from .progress import MoVQLatentFormat
 
 
@@ -118,6 +119,20 @@ class CoreAdapter(torch.nn.Module):
         self.kind = kind
 
     def forward(self, x, timesteps, context=None, control=None, transformer_options=None, **kw):
+        """The network's call inside the host's attention (``nodes.attention``: the MODEL's
+        attention patches, override and backend act on every attention). ``control`` (a
+        ControlNet / T2I-Adapter's residuals) has nowhere to go in these U-Nets: refused."""
+        if x.ndim == 5 and _self_attention_guidance(transformer_options):
+            raise ValueError("Self-Attention Guidance reads a 2D attention map and blurs a 4D image latent; it works on "
+                             "the Kandinsky Video first frame only, not on video latents (keyframes, interpolation): "
+                             "remove it from this MODEL (Perturbed-Attention Guidance works on every stage)")
+        if control:
+            raise ValueError("a ControlNet / T2I-Adapter is applied to the conditioning, but the Kandinsky Video U-Nets "
+                             "have no control inputs: remove the Apply ControlNet node before this sampler")
+        with host_attention(transformer_options, "Kandinsky Video MODEL"):
+            return self._forward(x, timesteps, context, **kw)
+
+    def _forward(self, x, timesteps, context, **kw):
         stage = kw.get(KEY_STAGE)
         mask = kw.get(KEY_MASK)
         if stage not in STAGES_OF[self.kind] or mask is None or context is None:
@@ -149,6 +164,13 @@ class CoreAdapter(torch.nn.Module):
                        perturbation_time=per_row(kw[KEY_PERTURBATION]), skip_frames=per_row(kw[KEY_SKIP]),
                        temporal_mask=per_row(kw[KEY_TEMPORAL_MASK]))
         return _unrows(out, b)
+
+
+def _self_attention_guidance(transformer_options) -> bool:
+    """Whether core Self-Attention Guidance (comfy_extras/nodes_sag.py) patched this MODEL:
+    its attention replace patch comes from that module."""
+    replace = ((transformer_options or {}).get("patches_replace") or {}).get("attn1") or {}
+    return any(getattr(fn, "__module__", "").endswith("nodes_sag") for fn in replace.values())
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:

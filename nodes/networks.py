@@ -18,6 +18,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.patcher_extension
 
+from .attention import host_attention
 from .core_model import STAGES_OF, unet_patcher
 from .model_files import NETWORK_NAMES
 
@@ -115,19 +116,29 @@ def offload_after_stage() -> bool:
     return os.environ.get(OFFLOAD_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def transformer_options(network: Network) -> dict:
+    """The ``transformer_options`` of a network's patcher (empty unless something set them)."""
+    return network.patcher.model_options.get("transformer_options") or {}
+
+
 @contextlib.contextmanager
 def stage(*networks: Network, memory_required: int = 0) -> Iterator[torch.device]:
     """Load ``networks`` for one stage with ComfyUI's ``load_models_gpu`` (which unloads
     other models when ``memory_required`` plus the networks do not fit) and yield the
     device to run on. The networks stay loaded afterwards for the next stage or prompt,
     unless :func:`offload_after_stage` says otherwise; a stage that fails or is
-    interrupted unloads them, so the memory is free for the next prompt."""
+    interrupted unloads them, so the memory is free for the next prompt.
+
+    Inside, every attention of the networks goes through the host's attention
+    (``nodes.attention.host_attention``) with the ``transformer_options`` of the first
+    network's patcher."""
     mm.load_models_gpu([n.patcher for n in networks], memory_required=int(memory_required))
     ok = False
     try:
         for n in networks:
             _place_stray_parameters(n.module, n.load_device)
-        yield networks[0].load_device
+        with host_attention(transformer_options(networks[0]), networks[0].describe()):
+            yield networks[0].load_device
         ok = True
     finally:
         if not ok or offload_after_stage():
