@@ -59,6 +59,7 @@ KEY_NEIGHBOURS = "kandinsky_video_neighbours"  # interpolation: [1, 8, G, h, w] 
 KEY_SKIP = "kandinsky_video_skip_frames"       # interpolation: [1] int32
 KEY_PERTURBATION = "kandinsky_video_perturbation_time"  # interpolation: [1] int32
 KEY_TEMPORAL_MASK = "kandinsky_video_temporal_mask"     # interpolation: [1] float (1 cond, 0 uncond)
+KEY_DIRECT = "kandinsky_video_direct"          # a stage loop's call: the kv_core network's own keyword arguments
 
 STAGES_OF = {KEYFRAME_UNET: ("first_frame", "keyframes"), INTERPOLATION_UNET: ("interpolation",)}
 WHICH_NODE = {"first_frame": "Kandinsky Video First Frame Conditioning",
@@ -129,6 +130,9 @@ class CoreAdapter(torch.nn.Module):
         if control:
             raise ValueError("a ControlNet / T2I-Adapter is applied to the conditioning, but the Kandinsky Video U-Nets "
                              "have no control inputs: remove the Apply ControlNet node before this sampler")
+        direct = kw.get(KEY_DIRECT)
+        if direct is not None:  # a stage's loop (nodes.stage_model), inside its own host attention
+            return self.net(x, timesteps, context, **direct)
         with host_attention(transformer_options, "Kandinsky Video MODEL"):
             return self._forward(x, timesteps, context, **kw)
 

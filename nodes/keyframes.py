@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..kv_core.rules import MOTION_PRESETS, NUM_TRAIN_TIMESTEPS, REFERENCE_KEYFRAMES
 from ..kv_core.stages import generate_keyframes
-from . import sockets
+from . import sockets, stage_model
 from .inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos, sampler_inputs
 from .networks import activation_memory, stage
 from .progress import StepProgress
@@ -43,6 +43,7 @@ class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
                 *sampler_inputs(50),
                 io.Int.Input("num_keyframes", default=REFERENCE_KEYFRAMES, min=2, max=MAX_KEYFRAMES,
                              tooltip="Keyframes to generate (12 in the release, 0.5 s apart)."),
+                stage_model.model_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent",
                                       tooltip="Keyframe latents [1, 4, frames, h, w].")],
@@ -54,13 +55,15 @@ class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
     @classmethod
     def execute(cls, keyframe_unet, conditioning, first_frame, motion, noise_augmentation,
                 guidance_weight_prompt, guidance_weight_image, steps, sampler, seed,
-                num_keyframes) -> io.NodeOutput:
+                num_keyframes, model=None) -> io.NodeOutput:
+        if model is not None:
+            stage_model.check(model, keyframe_unet.patcher, "keyframes", "Kandinsky Video Keyframes")
         h, w = first_frame.latent.shape[-2:]
         progress = StepProgress(steps, lambda x: x)
         memory = activation_memory(3 * num_keyframes, h, w, keyframe_unet.compute_dtype, 15)
-        with torch.inference_mode(), stage(keyframe_unet, memory_required=memory) as device:
+        with torch.inference_mode(), stage(keyframe_unet, memory_required=memory, model=model) as device:
             frames = generate_keyframes(
-                keyframe_unet.module, keyframe_unet.null_embedding, conditioning.text_condition(), first_frame.latent,
+                stage_model.unet_of(model, keyframe_unet), keyframe_unet.null_embedding, conditioning.text_condition(), first_frame.latent,
                 num_keyframes=num_keyframes, motion=motion, noise_augmentation=noise_augmentation,
                 guidance_weight_prompt=guidance_weight_prompt, guidance_weight_image=guidance_weight_image,
                 sampler=sampler, steps=steps, noise=seed, progress=progress, cancel=progress.cancel,

@@ -122,7 +122,7 @@ def transformer_options(network: Network) -> dict:
 
 
 @contextlib.contextmanager
-def stage(*networks: Network, memory_required: int = 0) -> Iterator[torch.device]:
+def stage(*networks: Network, memory_required: int = 0, model=None) -> Iterator[torch.device]:
     """Load ``networks`` for one stage with ComfyUI's ``load_models_gpu`` (which unloads
     other models when ``memory_required`` plus the networks do not fit) and yield the
     device to run on. The networks stay loaded afterwards for the next stage or prompt,
@@ -131,13 +131,20 @@ def stage(*networks: Network, memory_required: int = 0) -> Iterator[torch.device
 
     Inside, every attention of the networks goes through the host's attention
     (``nodes.attention.host_attention``) with the ``transformer_options`` of the first
-    network's patcher."""
-    mm.load_models_gpu([n.patcher for n in networks], memory_required=int(memory_required))
+    network's patcher. ``model``: a core MODEL of the first network (``nodes.stage_model``,
+    checked by the node) loaded in its place, with its patches; its transformer_options
+    then apply."""
+    patchers = [n.patcher for n in networks]
+    if model is not None:
+        patchers[0] = model
+    mm.load_models_gpu(patchers, memory_required=int(memory_required))
     ok = False
     try:
         for n in networks:
             _place_stray_parameters(n.module, n.load_device)
-        with host_attention(transformer_options(networks[0]), networks[0].describe()):
+        options = transformer_options(networks[0]) if model is None else (
+            model.model_options.get("transformer_options") or {})
+        with host_attention(options, networks[0].describe()):
             yield networks[0].load_device
         ok = True
     finally:

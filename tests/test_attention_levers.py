@@ -146,6 +146,8 @@ def host():
         spec.loader.exec_module(pack)
     import kvpack.nodes.attention  # noqa: F401
     import kvpack.nodes.core_sampling  # noqa: F401
+    import kvpack.nodes.interpolation  # noqa: F401
+    import kvpack.nodes.keyframes  # noqa: F401
     yield sys.modules["kvpack"]
     sys.path.remove(str(COMFYUI))
 
@@ -337,3 +339,88 @@ def test_a_controlnet_on_the_conds_is_refused_by_name(host, nets):
     x = torch.zeros(1, 4, 8, 8)
     with pytest.raises(ValueError, match="ControlNet"):
         adapter(x, torch.zeros(1), context=torch.zeros(1, 5, 16), control={"output": [torch.zeros(1)]})
+
+
+# ------------------------------------------------- a core MODEL in front of the stage nodes
+
+
+def _keyframes_node(host, nets, model=None, steps=2):
+    key = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.5
+    first = host.nodes.sockets.FirstFrameCondition(key, 64, 64)
+    node = host.nodes.keyframes.KandinskyVideoKeyframes
+    result = _out(node.execute(nets["keyframe"], nets["text"], first, "medium", 20, 5.0, 2.0, steps, "ddim", 11, 2,
+                               model=model))
+    return result[0]["samples"]
+
+
+def _interpolate_node(host, nets, model=None):
+    frames = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    node = host.nodes.interpolation.KandinskyVideoInterpolate
+    video = host.nodes.sockets.video_latent(frames, 3)
+    return _out(node.execute(nets["interpolation"], video, 3, 0.5, 2, "ddim", 11, model=model))[0]["samples"]
+
+
+def test_the_stage_nodes_run_a_plain_core_model_as_their_own_unet(host, nets):
+    plain = _keyframes_node(host, nets)
+    assert torch.equal(_keyframes_node(host, nets, _core_model(host, nets, "keyframes")), plain)
+    plain = _interpolate_node(host, nets)
+    assert torch.equal(_interpolate_node(host, nets, _core_model(host, nets, "interpolation")), plain)
+
+
+def test_attention_patches_of_the_model_act_in_the_stage_loop(host, nets):
+    plain = _keyframes_node(host, nets)
+    model = _core_model(host, nets, "keyframes").clone()
+    seen = []
+
+    def perturbed(q, k, v, extra, mask=None):
+        seen.append(extra["kandinsky_video_site"])
+        return v
+
+    model.set_model_attn1_replace(perturbed, "middle", 0, 0)
+    changed = _keyframes_node(host, nets, model)
+    assert seen and {str(s) for s in seen} == {"attn1 middle 0 #0"}
+    assert float((changed - plain).abs().max()) > 1e-3
+    assert torch.equal(_keyframes_node(host, nets), plain)  # the U-Net's own patcher stays unpatched
+
+
+def test_weight_patches_of_the_model_act_in_the_stage_loop_and_are_undone_after(host, nets):
+    plain = _interpolate_node(host, nets)
+    model = _core_model(host, nets, "interpolation").clone()
+    key = "diffusion_model.net.in_layer.weight"
+    weight = model.model.state_dict()[key]
+    assert model.add_patches({key: ("diff", (torch.full_like(weight, 0.05),))}, 1.0) == [key]
+    changed = _interpolate_node(host, nets, model)
+    assert float((changed - plain).abs().max()) > 1e-3
+    assert torch.equal(_interpolate_node(host, nets), plain)  # loading the plain U-Net restores its weights
+
+
+def test_torch_compile_model_compiles_the_stage_loop(host, nets):
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+    plain = _keyframes_node(host, nets)
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    model = _core_model(host, nets, "keyframes").clone()
+    set_torch_compile_wrapper(model=model, backend=counting_backend)
+    torch._dynamo.reset()
+    compiled = _keyframes_node(host, nets, model)
+    assert graphs  # the loop's U-Net calls went through torch.compile
+    assert float((compiled - plain).abs().max()) <= 1e-5
+
+
+def test_patches_that_need_core_sampling_are_refused_by_name_on_the_stage_nodes(host, nets):
+    from comfy_extras.nodes_pag import PerturbedAttentionGuidance
+
+    pag = _patch_node(PerturbedAttentionGuidance, _core_model(host, nets, "keyframes"), 3.0)
+    with pytest.raises(ValueError, match=r"post-CFG function.*core-sampling path.*On this node work: weight patches"):
+        _keyframes_node(host, nets, pag)
+    sampling = _core_model(host, nets, "keyframes").clone()
+    sampling.add_object_patch("model_sampling", sampling.get_model_object("model_sampling"))
+    with pytest.raises(ValueError, match="object patch of 'model_sampling'"):
+        _keyframes_node(host, nets, sampling)
+    with pytest.raises(ValueError, match="core MODEL of the U-Net connected to this node"):
+        _keyframes_node(host, nets, _core_model(host, nets, "interpolation"))
