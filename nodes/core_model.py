@@ -328,12 +328,28 @@ def _note_plain_cfg_on_keyframes(executor, *args, **kwargs):
     return executor(*args, **kwargs)
 
 
+def patcher_class(disable_dynamic: bool = False) -> type:
+    """The ModelPatcher class the host's own loaders use: ``comfy.model_patcher.CoreModelPatcher``
+    where the host has it (current ComfyUI: ``ModelPatcherDynamic`` when dynamic VRAM is on,
+    read at each call as the host resolves it then), else ``ModelPatcher`` (0.3.75); always
+    ``ModelPatcher`` with ``disable_dynamic`` (the host's demotion, e.g. for hooks)."""
+    mp = comfy.model_patcher
+    return mp.ModelPatcher if disable_dynamic else getattr(mp, "CoreModelPatcher", mp.ModelPatcher)
+
+
+def is_dynamic(patcher) -> bool:
+    """Whether the host manages ``patcher`` with dynamic VRAM (False where it cannot)."""
+    check = getattr(patcher, "is_dynamic", None)
+    return bool(check()) if callable(check) else False
+
+
 def unet_patcher(module: torch.nn.Module, kind: str, compute_dtype: torch.dtype, null_embedding=None, *,
-                 load_device, offload_device) -> comfy.model_patcher.ModelPatcher:
+                 load_device, offload_device, disable_dynamic: bool = False) -> comfy.model_patcher.ModelPatcher:
     """The one ModelPatcher of a loaded U-Net (``nodes.networks.wrap`` makes it at load):
-    a :class:`KandinskyVideoModel` around ``module``, which stays where it is."""
-    patcher = comfy.model_patcher.ModelPatcher(KandinskyVideoModel(module, kind, compute_dtype, null_embedding),
-                                               load_device=load_device, offload_device=offload_device)
+    a :class:`KandinskyVideoModel` around ``module``, which stays where it is, in the
+    host's patcher class (:func:`patcher_class`)."""
+    patcher = patcher_class(disable_dynamic)(KandinskyVideoModel(module, kind, compute_dtype, null_embedding),
+                                             load_device=load_device, offload_device=offload_device)
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "kandinsky_video_guidance",
                                  _note_plain_cfg_on_keyframes)
     return patcher

@@ -48,9 +48,15 @@ def _load_error(network: str, name: str, path: str, err: Exception) -> ValueErro
                       f"(expected {model_files.EXPECTED_FILES[network]}): {err}")
 
 
-def load_network(network: str, name: str, weight_dtype: str, device: str = "default") -> Network:
+def load_network(network: str, name: str, weight_dtype: str, device: str = "default", *,
+                 disable_dynamic: bool = False) -> Network:
     """Load a U-Net or MoVQ checkpoint into a ModelPatcher-wrapped :class:`Network` that
-    runs on ``device`` (a loader's device choice, :mod:`.devices`)."""
+    runs on ``device`` (a loader's device choice, :mod:`.devices`).
+
+    Weights load as the host's own loaders load them under dynamic VRAM: the network is
+    built on the meta device and the file's tensors are assigned to it
+    (``load_state_dict(assign=True)``, cast one at a time), never copied into parameters
+    allocated first; the patcher is the host's class (``networks.wrap``)."""
     path = resolve_model_file(name, network)
     unet = network in (ckpt.KEYFRAME_UNET, ckpt.INTERPOLATION_UNET)
     load_device = resolve_device(device, mm.get_torch_device())
@@ -74,7 +80,13 @@ def load_network(network: str, name: str, weight_dtype: str, device: str = "defa
     if fp8 is not None:
         dtypes.store_fp8(module, fp8)
     return wrap(module, network, name, compute, load_device=load_device, offload_device=offload_device,
-                null_embedding=None if null is None else null.float().cpu(), configs=configs)
+                null_embedding=None if null is None else null.float().cpu(), configs=configs,
+                disable_dynamic=disable_dynamic, reload=(_reload_network, (network, name, weight_dtype, device)))
+
+
+def _reload_network(network, name, weight_dtype, device, disable_dynamic=False):
+    """The patcher of a fresh load (a dynamic host's ``cached_patcher_init``)."""
+    return load_network(network, name, weight_dtype, device, disable_dynamic=disable_dynamic).patcher
 
 
 class _NetworkLoader(CheckedCombos, io.ComfyNode):
@@ -229,7 +241,7 @@ def _text_settings(projections_path: str, projections_name: str) -> tuple[int, i
 
 
 def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtype: str,
-                      device: str = "default") -> Network:
+                      device: str = "default", *, disable_dynamic: bool = False) -> Network:
     """Load Flan-UL2's encoder and the projections into a :class:`Network` that runs on
     ``device`` (a loader's device choice, :mod:`.devices`)."""
     encoder_path = resolve_text_encoder(text_encoder_name)
@@ -264,7 +276,14 @@ def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtyp
         dtypes.store_fp8(encoder, fp8, keep_names=("wo",))
     text = KVTextEncoder(encoder, projections, tokenizer, tokens_length)
     return wrap(_TextStack(text), ckpt.T5_ENCODER, text_encoder_name, compute, load_device=load_device,
-                offload_device=offload_device)
+                offload_device=offload_device, disable_dynamic=disable_dynamic,
+                reload=(_reload_text_encoder, (text_encoder_name, projections_name, weight_dtype, device)))
+
+
+def _reload_text_encoder(text_encoder_name, projections_name, weight_dtype, device, disable_dynamic=False):
+    """The patcher of a fresh load (a dynamic host's ``cached_patcher_init``)."""
+    return load_text_encoder(text_encoder_name, projections_name, weight_dtype, device,
+                             disable_dynamic=disable_dynamic).patcher
 
 
 class KandinskyVideoTextEncoderLoader(CheckedCombos, io.ComfyNode):

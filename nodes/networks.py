@@ -19,7 +19,7 @@ import comfy.model_patcher
 import comfy.patcher_extension
 
 from .attention import host_attention
-from .core_model import STAGES_OF, unet_patcher
+from .core_model import STAGES_OF, patcher_class, unet_patcher
 from .model_files import NETWORK_NAMES
 
 
@@ -50,15 +50,24 @@ class Network:
 
 
 def wrap(module: torch.nn.Module, kind: str, name: str, compute_dtype, *, load_device, offload_device,
-         null_embedding=None, configs=None) -> Network:
+         null_embedding=None, configs=None, disable_dynamic: bool = False, reload=None) -> Network:
     """``module`` (on ``offload_device``) as a :class:`Network`. A U-Net gets its one
     patcher around the core model (``nodes.core_model.unet_patcher``), which both the
-    pack's stages and the core MODEL (a clone of it) load; the others a plain patcher."""
+    pack's stages and the core MODEL (a clone of it) load; the others a patcher of their
+    own. Both in the host's patcher class (``core_model.patcher_class``: the dynamic-VRAM
+    one where the host has it, unless ``disable_dynamic``).
+
+    ``reload``: ``(function, args)`` that loads the same network again,
+    ``function(*args, disable_dynamic=True)`` giving a legacy patcher; kept as the patcher's
+    ``cached_patcher_init``, which a dynamic host calls when it demotes a clone to the
+    legacy patcher (``clone(disable_dynamic=True)``, e.g. under weight hooks)."""
     if kind in STAGES_OF:
         patcher = unet_patcher(module, kind, compute_dtype, null_embedding, load_device=load_device,
-                               offload_device=offload_device)
+                               offload_device=offload_device, disable_dynamic=disable_dynamic)
     else:
-        patcher = comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device)
+        patcher = patcher_class(disable_dynamic)(module, load_device=load_device, offload_device=offload_device)
+    if reload is not None:
+        patcher.cached_patcher_init = reload
     patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_LOAD, "kandinsky_video", _placed_after_load)
     return Network(kind, name, patcher, compute_dtype, null_embedding, configs)
 
