@@ -19,8 +19,10 @@ Two levels of replacement, both host-independent:
 
 With neither set, every network computes exactly what it computed before this entry point
 existed (bit for bit: the same operations in the same order; the golden tests check it).
-Both are process-wide settings for the duration of a ``with`` block (a host runs one
-network call at a time); ``torch.compile`` sees them as globals.
+Both are ``with`` blocks, for one network (its :class:`AttentionSettings`, which a deep
+copy of the network does not share, so copies on several GPUs run in threads side by
+side) or for every network (the process-wide :data:`GLOBAL`); ``torch.compile`` sees them
+as attributes it guards on.
 
 Layout of the backend: ``q [B, heads, N, d]``, ``k, v [B, heads, M, d]``, ``mask`` None or
 bool ``[B, 1, 1, M]`` (True = visible) -> ``[B, N, heads * d]``, scale ``d ** -0.5``: the
@@ -42,6 +44,8 @@ from torch import nn
 
 __all__ = [
     "Backend",
+    "AttentionSettings",
+    "GLOBAL",
     "AttentionSite",
     "AttentionCall",
     "sdpa",
@@ -65,43 +69,69 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
     return out.transpose(-3, -2).flatten(-2)
 
 
-_backend: Backend = sdpa
-_runner: Optional[Callable[["AttentionCall"], torch.Tensor]] = None
+class AttentionSettings:
+    """The backend and runner one network's attentions use (None: not set here). Each
+    network has one, shared by all its attention modules (``network.attention_settings``);
+    a deep copy of the network (a host's copy for another GPU) gets its own, so networks
+    running at once in several threads never see each other's settings. The process-wide
+    settings (:data:`GLOBAL`) apply where a network's own are not set."""
+
+    def __init__(self):
+        self.backend: Optional[Backend] = None
+        self.runner: Optional[Callable[["AttentionCall"], torch.Tensor]] = None
+
+
+#: the process-wide settings (default: SDPA, no runner)
+GLOBAL = AttentionSettings()
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-              mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Attention through the current backend (:func:`attention_backend`; default :func:`sdpa`)."""
-    return _backend(q, k, v, heads, mask)
+              mask: Optional[torch.Tensor] = None, settings: Optional[AttentionSettings] = None) -> torch.Tensor:
+    """Attention through the backend of ``settings`` (a network's), else the process-wide
+    one (:func:`attention_backend`), else :func:`sdpa`."""
+    backend = (settings.backend if settings is not None else None) or GLOBAL.backend or sdpa
+    return backend(q, k, v, heads, mask)
+
+
+def _target(network: Optional[nn.Module]) -> AttentionSettings:
+    if network is None:
+        return GLOBAL
+    settings = getattr(network, "attention_settings", None)
+    if not isinstance(settings, AttentionSettings):
+        raise TypeError(f"{type(network).__name__} has no attention settings (not a kv_core network)")
+    return settings
 
 
 @contextlib.contextmanager
-def attention_backend(backend: Optional[Backend]) -> Iterator[None]:
-    """Compute every attention with ``backend`` inside the block (None: :func:`sdpa`)."""
-    global _backend
-    previous = _backend
-    _backend = sdpa if backend is None else backend
+def attention_backend(backend: Optional[Backend], network: Optional[nn.Module] = None) -> Iterator[None]:
+    """Compute the attentions of ``network`` (None: of every network) with ``backend`` inside
+    the block (None: the default)."""
+    target = _target(network)
+    previous = target.backend
+    target.backend = backend
     try:
         yield
     finally:
-        _backend = previous
+        target.backend = previous
 
 
 @contextlib.contextmanager
-def attention_runner(runner: Optional[Callable[["AttentionCall"], torch.Tensor]]) -> Iterator[None]:
-    """Hand every attention inside the block to ``runner(call) -> out`` (see
-    :class:`AttentionCall`); None: no runner (the networks' own path)."""
-    global _runner
-    previous = _runner
-    _runner = runner
+def attention_runner(runner: Optional[Callable[["AttentionCall"], torch.Tensor]],
+                     network: Optional[nn.Module] = None) -> Iterator[None]:
+    """Hand every attention of ``network`` (None: of every network) inside the block to
+    ``runner(call) -> out`` (see :class:`AttentionCall`); None: no runner."""
+    target = _target(network)
+    previous = target.runner
+    target.runner = runner
     try:
         yield
     finally:
-        _runner = previous
+        target.runner = previous
 
 
-def current_runner() -> Optional[Callable[["AttentionCall"], torch.Tensor]]:
-    return _runner
+def current_runner(settings: Optional[AttentionSettings] = None) -> Optional[Callable[["AttentionCall"], torch.Tensor]]:
+    """The runner for a module with ``settings``: its network's, else the process-wide one."""
+    return (settings.runner if settings is not None else None) or GLOBAL.runner
 
 
 @dataclass(frozen=True)
@@ -146,7 +176,9 @@ class AttentionCall:
     def __init__(self, site: AttentionSite, heads: int, head_dim: int,
                  inputs: Callable[[], tuple], project: Callable[..., tuple],
                  projected: Callable[[], tuple], mask: Optional[torch.Tensor],
-                 mask_for: Optional[Callable[[torch.Tensor], Optional[torch.Tensor]]] = None):
+                 mask_for: Optional[Callable[[torch.Tensor], Optional[torch.Tensor]]] = None,
+                 settings: Optional[AttentionSettings] = None):
+        self.backend = (settings.backend if settings is not None else None) or GLOBAL.backend or sdpa
         self.site = site
         self.heads = heads
         self.head_dim = head_dim
@@ -156,9 +188,7 @@ class AttentionCall:
         self.mask = mask
         self._mask_for = mask_for
 
-    @property
-    def backend(self) -> Backend:
-        return _backend
+    backend: Backend = staticmethod(sdpa)  # set per call to the backend in force
 
     def inputs(self) -> tuple:
         return self._inputs()
@@ -177,10 +207,13 @@ class AttentionCall:
         return self._mask_for(k)
 
 
-def name_sites(entries) -> None:
+def name_sites(network: nn.Module, entries) -> None:
     """Give each module of ``entries`` — ``(block, block_id, [(kind, module, temporal), ...])``
-    in run order — its :class:`AttentionSite` (attribute ``site``); the index counts per
-    block and kind."""
+    in run order — its :class:`AttentionSite` (attribute ``site``; the index counts per
+    block and kind) and the network's :class:`AttentionSettings` (``network.attention_settings``,
+    created here, shared by all of them)."""
+    settings = AttentionSettings()
+    network.attention_settings = settings
     for block, block_id, modules in entries:
         counts: dict[str, int] = {}
         for kind, module, temporal in modules:
@@ -189,6 +222,7 @@ def name_sites(entries) -> None:
             index = counts.get(kind, 0)
             counts[kind] = index + 1
             module.site = AttentionSite(block, block_id, index, kind, temporal)
+            module.attention_settings = settings
 
 
 def attention_sites(network: nn.Module) -> list[AttentionSite]:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import AttentionCall, AttentionSite, attention, current_runner
+from .attention import AttentionCall, AttentionSettings, AttentionSite, attention, current_runner
 from .dtypes import layer_compute_dtype
 
 __all__ = [
@@ -331,6 +331,7 @@ class Attention(nn.Module):
         self.to_value = factory.linear(context_dim, out_channels, bias=False)
         self.output_layer = factory.linear(out_channels, out_channels, bias=False)
         self.site = AttentionSite("unnamed", 0, 0, "attn1")
+        self.attention_settings = AttentionSettings()  # the network's, once it names its attentions
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, -1)).transpose(-3, -2)  # [B, heads, N, d]
@@ -341,12 +342,12 @@ class Attention(nn.Module):
         if text is not None:
             context, context_mask = text.tokens, text.mask
         context = x if context is None else context
-        runner = current_runner()
+        runner = current_runner(self.attention_settings)
         if runner is not None:
             out = runner(self._call(x, context, context_mask, text))
         else:
             query, key, value, mask = self._project(x, context, context_mask, text)
-            out = attention(query, key, value, self.num_heads, mask)
+            out = attention(query, key, value, self.num_heads, mask, self.attention_settings)
         return self.output_layer(out)
 
     @staticmethod
@@ -402,7 +403,8 @@ class Attention(nn.Module):
             return self._project(x, context, context_mask, text)[:3]
 
         mask = None if full_mask is None else self._mask(full_mask)[1]
-        return AttentionCall(self.site, self.num_heads, self.head_dim, inputs, project, projected, mask, mask_for)
+        return AttentionCall(self.site, self.num_heads, self.head_dim, inputs, project, projected, mask, mask_for,
+                             self.attention_settings)
 
 
 class AttentionPooling(nn.Module):

@@ -250,7 +250,7 @@ class MoVQ(nn.Module):
                 if len(level.temporal_attn):
                     order.append(("attn1", level.temporal_attn[k], True))
             entries.append(("decoder", i, order))
-        name_sites(entries)
+        name_sites(self, entries)
 
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
         """The compute dtype for input ``x`` (policy: :func:`kv_core.dtypes.layer_compute_dtype`)."""

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import AttentionCall, AttentionSite, attention, current_runner
+from .attention import AttentionCall, AttentionSettings, AttentionSite, attention, current_runner
 from .layers import LayerFactory, conv_over_frames
 
 __all__ = [
@@ -155,6 +155,7 @@ class _MoVQAttentionBase(nn.Module):
         self.v = factory.conv2d(channels, channels, 1)
         self.proj_out = factory.conv2d(channels, channels, 1)
         self.site = AttentionSite("unnamed", 0, 0, "attn1")
+        self.attention_settings = AttentionSettings()  # the network's, once it names its attentions
 
     @staticmethod
     def _conv_tokens(conv: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -164,9 +165,9 @@ class _MoVQAttentionBase(nn.Module):
     def _attend(self, tokens, projected) -> torch.Tensor:
         """Single-head self-attention of the tokens ``tokens() [B, L, C]`` (``projected()``
         gives q, k, v ``[B, 1, L, C]`` as the block computes them) -> ``[B, L, C]``."""
-        runner = current_runner()
+        runner = current_runner(self.attention_settings)
         if runner is None:
-            return attention(*projected(), 1)
+            return attention(*projected(), 1, None, self.attention_settings)
 
         def inputs():
             t = tokens()
@@ -175,7 +176,8 @@ class _MoVQAttentionBase(nn.Module):
         def project(a, b, c):
             return tuple(self._conv_tokens(m, t) for m, t in ((self.q, a), (self.k, b), (self.v, c)))
 
-        return runner(AttentionCall(self.site, 1, self.q.out_channels, inputs, project, projected, None))
+        return runner(AttentionCall(self.site, 1, self.q.out_channels, inputs, project, projected, None,
+                                    settings=self.attention_settings))
 
 
 class MoVQAttnBlock(_MoVQAttentionBase):

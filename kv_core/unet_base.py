@@ -341,7 +341,7 @@ class UNetBase(nn.Module):
             else:
                 entries.append(("output", j - 1, block.attention_order()))
         entries.append(("middle", 0, middle))
-        name_sites(entries)
+        name_sites(self, entries)
 
     def _run_levels(self, h: torch.Tensor, *args) -> torch.Tensor:
         """Down levels, then up levels, each up level but the first taking the output of the

@@ -148,9 +148,15 @@ class HostAttention:
 
 
 @contextlib.contextmanager
-def host_attention(transformer_options: Optional[dict] = None, where: str = "Kandinsky Video"):
-    """Run the networks inside the block with ComfyUI's attention levers (patches of
-    ``transformer_options`` checked first)."""
+def host_attention(transformer_options: Optional[dict] = None, where: str = "Kandinsky Video", *networks):
+    """Run ``networks`` (kv_core modules; others are skipped; none given: every network)
+    inside the block with ComfyUI's attention levers (patches of ``transformer_options``
+    checked first). Each network's own settings are set, so copies of a network on other
+    GPUs, run by the host in threads, keep theirs."""
     check_patches(transformer_options, where)
-    with attention_runner(HostAttention(transformer_options)):
+    runner = HostAttention(transformer_options)
+    targets = [n for n in networks if hasattr(n, "attention_settings")] if networks else [None]
+    with contextlib.ExitStack() as stack:
+        for network in targets:
+            stack.enter_context(attention_runner(runner, network))
         yield

@@ -133,7 +133,7 @@ class CoreAdapter(torch.nn.Module):
         direct = kw.get(KEY_DIRECT)
         if direct is not None:  # a stage's loop (nodes.stage_model), inside its own host attention
             return self.net(x, timesteps, context, **direct)
-        with host_attention(transformer_options, "Kandinsky Video MODEL"):
+        with host_attention(transformer_options, "Kandinsky Video MODEL", self.net):
             return self._forward(x, timesteps, context, **kw)
 
     def _forward(self, x, timesteps, context, **kw):

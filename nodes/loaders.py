@@ -139,7 +139,7 @@ class KandinskyVideoKeyframeUNetLoader(_NetworkLoader):
                    "(Kandinsky 3.0 image mode) and the keyframes.")
 
     @classmethod
-    def validate_inputs(cls, unet_name=None):
+    def validate_inputs(cls, unet_name=None, device=None):  # device named: a saved GPU missing here still runs
         return check_model_name(unet_name, cls.NETWORK)
 
 
@@ -152,7 +152,7 @@ class KandinskyVideoInterpolationUNetLoader(_NetworkLoader):
     DESCRIPTION = "Loads the interpolation U-Net (interpolation.pt, 4.0B parameters) for the 8 and 32 fps passes."
 
     @classmethod
-    def validate_inputs(cls, unet_name=None):
+    def validate_inputs(cls, unet_name=None, device=None):  # device named: a saved GPU missing here still runs
         return check_model_name(unet_name, cls.NETWORK)
 
 
@@ -165,7 +165,7 @@ class KandinskyVideoMoVQLoader(_NetworkLoader):
     DESCRIPTION = "Loads the image MoVQ (movq.pt): decodes the first frame and encodes the conditioning image."
 
     @classmethod
-    def validate_inputs(cls, movq_name=None):
+    def validate_inputs(cls, movq_name=None, device=None):  # device named: a saved GPU missing here still runs
         return check_model_name(movq_name, cls.NETWORK)
 
 
@@ -178,7 +178,7 @@ class KandinskyVideoVideoMoVQLoader(_NetworkLoader):
     DESCRIPTION = "Loads the video MoVQ (video_movq.pt), whose temporal decoder turns video latents into frames."
 
     @classmethod
-    def validate_inputs(cls, movq_name=None):
+    def validate_inputs(cls, movq_name=None, device=None):  # device named: a saved GPU missing here still runs
         return check_model_name(movq_name, cls.NETWORK)
 
 
@@ -309,7 +309,7 @@ class KandinskyVideoTextEncoderLoader(CheckedCombos, io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, text_encoder_name=None, projections_name=None):
+    def validate_inputs(cls, text_encoder_name=None, projections_name=None, device=None):
         if text_encoder_name is not None:
             try:
                 resolve_text_encoder(text_encoder_name)

@@ -153,7 +153,7 @@ def stage(*networks: Network, memory_required: int = 0, model=None) -> Iterator[
             _place_stray_parameters(n.module, n.load_device)
         options = transformer_options(networks[0]) if model is None else (
             model.model_options.get("transformer_options") or {})
-        with host_attention(options, networks[0].describe()):
+        with host_attention(options, networks[0].describe(), *(n.module for n in networks)):
             yield networks[0].load_device
         ok = True
     finally:

@@ -7,20 +7,12 @@ against the network's named sites) and changes the output. Tiny random networks
 (kv_core.tiny), fp32, CPU; the host tests import the pinned ComfyUI's modules in process."""
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import kv_core
+from comfy_inprocess import import_pack, release_path
 from kv_core.attention import attention_backend, attention_runner, attention_sites, sdpa
-
-REPO = Path(__file__).resolve().parents[1]
-COMFYUI = Path(os.environ.get("KV_CACHE_DIR", REPO / ".cache")) / "comfyui"
-
 
 def _networks(kv):
     """name -> (module, run(), the sites that run() calls), built with the ``kv_core``
@@ -131,25 +123,8 @@ def test_a_runner_sees_every_attention_by_name(networks, name):
 @pytest.fixture(scope="module")
 def host():
     """ComfyUI's modules (``--cpu``) and this pack imported as a package, in this process."""
-    if not (COMFYUI / "comfy" / "samplers.py").exists():
-        pytest.skip(f"no ComfyUI at {COMFYUI} (scripts/test.sh installs it)")
-    sys.path.insert(0, str(COMFYUI))
-    from comfy.cli_args import args
-    args.cpu = True
-    import comfy.samplers  # noqa: F401
-
-    if "kvpack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("kvpack", REPO / "__init__.py",
-                                                      submodule_search_locations=[str(REPO)])
-        pack = importlib.util.module_from_spec(spec)
-        sys.modules["kvpack"] = pack
-        spec.loader.exec_module(pack)
-    import kvpack.nodes.attention  # noqa: F401
-    import kvpack.nodes.core_sampling  # noqa: F401
-    import kvpack.nodes.interpolation  # noqa: F401
-    import kvpack.nodes.keyframes  # noqa: F401
-    yield sys.modules["kvpack"]
-    sys.path.remove(str(COMFYUI))
+    yield import_pack("nodes.attention", "nodes.core_sampling", "nodes.interpolation", "nodes.keyframes")
+    release_path()
 
 
 @pytest.fixture(scope="module")

@@ -14,42 +14,21 @@ this process with the pinned ComfyUI's modules, on the tiny release.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from comfy_inprocess import import_pack, release_path
 from kv_core.tiny import write_tiny_release
-
-REPO = Path(__file__).resolve().parents[1]
-COMFYUI = Path(os.environ.get("KV_CACHE_DIR", REPO / ".cache")) / "comfyui"
 
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
-    if not (COMFYUI / "comfy" / "samplers.py").exists():
-        pytest.skip(f"no ComfyUI at {COMFYUI} (scripts/test.sh installs it)")
-    sys.path.insert(0, str(COMFYUI))
-    from comfy.cli_args import args
-    args.cpu = True
-    import comfy.samplers  # noqa: F401
+    pack = import_pack("nodes.keyframes", "nodes.loaders")
     import folder_paths
-
-    if "kvpack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("kvpack", REPO / "__init__.py",
-                                                      submodule_search_locations=[str(REPO)])
-        pack = importlib.util.module_from_spec(spec)
-        sys.modules["kvpack"] = pack
-        spec.loader.exec_module(pack)
-    import kvpack.nodes.keyframes  # noqa: F401
-    import kvpack.nodes.loaders  # noqa: F401
     release = write_tiny_release(tmp_path_factory.mktemp("tiny"), seed=5)
     folder_paths.add_model_folder_path("kandinsky_video", str(release.folder))
-    yield sys.modules["kvpack"]
-    sys.path.remove(str(COMFYUI))
+    yield pack
+    release_path()
 
 
 @pytest.fixture
