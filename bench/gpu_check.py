@@ -31,7 +31,7 @@ Rows (one table, ``|``-separated, a ``# machine`` line above it):
   the plain forward of the same run (``ratio`` = plain / lever time): the attention backends
   (PyTorch SDPA with each of its kernels the device offers — flash, memory-efficient,
   cuDNN, math — and the ``flash_attn`` / ``sageattention`` packages when installed, through
-  the networks' one attention entry point ``kv_core.attention``; masked attentions stay on
+  the networks' one attention entry point ``kv_core.models.attention``; masked attentions stay on
   SDPA there), ``torch.compile`` (inductor on a GPU; the first call's extra time is the
   compile time), streamed weights (what dynamic VRAM does: every layer's weights copied
   from pinned host memory to the GPU for each call, none resident; the peak is the
@@ -65,9 +65,11 @@ import bench_networks as bn  # noqa: E402
 import estimate_vram as ev  # noqa: E402
 from kv_core.checkpoints import (INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ,  # noqa: E402
                                  build_network, official_config)
-from kv_core.sampling import TextCondition  # noqa: E402
-from kv_core.stages import (decode_first_frame, decode_frames, encode_first_frame,  # noqa: E402
-                            generate_first_frame, generate_keyframes, interpolate_frames)
+from kv_core.conditioning import TextCondition  # noqa: E402
+from kv_core.stages.decode import decode_frames  # noqa: E402
+from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame  # noqa: E402
+from kv_core.stages.interpolation import interpolate_frames  # noqa: E402
+from kv_core.stages.keyframes import generate_keyframes  # noqa: E402
 from kv_core.tiny import TINY_T5_DIM, tiny_configs  # noqa: E402
 
 GIB = 2 ** 30
@@ -128,6 +130,7 @@ def build(setup: Setup, fp8: bool = False, seed: int = 0) -> dict:
     on the CPU (they are moved to the device for their stage). ``fp8``: text encoder and
     U-Nets store fp8 weights cast to bf16 per layer (``estimate_vram.CastOps``)."""
     from kv_core.checkpoints.t5 import _t5_encoder_model
+    from kv_core.stages import Hooks
 
     dev = setup.device
     nets = {}
@@ -278,25 +281,27 @@ def pipeline(setup: Setup, nets: dict, *, passes: int, meter: Meter, budget: Cpu
             nets["text_encoder"])
         cond = _condition(setup, context)
         latent = stage("first_frame", lambda: generate_first_frame(
-            nets["t2v"], null, cond, width=s, height=s, steps=st["first_frame"], device=dev, dtype=setup.compute,
-            **kw).cpu(), nets["t2v"])
-        image = stage("decode_first_frame", lambda: decode_first_frame(nets["movq"], latent, device=dev,
-                                                                       dtype=setup.movq_dtype), nets["movq"])
+            nets["t2v"], null, cond, width=s, height=s, steps=st["first_frame"], **kw,
+            hooks=Hooks(device=dev, dtype=setup.compute)).cpu(), nets["t2v"])
+        image = stage("decode_first_frame", lambda: decode_first_frame(
+            nets["movq"], latent, hooks=Hooks(device=dev, dtype=setup.movq_dtype)), nets["movq"])
         key = stage("encode_first_frame", lambda: encode_first_frame(
-            nets["movq"], image, width=s, height=s, layout="HWC", device=dev, dtype=setup.movq_dtype).cpu(),
+            nets["movq"], image, width=s, height=s, layout="HWC",
+            hooks=Hooks(device=dev, dtype=setup.movq_dtype)).cpu(),
             nets["movq"])
         frames = stage("keyframes", lambda: generate_keyframes(
-            nets["t2v"], null, cond, key, num_keyframes=setup.keyframes, steps=st["keyframes"], device=dev,
-            dtype=setup.compute, **kw).cpu(), nets["t2v"])
+            nets["t2v"], null, cond, key, num_keyframes=setup.keyframes, steps=st["keyframes"], **kw,
+            hooks=Hooks(device=dev, dtype=setup.compute)).cpu(), nets["t2v"])
         for p in range(1, passes + 1):
             frames = stage(f"interpolation_{p}", lambda: interpolate_frames(
-                nets["interpolation"], null, cond, frames, pass_index=p, steps=st["interpolation"], device=dev,
-                dtype=setup.compute, **kw).cpu(), nets["interpolation"])
+                nets["interpolation"], null, cond, frames, pass_index=p, steps=st["interpolation"], **kw,
+                hooks=Hooks(device=dev, dtype=setup.compute)).cpu(), nets["interpolation"])
             if decode_also == p:
                 stage(f"decode_{frames.shape[0]}", lambda: decode_frames(
-                    nets["video_movq"], frames, device=dev, dtype=setup.movq_dtype).cpu(), nets["video_movq"])
+                    nets["video_movq"], frames, hooks=Hooks(device=dev, dtype=setup.movq_dtype)).cpu(),
+                    nets["video_movq"])
         video = stage(f"decode_{frames.shape[0]}", lambda: decode_frames(
-            nets["video_movq"], frames, device=dev, dtype=setup.movq_dtype).cpu(), nets["video_movq"])
+            nets["video_movq"], frames, hooks=Hooks(device=dev, dtype=setup.movq_dtype)).cpu(), nets["video_movq"])
     state["frames"] = int(video.shape[0])
     return state
 
@@ -452,10 +457,10 @@ def run(setup: Setup, *, reference: bool = True, fp8: bool = True, levers: bool 
 # --------------------------------------------------------------------------- the levers
 
 def _attention_backends(setup: Setup) -> dict:
-    """name -> a ``kv_core.attention`` backend, for every kernel this device and this
+    """name -> a ``kv_core.models.attention`` backend, for every kernel this device and this
     environment offer (SDPA's own kernels, ``flash_attn``, ``sageattention``)."""
     import torch.nn.functional as F
-    from kv_core.attention import sdpa
+    from kv_core.models.attention import sdpa
 
     out = {"sdpa (default)": None}
     try:
@@ -566,7 +571,7 @@ def _cfg_split(setup: Setup, net, inp: dict):
 def lever_rows(setup: Setup, nets: dict, lines: list) -> list[str]:
     """One keyframe U-Net forward per lever, beside the plain forward of the same run
     (appended to ``lines`` and printed as they come)."""
-    from kv_core.attention import attention_backend
+    from kv_core.models.attention import attention_backend
 
     configs = {"t2v": setup.configs[KEYFRAME_UNET], "interpolation": setup.configs[INTERPOLATION_UNET],
                "video_movq": setup.configs[VIDEO_MOVQ]}

@@ -33,6 +33,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from . import constructor_config
 from .layers import (
     Attention,
     AttentionPooling,
@@ -200,7 +201,9 @@ class InterpolationUNet(UNetBase):
                  temporal_type: str = "conv3D", add_new_temporal_params: bool = False,
                  add_temporal_attention: bool = True, *, fix_temporal_shortcut: bool = False,
                  operations=None, device=None, dtype=None):
+        config = constructor_config(locals())
         super().__init__()
+        self.config = config
         if any(time_downsample):
             raise NotImplementedError(
                 "time_downsample=True is not supported: the official interpolation U-Net cannot run it "

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..dtypes import layer_compute_dtype
 from .attention import AttentionCall, AttentionSettings, AttentionSite, attention, current_runner
-from .dtypes import layer_compute_dtype
 
 __all__ = [
     "LayerFactory",

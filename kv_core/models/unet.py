@@ -31,6 +31,7 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
+from . import constructor_config
 from .layers import (
     Attention,
     AttentionPooling,
@@ -208,7 +209,9 @@ class KeyframeUNet(UNetBase):
                  num_blocks=(3, 3, 3, 3), add_cross_attention=(False, True, True, True),
                  add_self_attention=(False, True, True, True), noise_augmentation: bool = False,
                  motion_score: bool = False, *, operations=None, device=None, dtype=None):
+        config = constructor_config(locals())
         super().__init__()
+        self.config = config
         if time_embed_dim is None or context_dim is None:
             raise ValueError("time_embed_dim and context_dim are required")
         factory = LayerFactory(operations, device, dtype)
