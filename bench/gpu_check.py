@@ -31,7 +31,7 @@ Rows (one table, ``|``-separated, a ``# machine`` line above it):
   the plain forward of the same run (``ratio`` = plain / lever time): the attention backends
   (PyTorch SDPA with each of its kernels the device offers — flash, memory-efficient,
   cuDNN, math — and the ``flash_attn`` / ``sageattention`` packages when installed, through
-  the networks' one attention entry point ``kv_core.models.attention``; masked attentions stay on
+  the networks' one attention entry point ``kv_core.attention``; masked attentions stay on
   SDPA there), ``torch.compile`` (inductor on a GPU; the first call's extra time is the
   compile time), streamed weights (what dynamic VRAM does: every layer's weights copied
   from pinned host memory to the GPU for each call, none resident; the peak is the
@@ -457,10 +457,10 @@ def run(setup: Setup, *, reference: bool = True, fp8: bool = True, levers: bool 
 # --------------------------------------------------------------------------- the levers
 
 def _attention_backends(setup: Setup) -> dict:
-    """name -> a ``kv_core.models.attention`` backend, for every kernel this device and this
+    """name -> a ``kv_core.attention`` backend, for every kernel this device and this
     environment offer (SDPA's own kernels, ``flash_attn``, ``sageattention``)."""
     import torch.nn.functional as F
-    from kv_core.models.attention import sdpa
+    from kv_core.attention import sdpa
 
     out = {"sdpa (default)": None}
     try:
@@ -571,7 +571,7 @@ def _cfg_split(setup: Setup, net, inp: dict):
 def lever_rows(setup: Setup, nets: dict, lines: list) -> list[str]:
     """One keyframe U-Net forward per lever, beside the plain forward of the same run
     (appended to ``lines`` and printed as they come)."""
-    from kv_core.models.attention import attention_backend
+    from kv_core.attention import attention_backend
 
     configs = {"t2v": setup.configs[KEYFRAME_UNET], "interpolation": setup.configs[INTERPOLATION_UNET],
                "video_movq": setup.configs[VIDEO_MOVQ]}

@@ -1,5 +1,5 @@
 """ComfyUI's attention levers on the Kandinsky Video networks (host glue of
-``kv_core.models.attention``, the networks' one attention entry point).
+``kv_core.attention``, the networks' one attention entry point).
 
 :class:`HostAttention` is the runner every stage and the core MODEL install around a
 network call. For each attention it does what ComfyUI's own transformer blocks do
@@ -23,7 +23,7 @@ network call. For each attention it does what ComfyUI's own transformer blocks d
 ``extra_options`` holds every other ``transformer_options`` entry (``cond_or_uncond``,
 ``sigmas``, ...) plus ``n_heads``, ``dim_head``, ``attn_precision`` (None), ``block`` ``(name,
 id)``, ``block_index`` and ``transformer_index`` (the site's index) and
-``kandinsky_video_site`` (the :class:`kv_core.models.attention.AttentionSite`). Block names: see
+``kandinsky_video_site`` (the :class:`kv_core.attention.AttentionSite`). Block names: see
 docs/attention.md. Masks reach host functions as additive float masks ``[B, 1, 1, M]``.
 
 Any other patch kind in ``transformer_options`` (ComfyUI's ``output_block_patch``,
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 import comfy.ldm.modules.attention as comfy_attention
 
-from ..kv_core.models.attention import AttentionCall, attention_runner
+from ..kv_core.attention import AttentionCall, attention_runner
 
 #: patch kinds that act on the Kandinsky Video networks
 PATCH_KINDS = ("attn1_patch", "attn2_patch")

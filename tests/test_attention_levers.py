@@ -1,4 +1,4 @@
-"""The one attention entry point (kv_core/models/attention.py) and ComfyUI's attention levers on it
+"""The one attention entry point (kv_core/attention.py) and ComfyUI's attention levers on it
 (nodes/attention.py): every attention of each network — both U-Nets, both MoVQs — goes
 through the backend, the runner, and under ComfyUI through each of the host's mechanisms
 (launch-flag backend, ``optimized_attention_override``, ``patches_replace`` attn1/attn2,
@@ -12,7 +12,7 @@ import torch
 
 import kv_core
 from comfy_inprocess import import_pack, release_path
-from kv_core.models.attention import attention_backend, attention_runner, attention_sites, sdpa
+from kv_core.attention import attention_backend, attention_runner, attention_sites, sdpa
 
 def _networks(kv):
     """name -> (module, run(), the sites that run() calls), built with the ``kv_core``
@@ -20,7 +20,7 @@ def _networks(kv):
     import importlib
     tiny = importlib.import_module(kv.__name__ + ".tiny")
     ck = importlib.import_module(kv.__name__ + ".checkpoints")
-    attention_sites = importlib.import_module(kv.__name__ + ".models.attention").attention_sites
+    attention_sites = importlib.import_module(kv.__name__ + ".attention").attention_sites
     KEYFRAME_UNET, INTERPOLATION_UNET, MOVQ, VIDEO_MOVQ = ck.KEYFRAME_UNET, ck.INTERPOLATION_UNET, ck.MOVQ, ck.VIDEO_MOVQ
 
     def _movq(kind, config, g):

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..dtypes import layer_compute_dtype
-from .attention import AttentionCall, AttentionSettings, AttentionSite, attention, current_runner
+from ..attention import AttentionCall, AttentionSettings, AttentionSite, attention, current_runner
 
 __all__ = [
     "LayerFactory",

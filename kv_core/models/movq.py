@@ -35,7 +35,7 @@ from torch import nn
 
 from ..dtypes import layer_compute_dtype
 from . import constructor_config
-from .attention import name_sites
+from ..attention import name_sites
 from .layers import LayerFactory
 from .movq_blocks import (
     NORM_GROUPS,

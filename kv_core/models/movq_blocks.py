@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import AttentionCall, AttentionSettings, AttentionSite, attention, current_runner
+from ..attention import AttentionCall, AttentionSettings, AttentionSite, attention, current_runner
 from .layers import LayerFactory, conv_over_frames
 
 __all__ = [

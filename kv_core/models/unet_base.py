@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import name_sites
+from ..attention import name_sites
 from .layers import Attention, ConditionalGroupNorm, FrameAxis, LayerFactory, conv_over_frames, feed_forward
 
 __all__ = [
