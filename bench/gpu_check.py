@@ -66,6 +66,7 @@ import estimate_vram as ev  # noqa: E402
 from kv_core.checkpoints import (INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ,  # noqa: E402
                                  build_network, official_config)
 from kv_core.conditioning import TextCondition  # noqa: E402
+from kv_core.stages import Hooks  # noqa: E402
 from kv_core.stages.decode import decode_frames  # noqa: E402
 from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame  # noqa: E402
 from kv_core.stages.interpolation import interpolate_frames  # noqa: E402
@@ -130,7 +131,6 @@ def build(setup: Setup, fp8: bool = False, seed: int = 0) -> dict:
     on the CPU (they are moved to the device for their stage). ``fp8``: text encoder and
     U-Nets store fp8 weights cast to bf16 per layer (``estimate_vram.CastOps``)."""
     from kv_core.checkpoints.t5 import _t5_encoder_model
-    from kv_core.stages import Hooks
 
     dev = setup.device
     nets = {}
