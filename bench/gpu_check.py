@@ -26,6 +26,19 @@ Rows (one table, ``|``-separated, a ``# machine`` line above it):
   out-of-memory error is a table entry naming the stage that failed, not a crash. (ComfyUI
   itself can go lower by loading a network in parts; that is not what is measured here.)
 
+* ``lever`` rows (``bench/gpu_check.sh --levers-only`` runs these alone): one keyframe U-Net
+  forward (the keyframes workload) per speed or memory lever of the host, each against
+  the plain forward of the same run (``ratio`` = plain / lever time): the attention backends
+  (PyTorch SDPA with each of its kernels the device offers — flash, memory-efficient,
+  cuDNN, math — and the ``flash_attn`` / ``sageattention`` packages when installed, through
+  the networks' one attention entry point ``kv_core.attention``; masked attentions stay on
+  SDPA there), ``torch.compile`` (inductor on a GPU; the first call's extra time is the
+  compile time), streamed weights (what dynamic VRAM does: every layer's weights copied
+  from pinned host memory to the GPU for each call, none resident; the peak is the
+  forward's memory without the network) and CFG split (the three guidance passes' rows
+  split over two GPUs, a copy of the network on each, run in two threads, as core's
+  multi-GPU work units do; skipped with one GPU).
+
 On the CPU (``--smoke``) a budget is enforced by counting the bytes alive
 (``bench/estimate_vram.py``'s counter plus the weights of the loaded networks), scaled to
 the tiny networks, so the out-of-memory path runs too.
@@ -390,7 +403,8 @@ def _sec(n) -> str:
     return "—" if n is None else f"{n:.2f}"
 
 
-def run(setup: Setup, *, reference: bool = True, fp8: bool = True) -> list[str]:
+def run(setup: Setup, *, reference: bool = True, fp8: bool = True, levers: bool = True,
+        levers_only: bool = False) -> list[str]:
     lines = []
     where = torch.cuda.get_device_name(setup.device) if setup.cuda else platform.processor() or "cpu"
     ref = os.environ.get("KV_REFERENCE_REPO")
@@ -405,6 +419,10 @@ def run(setup: Setup, *, reference: bool = True, fp8: bool = True) -> list[str]:
     lines.append("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     torch.set_grad_enabled(False)
     nets = build(setup)
+    if levers_only:
+        _flush(lines)
+        lever_rows(setup, nets, lines)
+        return lines
     # stages: one 32 fps run (both passes, 45- and 177-frame decodes), no budget
     rows: list = []
     pipeline(setup, nets, passes=2, meter=Meter(setup), decode_also=1, rows=rows)
@@ -419,6 +437,8 @@ def run(setup: Setup, *, reference: bool = True, fp8: bool = True) -> list[str]:
         seconds, peak, failed, msg = budgeted_pipeline(setup, nets, label, limit)
         lines.append(_pipeline_row("bf16", label, seconds, peak, failed, msg))
         _flush(lines)
+    if levers:
+        lever_rows(setup, nets, lines)
     del nets
     _empty_cache(setup)
     if fp8:
@@ -427,6 +447,175 @@ def run(setup: Setup, *, reference: bool = True, fp8: bool = True) -> list[str]:
             seconds, peak, failed, msg = budgeted_pipeline(setup, nets, label, limit)
             lines.append(_pipeline_row("fp8", label, seconds, peak, failed, msg))
             _flush(lines)
+    return lines
+
+
+# --------------------------------------------------------------------------- the levers
+
+def _attention_backends(setup: Setup) -> dict:
+    """name -> a ``kv_core.attention`` backend, for every kernel this device and this
+    environment offer (SDPA's own kernels, ``flash_attn``, ``sageattention``)."""
+    import torch.nn.functional as F
+    from kv_core.attention import sdpa
+
+    out = {"sdpa (default)": None}
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - older torch
+        sdpa_kernel = None
+    if sdpa_kernel is not None and setup.cuda:
+        for label, kernel in (("sdpa flash", "FLASH_ATTENTION"), ("sdpa mem-efficient", "EFFICIENT_ATTENTION"),
+                              ("sdpa cudnn", "CUDNN_ATTENTION"), ("sdpa math", "MATH")):
+            if hasattr(SDPBackend, kernel):
+                def backend(q, k, v, heads, mask=None, _k=getattr(SDPBackend, kernel)):
+                    if mask is not None:  # the kernels without masks: the masked ones stay on the default
+                        return sdpa(q, k, v, heads, mask)
+                    with sdpa_kernel(_k):
+                        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(-2)
+                out[label] = backend
+    try:
+        from flash_attn import flash_attn_func
+
+        def flash(q, k, v, heads, mask=None):
+            if mask is not None or not setup.cuda:
+                return sdpa(q, k, v, heads, mask)
+            return flash_attn_func(*(t.transpose(1, 2) for t in (q, k, v))).flatten(-2)
+        out["flash_attn"] = flash
+    except ImportError:
+        pass
+    try:
+        from sageattention import sageattn
+
+        def sage(q, k, v, heads, mask=None):
+            if mask is not None or not setup.cuda:
+                return sdpa(q, k, v, heads, mask)
+            return sageattn(q, k, v, tensor_layout="HND", is_causal=False).transpose(1, 2).flatten(-2)
+        out["sageattention"] = sage
+    except ImportError:
+        pass
+    return out
+
+
+@contextmanager
+def _streamed(setup: Setup, net: torch.nn.Module):
+    """Every leaf module's weights on the device only while it runs, copied from pinned host
+    memory each call (dynamic VRAM's way); the network stays in host memory."""
+    leaves = [m for m in net.modules() if any(True for _ in m.parameters(recurse=False))]
+    net.to("cpu")
+    if setup.cuda:
+        for m in leaves:
+            for p in m.parameters(recurse=False):
+                p.data = p.data.pin_memory()
+    host = {}
+
+    def pre(module, args):
+        host[module] = [p.data for p in module.parameters(recurse=False)]
+        for p in module.parameters(recurse=False):
+            p.data = p.data.to(setup.device, non_blocking=True)
+
+    def post(module, args, output):
+        for p, data in zip(module.parameters(recurse=False), host.pop(module)):
+            p.data = data
+
+    handles = [h for m in leaves for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _cfg_split(setup: Setup, net, inp: dict):
+    """The keyframes workload's rows split over two devices (a deep copy of the network on the
+    second), both halves at once in two threads; on the CPU two copies stand in for two GPUs.
+    Returns a function running it, or None with fewer than two GPUs."""
+    import copy
+    import threading
+
+    devices = ([torch.device("cuda", i) for i in range(2)] if setup.cuda and torch.cuda.device_count() >= 2
+               else [setup.device] * 2 if not setup.cuda else None)
+    if devices is None:
+        return None
+    copies = [net, copy.deepcopy(net).to(devices[1])]
+    frames = inp["num_frames"]
+    rows = inp["x"].shape[0]
+    cut = (rows // frames + 1) // 2 * frames  # whole passes: 2 passes on the first device, 1 on the second
+    halves = []
+    for i, (lo, hi) in enumerate(((0, cut), (cut, rows))):
+        d = devices[i]
+        halves.append({k: (v[lo:hi].to(d) if isinstance(v, torch.Tensor) and v.shape[:1] == (rows,) else v)
+                       for k, v in inp.items()})
+
+    def run():
+        out = [None, None]
+
+        def one(i):
+            h = halves[i]
+            with torch.inference_mode():
+                out[i] = copies[i](h["x"], h["time"], h["context"], h["context_mask"], mode="video",
+                                   num_frames=frames, temporal_embed=h["temporal_embed"],
+                                   noise_aug_time=h["noise_aug_time"], motion_score=h["motion_score"])
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return torch.cat([out[0], out[1].to(out[0].device)])
+    return run
+
+
+def lever_rows(setup: Setup, nets: dict, lines: list) -> list[str]:
+    """One keyframe U-Net forward per lever, beside the plain forward of the same run
+    (appended to ``lines`` and printed as they come)."""
+    from kv_core.attention import attention_backend
+
+    configs = {"t2v": setup.configs[KEYFRAME_UNET], "interpolation": setup.configs[INTERPOLATION_UNET],
+               "video_movq": setup.configs[VIDEO_MOVQ]}
+    inp = bn.workloads("tiny" if setup.smoke else "official", configs, setup.compute, setup.device)["keyframes"]
+    net = nets["t2v"]
+    meter = Meter(setup, above_start=True)
+
+    def forward(module=net):
+        return bn.run_ours({"t2v": module}, "keyframes", inp)
+
+    def row(lever, seconds, peak, base, note=""):
+        ratio = f"{base / seconds:.2f}" if seconds and base else "—"
+        lines.append(f"| lever | {lever} | {'bf16' if setup.cuda else 'fp32'} | — | {_sec(seconds)} | {_mem(peak)} | "
+                     f"— | — | {_sec(base)} | — | {ratio} | {note} |")
+        _flush(lines)
+
+    with torch.inference_mode(), on_device(setup, None, net):
+        forward()  # warm-up
+        want, base, _ = meter.run(forward)
+        for name, backend in _attention_backends(setup).items():
+            with attention_backend(backend, net):
+                forward()
+                got, seconds, peak = meter.run(forward)
+            row(f"attention: {name}", seconds, peak, base, f"max diff {float((got - want).abs().max()):.1e}")
+        if setup.smoke:  # tracing alone takes minutes on a loaded CPU; the tests compile the networks
+            row("torch.compile (inductor)", None, None, base, "skipped in --smoke")
+        else:
+            compiled = torch.compile(net, backend="inductor")
+            _, first, _ = meter.run(lambda: forward(compiled))
+            got, seconds, peak = meter.run(lambda: forward(compiled))
+            row("torch.compile (inductor)", seconds, peak, base,
+                f"compile {first - seconds:.1f} s; max diff {float((got - want).abs().max()):.1e}")
+            del compiled
+            torch._dynamo.reset()
+    with torch.inference_mode(), _streamed(setup, net):
+        forward()
+        got, seconds, peak = meter.run(forward)
+        row("streamed weights (dynamic VRAM's way)", seconds, peak, base,
+            f"max diff {float((got - want.to(got.device)).abs().max()):.1e}")
+    with torch.inference_mode(), on_device(setup, None, net):
+        split = _cfg_split(setup, net, inp)
+        if split is None:
+            row("CFG split over 2 GPUs", None, None, base, f"skipped: {torch.cuda.device_count()} GPU")
+        else:
+            split()
+            got, seconds, peak = meter.run(split)
+            row("CFG split over 2 GPUs" if setup.cuda else "CFG split (2 CPU copies stand in)", seconds, peak, base,
+                f"max diff {float((got - want.to(got.device)).abs().max()):.1e}")
     return lines
 
 
@@ -452,13 +641,15 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny networks on the CPU (CI)")
     ap.add_argument("--device", default=None, help="default: cuda, or cpu with --smoke")
     ap.add_argument("--no-fp8", action="store_true", help="leave out the fp8 pipeline rows")
+    ap.add_argument("--no-levers", action="store_true", help="leave out the lever rows")
+    ap.add_argument("--levers-only", action="store_true", help="only the lever rows")
     args = ap.parse_args(argv)
     device = args.device or ("cpu" if args.smoke else "cuda")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; run with --smoke for the CPU check", file=sys.stderr)
         return 2
     setup = Setup(args.smoke, device)
-    lines = run(setup, fp8=not args.no_fp8)
+    lines = run(setup, fp8=not args.no_fp8, levers=not args.no_levers, levers_only=args.levers_only)
     _flush(lines)
     return 0
 

@@ -7,6 +7,8 @@
 #
 #   bash bench/gpu_check.sh            # a CUDA machine (sized for under 8 minutes on one H200; not yet run on one)
 #   bash bench/gpu_check.sh --smoke    # tiny networks on the CPU: every code path in seconds (CI)
+#   bash bench/gpu_check.sh --levers-only   # the host's levers alone (attention backends, compile,
+#                                           # streamed weights, CFG split over 2 GPUs)
 #
 # Python: $KV_PYTHON, else $KV_VENV/bin/python, else .venv/bin/python of the clone, else python3.
 set -euo pipefail

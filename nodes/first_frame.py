@@ -19,7 +19,7 @@ from ..kv_core.image import RESIZE_MODES, image_batch_picture
 from ..kv_core.stages.first_frame import (decode_first_frame, encode_first_frame, first_frame_latent_size,
                                           generate_first_frame)
 from ..kv_core.stages import Hooks
-from .host import sockets
+from .host import sockets, stage_model
 from .host.inputs import CATEGORY, CheckedCombos, sampler_inputs, size_inputs
 from .host.networks import activation_memory, stage
 from .host.progress import StepProgress
@@ -46,6 +46,7 @@ class KandinskyVideoFirstFrame(CheckedCombos, io.ComfyNode):
                                tooltip="Classifier-free guidance (w+1)*cond - w*uncond "
                                        "(key_frame_guidance_scale, 5 in the release)."),
                 *sampler_inputs(50),
+                stage_model.model_input(),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The first frame, at twice the video size.")],
         )
@@ -56,15 +57,18 @@ class KandinskyVideoFirstFrame(CheckedCombos, io.ComfyNode):
 
     @classmethod
     def execute(cls, keyframe_unet, movq, conditioning, width, height, guidance_scale, steps, sampler,
-                seed) -> io.NodeOutput:
+                seed, model=None) -> io.NodeOutput:
+        if model is not None:
+            stage_model.check(model, keyframe_unet.patcher, "first_frame", "Kandinsky Video First Frame")
         h, w = first_frame_latent_size(width, height, unet=keyframe_unet.module, movq=movq.module)
         progress = StepProgress(steps, lambda x: x)
         with torch.inference_mode():
-            with stage(keyframe_unet, memory_required=activation_memory(keyframe_unet, 2, h, w)
-                       ) as device:
+            with stage(keyframe_unet, memory_required=activation_memory(keyframe_unet, 2, h, w),
+                       model=model) as device:
                 latent = generate_first_frame(
-                    keyframe_unet.module, keyframe_unet.null_embedding, conditioning.text_condition(), width=width,
-                    height=height, guidance_scale=guidance_scale, sampler=sampler, steps=steps, noise=seed,
+                    stage_model.unet_of(model, keyframe_unet), keyframe_unet.null_embedding,
+                    conditioning.text_condition(), width=width, height=height, guidance_scale=guidance_scale,
+                    sampler=sampler, steps=steps, noise=seed,
                     movq=movq.module, hooks=Hooks(progress=progress, cancel=progress.cancel, device=device,
                                                   dtype=keyframe_unet.compute_dtype))
             with stage(movq, memory_required=activation_memory(movq, 1, h, w)) as device:

@@ -11,7 +11,7 @@ from ..kv_core.conditioning import null_condition
 from ..kv_core.stages.interpolation import MAX_SKIP_FRAMES, SKIP_FRAMES, interpolate_frames
 from ..kv_core.stages import Hooks
 from .host import latent as record
-from .host import sockets
+from .host import sockets, stage_model
 from .host.inputs import CATEGORY, CheckedCombos, sampler_inputs
 from .host.latent import AUTO_SKIP, carry_video_record, resolve_skip_frames
 from .host.networks import activation_memory, stage
@@ -55,6 +55,7 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
                                      "per batch (a quarter of them shared with the next batch) for long videos "
                                      "that do not fit memory at once; 16 suits most. Same noise either way; "
                                      "results differ slightly where the batches meet."),
+                stage_model.model_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="Video latent with 4N-3 frames.")],
         )
@@ -63,7 +64,9 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
 
     @classmethod
     def execute(cls, interpolation_unet, latent, skip_frames, guidance_scale, steps, sampler, seed,
-                conditioning=None, window=0) -> io.NodeOutput:
+                conditioning=None, window=0, model=None) -> io.NodeOutput:
+        if model is not None:
+            stage_model.check(model, interpolation_unet.patcher, "interpolation", "Kandinsky Video Interpolate")
         videos = record.latent_videos(latent, "Kandinsky Video Interpolate")
         skip_frames = resolve_skip_frames(skip_frames, latent, int(videos[0].shape[0]),
                                           "Kandinsky Video Interpolate")
@@ -77,12 +80,13 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
         out = []
         rows = 2 * max(min(groups, window or groups), 1)  # a window's rows are what the U-Net holds at once
         memory = activation_memory(interpolation_unet, rows, h, w)
-        with torch.inference_mode(), stage(interpolation_unet, memory_required=memory) as device:
+        unet = stage_model.unet_of(model, interpolation_unet)
+        with torch.inference_mode(), stage(interpolation_unet, memory_required=memory, model=model) as device:
             for i, frames in enumerate(videos):
                 # the noise stream follows from the input frame count (kv_core's rule), which
                 # survives Save/Load Latent: a pass on a loaded latent draws what the direct run drew
                 out.append(interpolate_frames(
-                    interpolation_unet.module, interpolation_unet.null_embedding, text,
+                    unet, interpolation_unet.null_embedding, text,
                     frames, skip_frames=skip_frames, window=window, guidance_scale=guidance_scale, sampler=sampler,
                     steps=steps, noise=seed,
                     hooks=Hooks(progress=lambda step, total, x, done=i * steps: progress(

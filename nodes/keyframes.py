@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..kv_core.stages.keyframes import generate_keyframes
 from ..kv_core.stages import Hooks
-from .host import sockets
+from .host import sockets, stage_model
 from .host.inputs import CATEGORY, CheckedCombos, keyframe_inputs
 from .host.latent import video_latent
 from .host.networks import activation_memory, stage
@@ -32,6 +32,7 @@ class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
                 sockets.FirstFrame.Input("first_frame", tooltip="From Kandinsky Video Encode First Frame; "
                                                                "it also sets the video size."),
                 *keyframe_inputs(),
+                stage_model.model_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent",
                                       tooltip="Keyframe latents [1, 4, frames, h, w].")],
@@ -43,13 +44,16 @@ class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
     @classmethod
     def execute(cls, keyframe_unet, conditioning, first_frame, motion, noise_augmentation,
                 guidance_weight_prompt, guidance_weight_image, steps, sampler, seed,
-                num_keyframes) -> io.NodeOutput:
+                num_keyframes, model=None) -> io.NodeOutput:
+        if model is not None:
+            stage_model.check(model, keyframe_unet.patcher, "keyframes", "Kandinsky Video Keyframes")
         h, w = first_frame.latent.shape[-2:]
         progress = StepProgress(steps, lambda x: x)
         memory = activation_memory(keyframe_unet, 3 * num_keyframes, h, w)
-        with torch.inference_mode(), stage(keyframe_unet, memory_required=memory) as device:
+        with torch.inference_mode(), stage(keyframe_unet, memory_required=memory, model=model) as device:
             frames = generate_keyframes(
-                keyframe_unet.module, keyframe_unet.null_embedding, conditioning.text_condition(), first_frame.latent,
+                stage_model.unet_of(model, keyframe_unet), keyframe_unet.null_embedding,
+                conditioning.text_condition(), first_frame.latent,
                 num_keyframes=num_keyframes, motion=motion, noise_augmentation=noise_augmentation,
                 guidance_weight_prompt=guidance_weight_prompt, guidance_weight_image=guidance_weight_image,
                 sampler=sampler, steps=steps, noise=seed,

@@ -48,9 +48,15 @@ def _load_error(network: str, name: str, path: str, err: Exception) -> ValueErro
                       f"(expected {model_files.EXPECTED_FILES[network]}): {err}")
 
 
-def load_network(network: str, name: str, weight_dtype: str, device: str = "default") -> Network:
+def load_network(network: str, name: str, weight_dtype: str, device: str = "default", *,
+                 disable_dynamic: bool = False) -> Network:
     """Load a U-Net or MoVQ checkpoint into a ModelPatcher-wrapped :class:`Network` that
-    runs on ``device`` (a loader's device choice, :mod:`.host.devices`)."""
+    runs on ``device`` (a loader's device choice, :mod:`.host.devices`).
+
+    Weights load as the host's own loaders load them under dynamic VRAM: the network is
+    built on the meta device and the file's tensors are assigned to it
+    (``load_state_dict(assign=True)``, cast one at a time), never copied into parameters
+    allocated first; the patcher is the host's class (``networks.wrap``)."""
     path = resolve_model_file(name, network)
     unet = network in (ckpt.KEYFRAME_UNET, ckpt.INTERPOLATION_UNET)
     load_device = resolve_device(device, mm.get_torch_device())
@@ -74,7 +80,13 @@ def load_network(network: str, name: str, weight_dtype: str, device: str = "defa
     if fp8 is not None:
         dtypes.store_fp8(module, fp8)
     return wrap(module, network, name, compute, load_device=load_device, offload_device=offload_device,
-                null_embedding=None if null is None else null.float().cpu(), configs=configs)
+                null_embedding=None if null is None else null.float().cpu(), configs=configs,
+                disable_dynamic=disable_dynamic, reload=(_reload_network, (network, name, weight_dtype, device)))
+
+
+def _reload_network(network, name, weight_dtype, device, disable_dynamic=False):
+    """The patcher of a fresh load (a dynamic host's ``cached_patcher_init``)."""
+    return load_network(network, name, weight_dtype, device, disable_dynamic=disable_dynamic).patcher
 
 
 class _NetworkLoader(CheckedCombos, io.ComfyNode):
@@ -127,7 +139,7 @@ class KandinskyVideoKeyframeUNetLoader(_NetworkLoader):
                    "(Kandinsky 3.0 image mode) and the keyframes.")
 
     @classmethod
-    def validate_inputs(cls, unet_name=None):
+    def validate_inputs(cls, unet_name=None, device=None):  # device named: a saved GPU missing here still runs
         return check_model_name(unet_name, cls.NETWORK)
 
 
@@ -140,7 +152,7 @@ class KandinskyVideoInterpolationUNetLoader(_NetworkLoader):
     DESCRIPTION = "Loads the interpolation U-Net (interpolation.pt, 4.0B parameters) for the 8 and 32 fps passes."
 
     @classmethod
-    def validate_inputs(cls, unet_name=None):
+    def validate_inputs(cls, unet_name=None, device=None):  # device named: a saved GPU missing here still runs
         return check_model_name(unet_name, cls.NETWORK)
 
 
@@ -153,7 +165,7 @@ class KandinskyVideoMoVQLoader(_NetworkLoader):
     DESCRIPTION = "Loads the image MoVQ (movq.pt): decodes the first frame and encodes the conditioning image."
 
     @classmethod
-    def validate_inputs(cls, movq_name=None):
+    def validate_inputs(cls, movq_name=None, device=None):  # device named: a saved GPU missing here still runs
         return check_model_name(movq_name, cls.NETWORK)
 
 
@@ -166,7 +178,7 @@ class KandinskyVideoVideoMoVQLoader(_NetworkLoader):
     DESCRIPTION = "Loads the video MoVQ (video_movq.pt), whose temporal decoder turns video latents into frames."
 
     @classmethod
-    def validate_inputs(cls, movq_name=None):
+    def validate_inputs(cls, movq_name=None, device=None):  # device named: a saved GPU missing here still runs
         return check_model_name(movq_name, cls.NETWORK)
 
 
@@ -216,7 +228,7 @@ def adopt_operations(module: torch.nn.Module, operations, *, compute=None, fp32_
 
 
 def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtype: str,
-                      device: str = "default") -> Network:
+                      device: str = "default", *, disable_dynamic: bool = False) -> Network:
     """Load Flan-UL2's encoder and the projections into a :class:`Network` that runs on
     ``device`` (a loader's device choice, :mod:`.host.devices`); its ``text_identity`` is the
     prompt-cache identity of the parts (:meth:`TextPlan.identity`)."""
@@ -252,9 +264,16 @@ def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtyp
         dtypes.store_fp8(encoder, fp8)
     text = KVTextEncoder(encoder, projections, tokenizer, tokens_length)
     network = wrap(_TextStack(text), ckpt.T5_ENCODER, text_encoder_name, compute, load_device=load_device,
-                   offload_device=offload_device)
+                   offload_device=offload_device, disable_dynamic=disable_dynamic,
+                   reload=(_reload_text_encoder, (text_encoder_name, projections_name, weight_dtype, device)))
     network.text_identity = plan.identity()
     return network
+
+
+def _reload_text_encoder(text_encoder_name, projections_name, weight_dtype, device, disable_dynamic=False):
+    """The patcher of a fresh load (a dynamic host's ``cached_patcher_init``)."""
+    return load_text_encoder(text_encoder_name, projections_name, weight_dtype, device,
+                             disable_dynamic=disable_dynamic).patcher
 
 
 class KandinskyVideoTextEncoderLoader(CheckedCombos, io.ComfyNode):
@@ -281,11 +300,13 @@ class KandinskyVideoTextEncoderLoader(CheckedCombos, io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, text_encoder_name=None):
+    def validate_inputs(cls, text_encoder_name=None, device=None):
         # ComfyUI shows a validate_inputs message under every input the method takes, so it
-        # takes only the encoder's name (a folder or a file in two model folders, which the
-        # host's list check would not explain); projections_name is one combo, checked by the
-        # host on its own input (CheckedCombos), and again when the node runs.
+        # takes the encoder's name (a folder or a file in two model folders, which the host's
+        # list check would not explain) and device (named so that the host does not check it
+        # against this machine's list: a saved GPU missing here runs on the default device);
+        # projections_name is one combo, checked by the host on its own input (CheckedCombos),
+        # and again when the node runs.
         if text_encoder_name is not None:
             try:
                 resolve_text_encoder(text_encoder_name)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..dtypes import has_values, layer_compute_dtype
+from ..attention import AttentionCall, AttentionSettings, AttentionSite, attention, current_runner
 
 __all__ = [
     "LayerFactory",
@@ -290,7 +291,10 @@ class ConditionalGroupNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention with bias-free projections, through SDPA.
+    """Multi-head attention with bias-free projections, through the attention entry point
+    (:func:`~.attention.attention`: SDPA unless a host sets its backend; a runner, when one
+    is set, gets the whole call, see :mod:`.attention`). ``site`` names it
+    (:class:`~.attention.AttentionSite`, set by the network that builds it).
 
     ``x [B, N, in_channels]`` attends to ``context [B, M, context_dim]`` (``x`` itself when
     None), or to a :class:`TextContext` (then ``context_mask`` is ignored: the context's own
@@ -308,10 +312,13 @@ class Attention(nn.Module):
         if out_channels % head_dim:
             raise ValueError(f"attention width {out_channels} is not a multiple of head_dim {head_dim}")
         self.num_heads = out_channels // head_dim
+        self.head_dim = head_dim
         self.to_query = factory.linear(in_channels, out_channels, bias=False)
         self.to_key = factory.linear(context_dim, out_channels, bias=False)
         self.to_value = factory.linear(context_dim, out_channels, bias=False)
         self.output_layer = factory.linear(out_channels, out_channels, bias=False)
+        self.site = AttentionSite("unnamed", 0, 0, "attn1")
+        self.attention_settings = AttentionSettings()  # the network's, once it names its attentions
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, -1)).transpose(-3, -2)  # [B, heads, N, d]
@@ -322,20 +329,69 @@ class Attention(nn.Module):
         if text is not None:
             context, context_mask = text.tokens, text.mask
         context = x if context is None else context
+        runner = current_runner(self.attention_settings)
+        if runner is not None:
+            out = runner(self._call(x, context, context_mask, text))
+        else:
+            query, key, value, mask = self._project(x, context, context_mask, text)
+            out = attention(query, key, value, self.num_heads, mask, self.attention_settings)
+        return self.output_layer(out)
+
+    @staticmethod
+    def _mask(context_mask: torch.Tensor):
+        """``context_mask [B, M]`` -> the rows with no visible key ``[B]`` and the bool mask
+        ``[B, 1, 1, M]`` (such a row sees every key)."""
+        visible = context_mask.to(torch.bool)
+        blind = ~visible.any(dim=-1)  # rows with every key masked
+        return blind, (visible | blind[:, None])[:, None, None, :]
+
+    @classmethod
+    def _key_mask(cls, key: torch.Tensor, context_mask: Optional[torch.Tensor]):
+        """Keys ``[B, heads, M, d]`` of rows with no visible key zeroed (equal scores ->
+        uniform weights, quirk U5) and the mask (None without ``context_mask``)."""
+        if context_mask is None:
+            return key, None
+        blind, mask = cls._mask(context_mask)
+        return key.masked_fill(blind[:, None, None, None], 0.0), mask
+
+    def _project(self, x, context, context_mask, text: Optional[TextContext]):
+        """q, k, v ``[B, heads, L, d]`` and the mask, the text's keys and values projected
+        once per distinct prompt."""
         query = self._split_heads(self.to_query(x))
-        key = self._split_heads(self.to_key(context))
+        key, mask = self._key_mask(self._split_heads(self.to_key(context)), context_mask)
         value = self._split_heads(self.to_value(context))
-        mask = None
-        if context_mask is not None:
-            visible = context_mask.to(torch.bool)
-            blind = ~visible.any(dim=-1)  # rows with every key masked
-            key = key.masked_fill(blind[:, None, None, None], 0.0)  # equal scores -> uniform weights
-            mask = (visible | blind[:, None])[:, None, None, :]
         if text is not None and text.rows is not None:
             key, value = text.expand(key), text.expand(value)
             mask = None if mask is None else text.expand(mask)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
-        return self.output_layer(out.transpose(-3, -2).flatten(-2))
+        return query, key, value, mask
+
+    def _call(self, x, context, context_mask, text: Optional[TextContext]) -> AttentionCall:
+        """This attention as an :class:`~.attention.AttentionCall` for a runner."""
+        rows = (lambda t: t) if text is None else text.expand  # noqa: E731
+        full_mask = None if context_mask is None else rows(context_mask)
+
+        def fits(k: torch.Tensor) -> bool:  # keys [B, heads, M, d] of the masked text
+            return full_mask is not None and (k.shape[0], k.shape[2]) == tuple(full_mask.shape)
+
+        def inputs():
+            full = rows(context)
+            return x, full, full
+
+        def project(q_in, k_in, v_in):
+            key = self._split_heads(self.to_key(k_in))
+            if fits(key):
+                key = self._key_mask(key, full_mask)[0]
+            return self._split_heads(self.to_query(q_in)), key, self._split_heads(self.to_value(v_in))
+
+        def mask_for(k):
+            return self._key_mask(k, full_mask)[1] if fits(k) else None
+
+        def projected():
+            return self._project(x, context, context_mask, text)[:3]
+
+        mask = None if full_mask is None else self._mask(full_mask)[1]
+        return AttentionCall(self.site, self.num_heads, self.head_dim, inputs, project, projected, mask, mask_for,
+                             self.attention_settings)
 
 
 class AttentionPooling(nn.Module):
@@ -344,7 +400,8 @@ class AttentionPooling(nn.Module):
     The query is the mean of ``context [B, L, D]`` over *all* L positions (padding
     included); it attends to the context under ``context_mask``. ``emb [B, E]`` -> ``[B, E]``.
     ``context`` may be a :class:`TextContext` (``context_mask`` then ignored): the summary is
-    computed once per distinct row.
+    computed once per distinct row (a runner sees this attention with one row per distinct
+    prompt, not per batch row).
     """
 
     def __init__(self, embed_dim: int, context_dim: int, head_dim: int = 64, *, factory: LayerFactory):

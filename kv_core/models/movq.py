@@ -35,6 +35,7 @@ from torch import nn
 
 from ..dtypes import layer_compute_dtype
 from . import constructor_config
+from ..attention import name_sites
 from .layers import LayerFactory
 from .movq_blocks import (
     NORM_GROUPS,
@@ -232,6 +233,27 @@ class MoVQ(nn.Module):
                                    temporal_kernel_size=tuple(temporal_kernel_size),
                                    temporal_conv_padding=tuple(temporal_conv_padding), **common)
         self.per_item_attention_norm = per_item_attention_norm
+        self._name_attention_sites()
+
+    def _name_attention_sites(self) -> None:
+        """Name every attention (:class:`~.attention.AttentionSite`, all ``attn1``):
+        ``("encoder", i)`` / ``("decoder", i)`` for the attentions of level ``i``
+        (``self.encoder.down[i]`` / ``self.decoder.up[i]``; in the decoder each spatial one
+        followed by its temporal one), ``("encoder_middle", 0)`` / ``("decoder_middle", 0)``
+        for the middle blocks'."""
+        entries = [("encoder", i, [("attn1", a, False) for a in level.attn])
+                   for i, level in enumerate(self.encoder.down)]
+        entries.append(("encoder_middle", 0, [("attn1", self.encoder.mid.attn_1, False)]))
+        mid = self.decoder.mid
+        entries.append(("decoder_middle", 0, [("attn1", mid.attn_1, False), ("attn1", mid.temporal_attn_1, True)]))
+        for i, level in enumerate(self.decoder.up):
+            order = []
+            for k, spatial in enumerate(level.attn):
+                order.append(("attn1", spatial, False))
+                if len(level.temporal_attn):
+                    order.append(("attn1", level.temporal_attn[k], True))
+            entries.append(("decoder", i, order))
+        name_sites(self, entries)
 
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
         """The compute dtype for input ``x`` (policy: :func:`kv_core.dtypes.layer_compute_dtype`)."""

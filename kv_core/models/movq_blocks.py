@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention import AttentionCall, AttentionSettings, AttentionSite, attention, current_runner
 from .layers import LayerFactory, conv_over_frames
 
 __all__ = [
@@ -142,7 +143,8 @@ class MoVQResnetBlock(nn.Module):
 
 class _MoVQAttentionBase(nn.Module):
     """Norm and the four 1x1 convolutions (``q``, ``k``, ``v``, ``proj_out``) of a
-    single-head attention block with a residual connection."""
+    single-head attention block with a residual connection; the attention goes through the
+    entry point (:mod:`.attention`), ``site`` names it."""
 
     def __init__(self, channels: int, zq_channels: Optional[int] = None, add_conv: bool = False,
                  *, factory: LayerFactory):
@@ -152,6 +154,30 @@ class _MoVQAttentionBase(nn.Module):
         self.k = factory.conv2d(channels, channels, 1)
         self.v = factory.conv2d(channels, channels, 1)
         self.proj_out = factory.conv2d(channels, channels, 1)
+        self.site = AttentionSite("unnamed", 0, 0, "attn1")
+        self.attention_settings = AttentionSettings()  # the network's, once it names its attentions
+
+    @staticmethod
+    def _conv_tokens(conv: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """A 1x1 convolution applied to tokens ``[B, L, C]`` -> one head ``[B, 1, L, C]``."""
+        return conv(tokens.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2).unsqueeze(1)
+
+    def _attend(self, tokens, projected) -> torch.Tensor:
+        """Single-head self-attention of the tokens ``tokens() [B, L, C]`` (``projected()``
+        gives q, k, v ``[B, 1, L, C]`` as the block computes them) -> ``[B, L, C]``."""
+        runner = current_runner(self.attention_settings)
+        if runner is None:
+            return attention(*projected(), 1, None, self.attention_settings)
+
+        def inputs():
+            t = tokens()
+            return t, t, t
+
+        def project(a, b, c):
+            return tuple(self._conv_tokens(m, t) for m, t in ((self.q, a), (self.k, b), (self.v, c)))
+
+        return runner(AttentionCall(self.site, 1, self.q.out_channels, inputs, project, projected, None,
+                                    settings=self.attention_settings))
 
 
 class MoVQAttnBlock(_MoVQAttentionBase):
@@ -162,9 +188,10 @@ class MoVQAttnBlock(_MoVQAttentionBase):
         B, C, H, W = x.shape
         h = self.norm(x, zq)
         # [B, C, H, W] -> [B, 1, H*W, C]
-        q, k, v = (conv(h).flatten(2).transpose(1, 2).unsqueeze(1) for conv in (self.q, self.k, self.v))
-        h = F.scaled_dot_product_attention(q, k, v)
-        h = h.squeeze(1).transpose(1, 2).reshape(B, C, H, W)
+        projected = lambda: tuple(conv(h).flatten(2).transpose(1, 2).unsqueeze(1)  # noqa: E731
+                                  for conv in (self.q, self.k, self.v))
+        h = self._attend(lambda: h.flatten(2).transpose(1, 2), projected)  # [B, H*W, C]
+        h = h.transpose(1, 2).reshape(B, C, H, W)
         return x + self.proj_out(h)
 
 
@@ -180,8 +207,9 @@ class MoVQTemporalAttnBlock(_MoVQAttentionBase):
         T, C, H, W = x.shape
         h = self.norm(x)
         # [T, C, H, W] -> [H*W, 1, T, C]
-        q, k, v = (conv(h).permute(2, 3, 0, 1).reshape(H * W, 1, T, C) for conv in (self.q, self.k, self.v))
-        h = F.scaled_dot_product_attention(q, k, v)
+        projected = lambda: tuple(conv(h).permute(2, 3, 0, 1).reshape(H * W, 1, T, C)  # noqa: E731
+                                  for conv in (self.q, self.k, self.v))
+        h = self._attend(lambda: h.permute(2, 3, 0, 1).reshape(H * W, T, C), projected)  # [H*W, T, C]
         h = h.reshape(H, W, T, C).permute(2, 3, 0, 1)
         return x + self.proj_out(h)
 

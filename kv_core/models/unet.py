@@ -44,7 +44,7 @@ from .layers import (
     conv_over_frames,
     feed_forward,
 )
-from .unet_base import LevelSpec, ResNetPair, UNetBase, UNetBlocks, plan_levels
+from .unet_base import LevelSpec, ResNetPair, UNetBase, UNetBlocks, attention_of, plan_levels
 
 __all__ = ["KeyframeUNet", "OFFICIAL_CONFIG"]
 
@@ -138,6 +138,11 @@ class KeyframeDownBlock(nn.Module):
         self.temporal_attention_block = blocks.temporal_attention(spec)
         self.resnet_attn_blocks = blocks.resnet_attn_blocks(spec, up=False, extra=blocks.temporal_resnets)
 
+    def attention_order(self) -> list:
+        return [("attn1", attention_of(self.self_attention_block), False),
+                ("attn1", attention_of(self.temporal_attention_block, "temporal_attention"), True),
+                *(("attn2", attention_of(pair[1]), False) for pair in self.resnet_attn_blocks)]
+
     def forward(self, x, emb, context, context_mask, temporal_emb=None, num_frames=None):
         video = temporal_emb is not None
         if self.self_attention_block is not None:
@@ -165,6 +170,11 @@ class KeyframeUpBlock(nn.Module):
         self.resnet_attn_blocks = blocks.resnet_attn_blocks(spec, up=True, extra=blocks.temporal_resnets)
         self.temporal_attention_block = blocks.temporal_attention(spec)
         self.self_attention_block = blocks.self_attention(spec)
+
+    def attention_order(self) -> list:
+        return [*(("attn2", attention_of(pair[1]), False) for pair in self.resnet_attn_blocks),
+                ("attn1", attention_of(self.temporal_attention_block, "temporal_attention"), True),
+                ("attn1", attention_of(self.self_attention_block), False)]
 
     def forward(self, x, emb, context, context_mask, temporal_emb=None, num_frames=None):
         video = temporal_emb is not None
@@ -223,6 +233,7 @@ class KeyframeUNet(UNetBase):
                              add_self_attention, context_dim)
         self._build_levels(levels, lambda spec: KeyframeDownBlock(spec, blocks),
                            lambda spec: KeyframeUpBlock(spec, blocks), init_channels, out_channels, groups, factory)
+        self._name_attention_sites()
 
     def forward(self, x: torch.Tensor, time: torch.Tensor, context: torch.Tensor,
                 context_mask: Optional[torch.Tensor], *, mode: Literal["image", "video"],

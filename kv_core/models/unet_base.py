@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention import name_sites
 from .layers import Attention, ConditionalGroupNorm, FrameAxis, LayerFactory, conv_over_frames, feed_forward
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "level_pairs",
     "UNetBlocks",
     "UNetBase",
+    "attention_of",
 ]
 
 Resample = Optional[Literal["up", "down"]]
@@ -297,6 +299,11 @@ class UNetBlocks:
         ])
 
 
+def attention_of(block: Optional[nn.Module], name: str = "attention") -> Optional[Attention]:
+    """The :class:`~.layers.Attention` of an attention block (None without the block)."""
+    return None if block is None else getattr(block, name)
+
+
 class UNetBase(nn.Module):
     """What both U-Nets do the same around their levels: ``down_samples`` (one per level),
     ``up_samples`` (the same levels in reverse) and ``out_layer`` (GroupNorm -> SiLU -> 3x3
@@ -312,6 +319,29 @@ class UNetBase(nn.Module):
             nn.SiLU(),
             factory.conv2d(init_channels, out_channels, 3, padding=1),
         )
+
+    def _name_attention_sites(self) -> None:
+        """Name every attention (:class:`~.attention.AttentionSite`) with ComfyUI's U-Net
+        block names: the down levels but the bottom one are ``("input", level)``, the two
+        bottom levels (down, then up) together ``("middle", 0)``, the other up levels
+        ``("output", j)`` in the order they run (j = 0 right after the middle); the text
+        pooling is ``("pooling", 0)``. Each level block lists its attentions in run order
+        (``attention_order()``: ``(kind, module, temporal)``)."""
+        last = len(self.down_samples) - 1
+        entries = [("pooling", 0, [("attn2", self.feature_pooling.attention, False)])]
+        middle = []
+        for i, block in enumerate(self.down_samples):
+            if i == last:
+                middle += block.attention_order()
+            else:
+                entries.append(("input", i, block.attention_order()))
+        for j, block in enumerate(self.up_samples):
+            if j == 0:
+                middle += block.attention_order()
+            else:
+                entries.append(("output", j - 1, block.attention_order()))
+        entries.append(("middle", 0, middle))
+        name_sites(self, entries)
 
     def _run_levels(self, h: torch.Tensor, *args) -> torch.Tensor:
         """Down levels, then up levels, each up level but the first taking the output of the

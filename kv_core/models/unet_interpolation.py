@@ -47,7 +47,7 @@ from .layers import (
     feed_forward,
     sinusoidal_embedding,
 )
-from .unet_base import InterpolationTemporalConv, LevelSpec, UNetBase, UNetBlocks, plan_levels
+from .unet_base import InterpolationTemporalConv, LevelSpec, UNetBase, UNetBlocks, attention_of, plan_levels
 
 __all__ = ["InterpolationUNet", "OFFICIAL_CONFIG", "NUM_SKIP_FRAMES"]
 
@@ -142,6 +142,11 @@ class InterpolationDownBlock(nn.Module):
         self.temporal_attention_block = blocks.temporal_attention(spec)
         self.resnet_attn_blocks = blocks.resnet_attn_blocks(spec, up=False)
 
+    def attention_order(self) -> list:
+        return [("attn1", attention_of(self.self_attention_block), False),
+                ("attn1", attention_of(self.temporal_attention_block), True),
+                *(("attn2", attention_of(pair[1]), False) for pair in self.resnet_attn_blocks)]
+
     def forward(self, x, emb, context, context_mask, frames: FrameAxis):
         if self.self_attention_block is not None:
             x = self.self_attention_block(x, emb)
@@ -159,6 +164,11 @@ class InterpolationUpBlock(nn.Module):
         self.resnet_attn_blocks = blocks.resnet_attn_blocks(spec, up=True)
         self.self_attention_block = blocks.self_attention(spec)
         self.temporal_attention_block = blocks.temporal_attention(spec)
+
+    def attention_order(self) -> list:
+        return [*(("attn2", attention_of(pair[1]), False) for pair in self.resnet_attn_blocks),
+                ("attn1", attention_of(self.self_attention_block), False),
+                ("attn1", attention_of(self.temporal_attention_block), True)]
 
     def forward(self, x, emb, context, context_mask, frames: FrameAxis):
         x = _run_pairs(self.resnet_attn_blocks, x, emb, context, context_mask, frames)
@@ -227,6 +237,7 @@ class InterpolationUNet(UNetBase):
         self._build_levels(levels, lambda spec: InterpolationDownBlock(spec, blocks),
                            lambda spec: InterpolationUpBlock(spec, blocks), init_channels, out_channels, groups,
                            factory)
+        self._name_attention_sites()
         new = add_new_temporal_params
         self.temporal_conv_in = (InterpolationTemporalConv(init_channels, init_channels, factory=factory)
                                  if new else None)

@@ -1,27 +1,41 @@
 """Where a loaded network runs: the loaders' ``device`` choice.
 
 ``default`` is ComfyUI's choice for that kind of network (its torch device for the U-Nets
-and MoVQs, its text-encoder device for the text encoder); ``cpu`` and each accelerator the
-host's torch sees (``cuda:0``, ``cuda:1``... ``xpu:0``..., ``mps``) put that one network
-there. The choice becomes the network's ``ModelPatcher`` load device; the stages move
-their inputs to it (``kv_core.stages``' ``device`` hook) and hand their outputs on through
-ComfyUI's intermediate device, so stages on different devices work together.
+and MoVQs, its text-encoder device for the text encoder); the other choices put that one
+network on that device. The choice becomes the network's ``ModelPatcher`` load device; the
+stages move their inputs to it (``kv_core.stages``' ``device`` hook) and hand their outputs
+on through ComfyUI's intermediate device, so stages on different devices work together.
+
+The list follows the host: where ComfyUI has ``model_management.get_gpu_device_options()``
+(current ComfyUI: ``default``, ``cpu`` and, on a machine with several GPUs, ``gpu:0``,
+``gpu:1``, ...) the loaders offer those, resolved by its ``resolve_gpu_device_option``;
+elsewhere (0.3.75) ``default``, ``cpu`` and each accelerator torch sees (``cuda:0``,
+``xpu:0``, ``mps``). A saved workflow naming a device this machine lacks (another
+machine's GPU) runs on the default device with a line in the log, as ComfyUI's own loaders
+do, instead of being refused: the loaders' ``validate_inputs`` name ``device``, so the
+host does not check it against this machine's list.
 """
 from __future__ import annotations
 
+import logging
+import re
+
 import torch
 
+import comfy.model_management as mm
 from comfy_api.latest import io
 
 DEFAULT = "default"
 DEVICE_TOOLTIP = (
-    "Where this network runs. default: ComfyUI's choice. cpu, or one GPU by number (cuda:0, cuda:1...), "
-    "puts this network alone there, e.g. the 8.7B text encoder on a second GPU or on the CPU (slow; "
-    "pick weight_dtype bf16 there to halve its memory). The list shows the devices of this machine; a "
-    "workflow saved elsewhere with a device missing here is refused before anything runs.")
+    "Where this network runs. default: ComfyUI's choice. cpu, or one GPU (gpu:0, gpu:1... or cuda:0, cuda:1... "
+    "depending on the ComfyUI version), puts this network alone there, e.g. the 8.7B text encoder on a second "
+    "GPU or on the CPU (slow; pick weight_dtype bf16 there to halve its memory). The list shows the devices of "
+    "this machine; a workflow saved elsewhere with a device missing here runs on the default device (logged).")
+
+logger = logging.getLogger("kandinsky_video")
 
 
-def device_choices() -> list[str]:
+def _torch_choices() -> list[str]:
     """``default``, ``cpu`` and every accelerator this process's torch sees."""
     choices = [DEFAULT, "cpu"]
     if torch.cuda.is_available():
@@ -35,6 +49,15 @@ def device_choices() -> list[str]:
     return choices
 
 
+def device_choices() -> list[str]:
+    """The host's device options where it has them, else :func:`_torch_choices`."""
+    host = getattr(mm, "get_gpu_device_options", None)
+    if callable(host):
+        choices = [str(c) for c in host()]
+        return choices if DEFAULT in choices else [DEFAULT, *choices]
+    return _torch_choices()
+
+
 def device_input() -> io.Combo.Input:
     """The loaders' last input: optional, so workflows saved before it existed load with
     ``default``."""
@@ -42,17 +65,32 @@ def device_input() -> io.Combo.Input:
                           tooltip=DEVICE_TOOLTIP)
 
 
+def _missing(choice: str, default: torch.device) -> torch.device:
+    logger.warning("Kandinsky Video: device %r is not on this machine (a workflow saved on another one?): "
+                   "running on the default device %s. This machine has: %s", choice, default,
+                   ", ".join(device_choices()))
+    return default
+
+
 def resolve_device(choice, default: torch.device) -> torch.device:
     """The torch device for a loader's ``device`` choice (``default`` or None: ``default``).
-    ``ValueError`` naming this machine's choices for a device it does not have."""
+    A device this machine lacks gives ``default``, with a log line."""
     if choice is None or choice == DEFAULT:
         return default
-    choices = device_choices()
-    if choice not in choices:
-        raise ValueError(f"device {choice!r} is not available on this machine; choose one of: "
-                         f"{', '.join(choices)} (a workflow saved on another machine may name a GPU this "
-                         f"one does not have)")
-    return torch.device(choice)
+    choice = str(choice)
+    host = getattr(mm, "resolve_gpu_device_option", None)
+    if callable(host) and (choice == "cpu" or re.fullmatch(r"gpu:\d+", choice)):
+        if choice not in device_choices():
+            return _missing(choice, default)
+        device = host(choice)
+        return default if device is None else torch.device(device)
+    if choice in _torch_choices():
+        return torch.device(choice)
+    match = re.fullmatch(r"gpu:(\d+)", choice)  # a newer host's name on this one
+    accelerators = [c for c in _torch_choices() if c not in (DEFAULT, "cpu", "mps")]
+    if match and int(match.group(1)) < len(accelerators):
+        return torch.device(accelerators[int(match.group(1))])
+    return _missing(choice, default)
 
 
 def offload_device_for(load_device: torch.device, default_offload: torch.device) -> torch.device:

@@ -20,7 +20,8 @@ import comfy.patcher_extension
 
 from ...kv_core import kinds
 from ...kv_core.kinds import NETWORK_NAMES
-from .unet_model import STAGES_OF, unet_patcher
+from .attention import host_attention
+from .unet_model import STAGES_OF, patcher_class, unet_patcher
 
 
 @dataclass(eq=False)
@@ -51,15 +52,24 @@ class Network:
 
 
 def wrap(module: torch.nn.Module, kind: str, name: str, compute_dtype, *, load_device, offload_device,
-         null_embedding=None, configs=None) -> Network:
+         null_embedding=None, configs=None, disable_dynamic: bool = False, reload=None) -> Network:
     """``module`` (on ``offload_device``) as a :class:`Network`. A U-Net gets its one
     patcher around the core model (``nodes.host.unet_model.unet_patcher``), which both the
-    pack's stages and the core MODEL (a clone of it) load; the others a plain patcher."""
+    pack's stages and the core MODEL (a clone of it) load; the others a patcher of their
+    own. Both in the host's patcher class (``unet_model.patcher_class``: the dynamic-VRAM
+    one where the host has it, unless ``disable_dynamic``).
+
+    ``reload``: ``(function, args)`` that loads the same network again,
+    ``function(*args, disable_dynamic=True)`` giving a legacy patcher; kept as the patcher's
+    ``cached_patcher_init``, which a dynamic host calls when it demotes a clone to the
+    legacy patcher (``clone(disable_dynamic=True)``, e.g. under weight hooks)."""
     if kind in STAGES_OF:
         patcher = unet_patcher(module, kind, compute_dtype, null_embedding, load_device=load_device,
-                               offload_device=offload_device)
+                               offload_device=offload_device, disable_dynamic=disable_dynamic)
     else:
-        patcher = comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device)
+        patcher = patcher_class(disable_dynamic)(module, load_device=load_device, offload_device=offload_device)
+    if reload is not None:
+        patcher.cached_patcher_init = reload
     patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_LOAD, "kandinsky_video", _placed_after_load)
     return Network(kind, name, patcher, compute_dtype, null_embedding, configs)
 
@@ -117,19 +127,36 @@ def offload_after_stage() -> bool:
     return os.environ.get(OFFLOAD_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def transformer_options(network: Network) -> dict:
+    """The ``transformer_options`` of a network's patcher (empty unless something set them)."""
+    return network.patcher.model_options.get("transformer_options") or {}
+
+
 @contextlib.contextmanager
-def stage(*networks: Network, memory_required: int = 0) -> Iterator[torch.device]:
+def stage(*networks: Network, memory_required: int = 0, model=None) -> Iterator[torch.device]:
     """Load ``networks`` for one stage with ComfyUI's ``load_models_gpu`` (which unloads
     other models when ``memory_required`` plus the networks do not fit) and yield the
     device to run on. The networks stay loaded afterwards for the next stage or prompt,
     unless :func:`offload_after_stage` says otherwise; a stage that fails or is
-    interrupted unloads them, so the memory is free for the next prompt."""
-    mm.load_models_gpu([n.patcher for n in networks], memory_required=int(memory_required))
+    interrupted unloads them, so the memory is free for the next prompt.
+
+    Inside, every attention of the networks goes through the host's attention
+    (``nodes.host.attention.host_attention``) with the ``transformer_options`` of the first
+    network's patcher. ``model``: a core MODEL of the first network (``nodes.host.stage_model``,
+    checked by the node) loaded in its place, with its patches; its transformer_options
+    then apply."""
+    patchers = [n.patcher for n in networks]
+    if model is not None:
+        patchers[0] = model
+    mm.load_models_gpu(patchers, memory_required=int(memory_required))
     ok = False
     try:
         for n in networks:
             _place_stray_parameters(n.module, n.load_device)
-        yield networks[0].load_device
+        options = transformer_options(networks[0]) if model is None else (
+            model.model_options.get("transformer_options") or {})
+        with host_attention(options, networks[0].describe(), *(n.module for n in networks)):
+            yield networks[0].load_device
         ok = True
     finally:
         if not ok or offload_after_stage():

@@ -48,6 +48,7 @@ from ...kv_core.stages import LATENT_CHANNELS, STAGE_TABLE, STAGES, schedule_sig
 from ...kv_core.stages.first_frame import first_frame_condition
 from ...kv_core.stages.interpolation import GROUP_FRAMES, interpolation_input
 from ...kv_core.stages.keyframes import frame_index
+from .attention import host_attention
 from .progress import MoVQLatentFormat
 
 
@@ -61,6 +62,7 @@ KEY_NEIGHBOURS = "kandinsky_video_neighbours"  # interpolation: [1, 8, G, h, w] 
 KEY_SKIP = "kandinsky_video_skip_frames"       # interpolation: [1] int32
 KEY_PERTURBATION = "kandinsky_video_perturbation_time"  # interpolation: [1] int32
 KEY_TEMPORAL_MASK = "kandinsky_video_temporal_mask"     # interpolation: [1] float (1 cond, 0 uncond)
+KEY_DIRECT = "kandinsky_video_direct"          # a stage loop's call: the kv_core network's own keyword arguments
 
 # the stages each U-Net runs, and the conditioning node of each stage (kv_core.stages' list)
 STAGES_OF = {kind: tuple(s.name for s in STAGE_TABLE.values() if s.network == kind)
@@ -121,6 +123,23 @@ class CoreAdapter(torch.nn.Module):
         self.kind = kind
 
     def forward(self, x, timesteps, context=None, control=None, transformer_options=None, **kw):
+        """The network's call inside the host's attention (``nodes.host.attention``: the MODEL's
+        attention patches, override and backend act on every attention). ``control`` (a
+        ControlNet / T2I-Adapter's residuals) has nowhere to go in these U-Nets: refused."""
+        if x.ndim == 5 and _self_attention_guidance(transformer_options):
+            raise ValueError("Self-Attention Guidance reads a 2D attention map and blurs a 4D image latent; it works on "
+                             "the Kandinsky Video first frame only, not on video latents (keyframes, interpolation): "
+                             "remove it from this MODEL (Perturbed-Attention Guidance works on every stage)")
+        if control:
+            raise ValueError("a ControlNet / T2I-Adapter is applied to the conditioning, but the Kandinsky Video U-Nets "
+                             "have no control inputs: remove the Apply ControlNet node before this sampler")
+        direct = kw.get(KEY_DIRECT)
+        if direct is not None:  # a stage's loop (nodes.host.stage_model), inside its own host attention
+            return self.net(x, timesteps, context, **direct)
+        with host_attention(transformer_options, "Kandinsky Video MODEL", self.net):
+            return self._forward(x, timesteps, context, **kw)
+
+    def _forward(self, x, timesteps, context, **kw):
         stage = kw.get(KEY_STAGE)
         mask = kw.get(KEY_MASK)
         if stage not in STAGES_OF[self.kind] or mask is None or context is None:
@@ -152,6 +171,13 @@ class CoreAdapter(torch.nn.Module):
                        perturbation_time=per_row(kw[KEY_PERTURBATION]), skip_frames=per_row(kw[KEY_SKIP]),
                        temporal_mask=per_row(kw[KEY_TEMPORAL_MASK]))
         return _unrows(out, b)
+
+
+def _self_attention_guidance(transformer_options) -> bool:
+    """Whether core Self-Attention Guidance (comfy_extras/nodes_sag.py) patched this MODEL:
+    its attention replace patch comes from that module."""
+    replace = ((transformer_options or {}).get("patches_replace") or {}).get("attn1") or {}
+    return any(getattr(fn, "__module__", "").endswith("nodes_sag") for fn in replace.values())
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -279,12 +305,28 @@ def _note_plain_cfg_on_keyframes(executor, *args, **kwargs):
     return executor(*args, **kwargs)
 
 
+def patcher_class(disable_dynamic: bool = False) -> type:
+    """The ModelPatcher class the host's own loaders use: ``comfy.model_patcher.CoreModelPatcher``
+    where the host has it (current ComfyUI: ``ModelPatcherDynamic`` when dynamic VRAM is on,
+    read at each call as the host resolves it then), else ``ModelPatcher`` (0.3.75); always
+    ``ModelPatcher`` with ``disable_dynamic`` (the host's demotion, e.g. for hooks)."""
+    mp = comfy.model_patcher
+    return mp.ModelPatcher if disable_dynamic else getattr(mp, "CoreModelPatcher", mp.ModelPatcher)
+
+
+def is_dynamic(patcher) -> bool:
+    """Whether the host manages ``patcher`` with dynamic VRAM (False where it cannot)."""
+    check = getattr(patcher, "is_dynamic", None)
+    return bool(check()) if callable(check) else False
+
+
 def unet_patcher(module: torch.nn.Module, kind: str, compute_dtype: torch.dtype, null_embedding=None, *,
-                 load_device, offload_device) -> comfy.model_patcher.ModelPatcher:
+                 load_device, offload_device, disable_dynamic: bool = False) -> comfy.model_patcher.ModelPatcher:
     """The one ModelPatcher of a loaded U-Net (``nodes.host.networks.wrap`` makes it at load):
-    a :class:`KandinskyVideoModel` around ``module``, which stays where it is."""
-    patcher = comfy.model_patcher.ModelPatcher(KandinskyVideoModel(module, kind, compute_dtype, null_embedding),
-                                               load_device=load_device, offload_device=offload_device)
+    a :class:`KandinskyVideoModel` around ``module``, which stays where it is, in the
+    host's patcher class (:func:`patcher_class`)."""
+    patcher = patcher_class(disable_dynamic)(KandinskyVideoModel(module, kind, compute_dtype, null_embedding),
+                                             load_device=load_device, offload_device=offload_device)
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "kandinsky_video_guidance",
                                  _note_plain_cfg_on_keyframes)
     return patcher

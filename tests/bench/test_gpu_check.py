@@ -25,7 +25,7 @@ def table():
     env = dict(os.environ, KV_PYTHON=sys.executable, OMP_NUM_THREADS="1",
                KV_REFERENCE_REPO=str(REPO / "tests" / "data" / "reference_stand_in"))
     done = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--smoke"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [[c.strip() for c in line.strip().strip("|").split("|")]
             for line in done.stdout.splitlines() if line.startswith("| ") and not line.startswith("| kind")]
@@ -67,3 +67,15 @@ def test_the_pipeline_runs_unbudgeted_and_an_exhausted_budget_is_a_table_entry(t
     assert len(failed) == 4 and all("OutOfBudget" in r["note"] for r in failed), failed
     # the smallest budget cannot even hold the text encoder; a larger one gets further
     assert runs[3]["stage"] == "OOM in text_encoder" and runs[2]["stage"] != "OOM in text_encoder"
+
+
+def test_every_lever_has_a_row_beside_the_plain_forward(table):
+    _, header, rows = table
+    levers = {r[1]: dict(zip(header, r)) for r in rows if r[0] == "lever"}
+    assert {"attention: sdpa (default)", "torch.compile (inductor)", "streamed weights (dynamic VRAM's way)",
+            "CFG split (2 CPU copies stand in)"} <= set(levers), sorted(levers)
+    for name, row in levers.items():
+        assert NUMBER.match(row["our forward s"]), row
+        if name != "torch.compile (inductor)":  # compiled on a GPU only (the tests compile on the CPU)
+            assert NUMBER.match(row["seconds"]) and NUMBER.match(row["ref/ours"]), row
+            assert row["note"].startswith("max diff") and float(row["note"].split()[-1]) <= 1e-5, row

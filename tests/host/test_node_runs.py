@@ -63,19 +63,17 @@ def test_a_stage_forced_to_cpu_gives_the_all_default_result(kv):
         assert np.array_equal(a, b)
 
 
-def test_a_device_this_machine_lacks_is_refused_naming_the_choices(kv):
-    """A workflow saved on a machine with four GPUs: one error, on that loader's ``device``
-    input, naming the value and this machine's choices; nothing runs."""
-    prompt = i2v_prompt(kv)
+def test_a_device_this_machine_lacks_runs_on_the_default_device_with_a_log_line(kv):
+    """A workflow saved on a machine with four GPUs runs here, as ComfyUI's own loaders do:
+    the loader puts the network on the default device and says so in the log."""
+    prompt = i2v_prompt(kv, steps=1, seed=11)
     loader = node_of(prompt, "KandinskyVideoKeyframeUNetLoader")
     prompt[loader]["inputs"]["device"] = "cuda:3"
-    result = kv.run(prompt, timeout=120)
-    assert result.status == "rejected", result.describe()
-    assert list(result.node_errors) == [loader], result.node_errors
-    errors = result.node_errors[loader]["errors"]
-    assert [e["extra_info"]["input_name"] for e in errors] == ["device"], errors
-    details = errors[0]["details"]
-    assert "cuda:3" in details and all(f"'{d}'" in details for d in _this_machines_devices()), details
+    mark = kv.log_mark()
+    result = kv.run(prompt, timeout=600)
+    assert result.ok, result.describe()
+    log = kv.log_since(mark)
+    assert "device 'cuda:3' is not on this machine" in log and "running on the default device" in log, log[-2000:]
 
 
 def test_the_frontend_loads_a_template_saved_without_the_device_input_with_default(kv, comfy_browser):

@@ -31,6 +31,7 @@ EXPECTED = {
     "kandinsky_video_interpolate_any_video": (None, None),  # 4N - 3 frames of its input video: VIDEO_INPUTS
     "kandinsky_video_text_to_video_8fps_core_sampling": (45, 12),
     "kandinsky_video_long_video_3_prompts": (133, 34),
+    "kandinsky_video_text_to_video_8fps_fast": (45, 12),
 }
 # long videos: the keyframes each segment adds (the rate is the first segment's, kv_core.extend)
 SEGMENTS = {"kandinsky_video_long_video_3_prompts": [12, 11, 11]}
@@ -38,7 +39,11 @@ SEGMENTS = {"kandinsky_video_long_video_3_prompts": [12, 11, 11]}
 # 4N - 3 frames at 4 x the input's frame rate, at the input's size
 VIDEO_INPUTS = {"kandinsky_video_interpolate_any_video": EXAMPLE_VIDEO}
 PACK_ONLY = {"LoadImage", "PreviewImage", "CreateVideo", "SaveVideo", "MarkdownNote",  # core nodes used
-             "LoadVideo", "GetVideoComponents", "SamplerCustomAdvanced", "KSamplerSelect", "RandomNoise"}
+             "LoadVideo", "GetVideoComponents", "SamplerCustomAdvanced", "KSamplerSelect", "RandomNoise",
+             "TorchCompileModel"}
+# Inductor compiles each U-Net for minutes on a CPU: the runs below bypass TorchCompileModel (a
+# template's only other change); the compiled stage loop is tested in tests/nodes/test_attention_levers.py
+COMPILE = "TorchCompileModel"
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 RELEASE_URL = "https://huggingface.co/ai-forever/KandinskyVideo_1_1/resolve/main/"
 # loader -> the official file its properties.models names (the widget value it ships with)
@@ -229,9 +234,37 @@ def test_model_metadata_matches_the_server_model_lists(kv):
     assert set(LOADER_FILES.values()) <= listed
 
 
+def without_compile(prompt: dict) -> dict:
+    """An API prompt with every TorchCompileModel bypassed (its MODEL input goes on)."""
+    compile_nodes = {k: v["inputs"]["model"] for k, v in prompt.items() if v["class_type"] == COMPILE}
+    for node in prompt.values():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and value[0] in compile_nodes:
+                node["inputs"][name] = compile_nodes[value[0]]
+    return {k: v for k, v in prompt.items() if k not in compile_nodes}
+
+
+def test_the_fast_template_is_the_8fps_one_with_the_levers_wired():
+    fast_ = shipped_workflow("kandinsky_video_text_to_video_8fps_fast")
+    base = shipped_workflow("kandinsky_video_text_to_video_8fps")
+    ids = {n["id"]: n["type"] for n in fast_["nodes"]}
+    compiled = [i for i, t in ids.items() if t == COMPILE]
+    assert len(compiled) == 2
+    into = {(ids[link[1]], ids[link[3]]) for link in fast_["links"] if link[1] in compiled}
+    assert into == {(COMPILE, "KandinskyVideoFirstFrame"), (COMPILE, "KandinskyVideoKeyframes"),
+                    (COMPILE, "KandinskyVideoInterpolate")}
+    assert all(n["widgets_values"] == ["inductor"] for n in fast_["nodes"] if n["type"] == COMPILE)
+    same = {n["id"]: n.get("widgets_values") for n in base["nodes"] if n["type"] not in ("SaveVideo", "MarkdownNote")}
+    assert {i: v for i, v in _widgets_of(fast_).items() if i in same} == same  # the release's settings
+
+
+def _widgets_of(workflow: dict) -> dict:
+    return {n["id"]: n.get("widgets_values") for n in workflow["nodes"]}
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_shipped_workflow_runs_through_the_api(kv, name):
-    prompt = fast(kv.to_api(shipped_workflow(name)))
+    prompt = fast(without_compile(kv.to_api(shipped_workflow(name))))
     result = kv.run(prompt, timeout=900)
     assert result.ok, result.describe()
     check_video(kv, result, name, SIZE)
@@ -279,6 +312,13 @@ SET_FAST = """(size) => {
 }"""
 
 
+#: Bypass every TorchCompileModel as a user would (mode 4: its MODEL input passes through).
+BYPASS_COMPILE = """(() => {
+    for (const node of window.app.graph.nodes) if (node.type === 'TorchCompileModel') node.mode = 4;
+    return true;
+})()"""
+
+
 #: Refresh the model lists as the 'r' key does; resolves once the page has drawn its toast.
 REFRESH = """(window.app.refreshComboInNodes ? window.app.refreshComboInNodes() : Promise.resolve())
     .then(() => new Promise(done => setTimeout(() => done(true), 0)))"""
@@ -310,6 +350,7 @@ def test_shipped_workflow_loads_and_runs_in_the_frontend(kv, frontend, name):
     assert {v["class_type"] for v in prompt.values()} >= {"KandinskyVideoDecode", "SaveVideo"}
     assert invalid_widget_values(prompt, kv.object_info(refresh=True)) == []
     frontend.browser.call(SET_FAST, SIZE)
+    frontend.browser.evaluate(BYPASS_COMPILE)
     result = frontend.queue(timeout=900)
     assert result.ok, result.describe()
     check_video(kv, result, name, SIZE)

@@ -1,0 +1,124 @@
+"""A core ``MODEL`` in front of the pack's stage nodes (host glue).
+
+First Frame, Keyframes and Interpolate take an optional ``model``: the core MODEL of their
+U-Net (Kandinsky Video Keyframe / Interpolation Model, then any MODEL-patching nodes). The
+stage keeps its own loop, guidance and seeds; what the MODEL carries acts inside that
+loop:
+
+* weight patches (LoRA-style): the stage loads the MODEL's patcher, so ComfyUI patches the
+  shared U-Net's weights (and restores them when the plain U-Net is loaded next);
+* attention levers of ``transformer_options`` (``nodes.host.attention``: replace patches,
+  ``attn1_patch``/``attn2_patch``, ``optimized_attention_override``);
+* ``TorchCompileModel`` (its ``apply_model`` wrapper): every U-Net call of the loop goes
+  through the compiled module.
+
+Everything else a MODEL can carry works on the core-sampling path only, because it is
+defined on core sampling (``sampler_post_cfg_function`` and the other CFG functions, e.g.
+Perturbed-Attention Guidance, Self-Attention Guidance, RescaleCFG; sampler and
+diffusion-model wrappers, e.g. EasyCache, LazyCache; ``model_function_wrapper``; object
+patches such as another model sampling): the stage refuses it by name (:func:`check`)
+instead of ignoring it.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import comfy.patcher_extension
+from comfy.patcher_extension import WrappersMP
+from comfy_api.latest import io
+
+from ...kv_core.kinds import INTERPOLATION_UNET
+from .unet_model import KEY_DIRECT, KandinskyVideoModel
+
+#: wrappers the stage path runs (key of core's torch.compile wrapper) or that are the pack's own
+COMPILE_KEY = "torch.compile"
+OWN_WRAPPERS = {(WrappersMP.OUTER_SAMPLE, "kandinsky_video_guidance")}
+
+STAGE_LEVERS = ("weight patches (LoRA-style), attention patches (patches_replace attn1/attn2, attn1_patch/attn2_patch, "
+                "optimized_attention_override) and TorchCompileModel")
+CORE_PATH = ("the core-sampling path (Kandinsky Video Keyframe / Interpolation Model → the patching node → "
+             "Kandinsky Video Guider → SamplerCustomAdvanced; template kandinsky_video_text_to_video_8fps_core_sampling)")
+
+_CFG_FUNCTIONS = {
+    "sampler_post_cfg_function": "a post-CFG function (e.g. Perturbed-Attention Guidance, Self-Attention Guidance, "
+                                 "RescaleCFG)",
+    "sampler_pre_cfg_function": "a pre-CFG function",
+    "sampler_cfg_function": "a CFG function",
+    "model_function_wrapper": "a model function wrapper (unet wrapper)",
+}
+
+
+def _wrappers(model) -> list[tuple[str, str]]:
+    """(type, key) of every wrapper on the patcher or in its transformer_options."""
+    found = [(t, k) for t, by_key in (getattr(model, "wrappers", None) or {}).items() for k, fns in by_key.items() if fns]
+    to = model.model_options.get("transformer_options") or {}
+    found += [(t, k) for t, by_key in (to.get("wrappers") or {}).items() for k, fns in by_key.items() if fns]
+    return found
+
+
+def check(model, unet_patcher, stage: str, what: str) -> None:
+    """Refuse a ``model`` the stage cannot honour: not the core MODEL of this very U-Net, or
+    carrying a kind of patch that acts on the core path only (each named, with what works
+    here and where the rest works)."""
+    inner = getattr(model, "model", None)
+    if not isinstance(inner, KandinskyVideoModel) or not model.is_clone(unet_patcher):
+        need = "Interpolation" if stage == "interpolation" else "Keyframe"
+        raise ValueError(f"{what}: model must be the core MODEL of the U-Net connected to this node (Kandinsky Video "
+                         f"{need} Model from the same loader, then any patching nodes); this MODEL is another model")
+    kinds = [text for key, text in _CFG_FUNCTIONS.items() if model.model_options.get(key)]
+    kinds += [f"a {t} wrapper ({k!r})" for t, k in _wrappers(model)
+              if not (t == WrappersMP.APPLY_MODEL and k == COMPILE_KEY) and (t, k) not in OWN_WRAPPERS]
+    kinds += [f"an object patch of {name!r}" for name in getattr(model, "object_patches", {})]
+    if getattr(model, "hook_patches", None):
+        kinds.append("hook patches (scheduled LoRA / hooks)")
+    if kinds:
+        raise ValueError(f"{what}: the model carries {'; '.join(kinds)}, which acts on {CORE_PATH} only. On this node "
+                         f"work: {STAGE_LEVERS}. Sample this stage on the core path, or remove that node")
+
+
+class StageUNet:
+    """The U-Net a stage's loop calls, routed through its core MODEL: the MODEL's
+    ``apply_model`` wrappers (TorchCompileModel's swaps in the compiled diffusion model)
+    around a direct call of the (possibly compiled) adapter. Attribute reads go to the
+    kv_core module (its size rules, parameters, config)."""
+
+    def __init__(self, model):
+        self._model = model
+        self._base: KandinskyVideoModel = model.model
+
+    def __getattr__(self, name):
+        return getattr(self._base.kv_network, name)
+
+    def __call__(self, x, time, context, context_mask, **kwargs):
+        base = self._base
+        wrappers = comfy.patcher_extension.get_all_wrappers(WrappersMP.APPLY_MODEL, self._model.model_options,
+                                                            is_model_options=True)
+        wrappers += [fn for fns in (getattr(self._model, "wrappers", None) or {}).get(WrappersMP.APPLY_MODEL, {}).values()
+                     for fn in fns]
+
+        def run(*_args, **_kw):
+            return base.diffusion_model(x, time, context, **{KEY_DIRECT: dict(context_mask=context_mask, **kwargs)})
+
+        return comfy.patcher_extension.WrapperExecutor.new_class_executor(run, base, wrappers).execute()
+
+
+def model_input() -> io.Model.Input:
+    """The stage nodes' last input: optional, so workflows saved without it load unchanged."""
+    return io.Model.Input("model", optional=True, tooltip=(
+        "Optional: the core MODEL of the U-Net connected above (Kandinsky Video Keyframe / Interpolation Model, "
+        "then MODEL-patching nodes). Acting in this node's own loop: " + STAGE_LEVERS + ". Other patches (PAG, "
+        "SAG, caching) need the core-sampling path and are refused here by name."))
+
+
+def unet_of(model, network) -> object:
+    """What the stage hands kv_core as its U-Net: the network's module, or with a MODEL the
+    :class:`StageUNet` routed through it."""
+    return network.module if model is None else StageUNet(model)
+
+
+def stage_kind(network) -> str:
+    return "interpolation" if network.kind == INTERPOLATION_UNET else "keyframes"
+
+
+def transformer_options(model) -> Optional[dict]:
+    return None if model is None else (model.model_options.get("transformer_options") or {})
