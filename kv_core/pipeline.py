@@ -29,6 +29,7 @@ from .rules import (_is_int, check_context_width, check_fps, check_guidance, che
                     unet_latent_multiple, VIDEO_SECONDS)
 from .sampling import CancelFn, TextCondition, check_cancel
 from .schedulers import NUM_TRAIN_TIMESTEPS, SAMPLERS
+from .step_cache import check_step_cache
 from .stages import (decode_chunk_sizes, decode_first_frame, decode_frames, encode_first_frame, encode_prompt,
                      generate_first_frame, generate_keyframes, interpolate_frames)
 
@@ -46,7 +47,9 @@ __all__ = ["encode_prompt", "generate_first_frame", "decode_first_frame", "encod
 @dataclass
 class GenerationSettings:
     """Every control of a generation, with the reference's defaults. ``None`` steps mean
-    the stage's reference count (50, 50, 10)."""
+    the stage's reference count (50, 50, 10). ``<stage>_step_cache``: DeepCache-style step
+    caching of that stage (``kv_core.step_cache.StepCacheSettings`` or a dict of its
+    fields); None, the default, runs every step in full."""
 
     width: int = 512
     height: int = 512
@@ -65,6 +68,9 @@ class GenerationSettings:
     interpolation_sampler: str = "ddpm"
     interpolation_steps: Optional[int] = None
     image_mode: str = "reference"
+    first_frame_step_cache: object = None
+    keyframes_step_cache: object = None
+    interpolation_step_cache: object = None
 
     def validate(self) -> "GenerationSettings":
         check_size(self.width, self.height)
@@ -77,6 +83,8 @@ class GenerationSettings:
             check_guidance(name, getattr(self, name))
         for stage in ("first_frame", "keyframes", "interpolation"):
             check_sampler(stage, getattr(self, f"{stage}_sampler"), getattr(self, f"{stage}_steps"))
+        for stage in ("first_frame", "keyframes", "interpolation"):
+            setattr(self, f"{stage}_step_cache", check_step_cache(getattr(self, f"{stage}_step_cache")))
         if self.image_mode not in RESIZE_MODES:
             raise ValueError(f"image_mode must be one of {RESIZE_MODES}, got {self.image_mode!r}")
         return self
@@ -164,7 +172,7 @@ class KandinskyVideoPipeline:
     ) -> VideoResult:
         """Generate a video. ``settings``: the fields of ``GenerationSettings``
         (width, height, num_keyframes, fps, motion, noise_augmentation, the four guidance
-        weights, ``<stage>_sampler``/``<stage>_steps``, image_mode). ``image``: a picture
+        weights, ``<stage>_sampler``/``<stage>_steps``/``<stage>_step_cache``, image_mode). ``image``: a picture
         for image-to-video (PIL, array or tensor), else the first frame is generated.
         ``noise``: seed (int) or noise source. ``progress(stage, step, total, latent)``."""
         unknown = set(settings) - set(SETTING_NAMES)
@@ -199,7 +207,7 @@ class KandinskyVideoPipeline:
                     self.unet, self.null_embedding, cond, width=s.width, height=s.height,
                     guidance_scale=s.key_frame_guidance_scale, sampler=s.first_frame_sampler,
                     steps=s.first_frame_steps, noise=noise, progress=hook("first_frame"), cancel=cancel,
-                    movq=self.movq)
+                    movq=self.movq, step_cache=s.first_frame_step_cache)
                 image = decode_first_frame(self.movq, latent)
                 if return_intermediates:
                     info["first_frame_latent"], info["keyframe_image"] = latent, image
@@ -211,7 +219,7 @@ class KandinskyVideoPipeline:
                 motion=s.motion, noise_augmentation=s.noise_augmentation,
                 guidance_weight_prompt=s.guidance_weight_prompt, guidance_weight_image=s.guidance_weight_image,
                 sampler=s.keyframes_sampler, steps=s.keyframes_steps, noise=noise,
-                progress=hook("keyframes"), cancel=cancel)
+                progress=hook("keyframes"), cancel=cancel, step_cache=s.keyframes_step_cache)
             if return_intermediates:
                 info["keyframe_latent"], info["base_frames"] = key_latent, frames
             for pass_index in range(1, FPS_PASSES[s.fps] + 1):
@@ -219,7 +227,8 @@ class KandinskyVideoPipeline:
                     self.interpolation_unet, self.interpolation_null_embedding, cond, frames,
                     pass_index=pass_index, guidance_scale=s.interpolation_guidance_scale,
                     sampler=s.interpolation_sampler, steps=s.interpolation_steps, noise=noise,
-                    progress=hook(f"interpolation_{pass_index}"), cancel=cancel)
+                    progress=hook(f"interpolation_{pass_index}"), cancel=cancel,
+                    step_cache=s.interpolation_step_cache)
                 if return_intermediates:
                     info[f"interpolated_{pass_index}"] = frames
             decode_hook = None if progress is None else (lambda done, total: progress("decode", done, total, None))

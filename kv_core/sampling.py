@@ -14,6 +14,11 @@ random tensor is drawn from it, in the reference order). Latents stay float32 on
 ``device`` (default: the device of the network's parameters); the network gets them as
 they are and casts to its own dtype.
 
+Step caching (``step_cache``, off by default): a ``kv_core.step_cache.StepCacheSettings``
+makes the loop run the U-Net in full only every ``interval`` steps and reuse its deep
+features in between (DeepCache; see :mod:`kv_core.step_cache`). Each loop starts with an
+empty cache; ``trace["step_cache"]`` receives the counts of full and cached steps.
+
 Host hooks: ``progress(step, total, latent)`` is called after every step;
 ``cancel()`` is called before every step and stops the loop with ``Interrupted`` when it
 returns True (it may also raise its own exception). ``trace``, when a dict, receives the
@@ -28,6 +33,7 @@ import torch
 
 from .noise import NoiseSource
 from .schedulers import Sampler, stage_sampler
+from .step_cache import StepCache, StepCacheSettings, check_step_cache
 from .stage_inputs import assemble_interpolated  # noqa: F401  (kv_core.sampling.assemble_interpolated, as before)
 from .stage_inputs import (augment_key_frame, cfg, first_frame_condition, frame_index, guidance_contexts,
                            interpolation_input, interpolation_neighbours, interpolation_scalars, keyframe_condition,
@@ -84,25 +90,44 @@ def check_cancel(cancel: CancelFn | None) -> None:
         raise Interrupted("generation was cancelled")
 
 
-def _run(sampler: Sampler, x: torch.Tensor, predict: Callable[[torch.Tensor, int], torch.Tensor],
-         noise: NoiseSource, progress: ProgressFn | None, cancel: CancelFn | None, trace: dict | None):
-    """Shared loop: ``predict(x, t)`` gives the guided model output at timestep t."""
+def _run(sampler: Sampler, x: torch.Tensor, predict: Callable[..., torch.Tensor],
+         noise: NoiseSource, progress: ProgressFn | None, cancel: CancelFn | None, trace: dict | None,
+         step_cache: StepCacheSettings | None = None):
+    """Shared loop: ``predict(x, t, cache)`` gives the guided model output at timestep t;
+    ``cache`` is the loop's :class:`StepCache` (None without caching), whose
+    ``call(n=rows)`` the network gets as ``step_cache``."""
     sampler.reset()
     if trace is not None:
         trace.setdefault("eps", [])
         trace.setdefault("x", [])
     total = sampler.num_steps
+    settings = check_step_cache(step_cache)
+    cache = StepCache(settings, total) if settings is not None else None
     for i, t in enumerate(sampler.timesteps.tolist()):
         check_cancel(cancel)
-        guided = predict(x, t).float()
+        if cache is not None:
+            cache.begin(i)
+        guided = predict(x, t, cache).float()
         step_noise = noise.randn(x.shape, device=x.device) if sampler.needs_noise(i) else None
         x = sampler.step(guided, i, x, step_noise).prev_sample
         if trace is not None:
             trace["eps"].append(guided)
             trace["x"].append(x)
+        if cache is not None and settings.report is not None:
+            settings.report(*cache.counts())
         if progress is not None:
             progress(i + 1, total, x)
+    if cache is not None:
+        cache.finish()
+        if trace is not None:
+            trace["step_cache"] = cache.summary()
     return x
+
+
+def _cache_kwargs(cache: StepCache | None, rows: int) -> dict:
+    """The network's ``step_cache`` keyword for a batch of ``rows`` (none without a cache,
+    so a network that does not know the keyword runs as before)."""
+    return {} if cache is None else {"step_cache": cache.call(n=rows)}
 
 
 def sample_first_frame(
@@ -118,6 +143,7 @@ def sample_first_frame(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     trace: dict | None = None,
+    step_cache: StepCacheSettings | None = None,
 ) -> torch.Tensor:
     """Generate the first-frame latent ``[B, 4, h, w]`` (B = rows of ``cond.context``).
 
@@ -134,13 +160,14 @@ def sample_first_frame(
     context, context_mask = torch.cat([ctx, uc]), torch.cat([mask, um])
     zero_condition = first_frame_condition(2 * b, h, w, device)
 
-    def predict(x, t):
+    def predict(x, t, cache):
         inp = torch.cat([x.repeat(2, 1, 1, 1), zero_condition], dim=1)
         time = torch.full((2 * b,), float(t), device=device)
-        e_cond, e_uncond = unet(inp, time, context, context_mask, mode="image").float().chunk(2)
+        e_cond, e_uncond = unet(inp, time, context, context_mask, mode="image",
+                                **_cache_kwargs(cache, 2 * b)).float().chunk(2)
         return cfg(e_cond, e_uncond, guidance_scale)
 
-    return _run(sampler, x, predict, noise, progress, cancel, trace)
+    return _run(sampler, x, predict, noise, progress, cancel, trace, step_cache)
 
 
 def sample_keyframes(
@@ -160,6 +187,7 @@ def sample_keyframes(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     trace: dict | None = None,
+    step_cache: StepCacheSettings | None = None,
 ) -> torch.Tensor:
     """Generate ``num_frames`` keyframe latents ``[T, 4, h, w]`` from the encoded first
     frame ``key_frame`` ``[4, h, w]``.
@@ -194,15 +222,16 @@ def sample_keyframes(
     motion = score_tensor(motion_score, rows, device)
     wp, wi = guidance_weight_prompt, guidance_weight_image
 
-    def predict(x, t):
+    def predict(x, t, cache):
         inp = torch.cat([x.repeat(3, 1, 1, 1), condition], dim=1)
         time = torch.full((rows,), float(t), device=device)
         e = unet(inp, time, context, context_mask, mode="video", num_frames=t_frames,
-                 temporal_embed=frames_index, noise_aug_time=aug, motion_score=motion).float()
+                 temporal_embed=frames_index, noise_aug_time=aug, motion_score=motion,
+                 **_cache_kwargs(cache, rows)).float()
         e_full, e_image, e_uncond = e.chunk(3)
         return keyframe_guidance(e_full, e_image, e_uncond, wp, wi)
 
-    return _run(sampler, x, predict, noise, progress, cancel, trace)
+    return _run(sampler, x, predict, noise, progress, cancel, trace, step_cache)
 
 
 def sample_interpolation(
@@ -221,6 +250,7 @@ def sample_interpolation(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     trace: dict | None = None,
+    step_cache: StepCacheSettings | None = None,
 ) -> torch.Tensor:
     """Predict three frames between each pair of consecutive ``frames`` ``[N, 4, h, w]``.
 
@@ -250,12 +280,12 @@ def sample_interpolation(
     perturbation, skip, temporal_mask = interpolation_scalars(rows, skip_frames, perturbation_time, conditional,
                                                               device)
 
-    def predict(x, t):
+    def predict(x, t, cache):
         inp = interpolation_input(left, x.repeat(2, 1, 1, 1), right)
         time = torch.full((rows,), int(t), dtype=torch.int64, device=device)
         v = unet(inp, time, context, context_mask, num_groups=groups, perturbation_time=perturbation,
-                 skip_frames=skip, temporal_mask=temporal_mask).float()
+                 skip_frames=skip, temporal_mask=temporal_mask, **_cache_kwargs(cache, rows)).float()
         v_cond, v_uncond = v.chunk(2)
         return cfg(v_cond, v_uncond, guidance_scale)
 
-    return _run(sampler, x, predict, noise, progress, cancel, trace)
+    return _run(sampler, x, predict, noise, progress, cancel, trace, step_cache)

@@ -41,6 +41,7 @@ from .rules import (_is_int, check_context_width, check_guidance, check_noise_au
 from .sampling import (CancelFn, ProgressFn, TextCondition, assemble_interpolated, check_cancel,
                        model_device, sample_first_frame, sample_interpolation, sample_keyframes)
 from .schedulers import stage_sampler
+from .step_cache import check_step_cache
 from .windows import WindowedInterpolationUNet, window_layout
 
 
@@ -65,7 +66,9 @@ def _device(network, device) -> torch.device:
 # PyTorch run): ``device`` where the stage runs (default: the network's parameters'
 # device; a host that loads a network in parts gives its load device), ``dtype`` the
 # dtype the network computes in (default: its input's), ``progress``/``cancel`` as in
-# ``kv_core.sampling``.
+# ``kv_core.sampling``. ``step_cache`` (the three sampling stages): DeepCache-style step
+# caching, a ``kv_core.step_cache.StepCacheSettings`` or a dict of its fields; None (the
+# default) or interval 1 runs every step in full, bit for bit the uncached result.
 
 
 def encode_prompt(text_encoder, prompt: str, negative_prompt: Optional[str] = None, *, device=None,
@@ -109,7 +112,7 @@ def generate_first_frame(
     unet, null_embedding: torch.Tensor, cond: TextCondition, *, width: int = 512, height: int = 512,
     guidance_scale: float = 5.0, sampler: str = "ddpm", steps: Optional[int] = None, noise=None,
     progress: ProgressFn | None = None, cancel: CancelFn | None = None, trace: dict | None = None,
-    movq=None, device=None, dtype: Optional[torch.dtype] = None,
+    movq=None, device=None, dtype: Optional[torch.dtype] = None, step_cache=None,
 ) -> torch.Tensor:
     """First-frame latent ``[1, 4, 2*height/f, 2*width/f]`` (twice the video size) from the
     keyframe U-Net in image mode; ``guidance_scale`` is the reference's
@@ -120,11 +123,12 @@ def generate_first_frame(
     check_context_width(cond, null_embedding, "keyframe U-Net")
     guidance_scale = check_guidance("guidance_scale", guidance_scale)
     check_sampler("first_frame", sampler, steps)
+    step_cache = check_step_cache(step_cache)
     noise = _stage_noise(noise, "first_frame")
     return sample_first_frame(_in_dtype(unet, dtype), cond, null_embedding, latent_size=latent_size,
                               guidance_scale=guidance_scale, sampler=stage_sampler("first_frame", sampler, steps),
                               noise=noise, device=_device(unet, device), progress=progress, cancel=cancel,
-                              trace=trace)
+                              trace=trace, step_cache=step_cache)
 
 
 @torch.inference_mode()
@@ -160,7 +164,7 @@ def generate_keyframes(
     guidance_weight_prompt: float = 5.0, guidance_weight_image: float = 2.0,
     sampler: str = "ddpm", steps: Optional[int] = None, noise=None,
     progress: ProgressFn | None = None, cancel: CancelFn | None = None, trace: dict | None = None,
-    device=None, dtype: Optional[torch.dtype] = None,
+    device=None, dtype: Optional[torch.dtype] = None, step_cache=None,
 ) -> torch.Tensor:
     """Keyframe latents ``[num_keyframes, 4, h, w]`` conditioned on ``key_latent``
     ``[4, h, w]`` (from ``encode_first_frame``; frame 0, as the release). ``motion``:
@@ -180,12 +184,14 @@ def generate_keyframes(
     wp = check_guidance("guidance_weight_prompt", guidance_weight_prompt)
     wi = check_guidance("guidance_weight_image", guidance_weight_image)
     check_sampler("keyframes", sampler, steps)
+    step_cache = check_step_cache(step_cache)
     noise = _stage_noise(noise, "keyframes")
     return sample_keyframes(_in_dtype(unet, dtype), cond, null_embedding, key_latent, num_frames=num_keyframes,
                             guidance_weight_prompt=wp, guidance_weight_image=wi, motion_score=score,
                             noise_augmentation=noise_augmentation,
                             sampler=stage_sampler("keyframes", sampler, steps), noise=noise,
-                            device=_device(unet, device), progress=progress, cancel=cancel, trace=trace)
+                            device=_device(unet, device), progress=progress, cancel=cancel, trace=trace,
+                            step_cache=step_cache)
 
 
 @torch.inference_mode()
@@ -195,6 +201,7 @@ def interpolate_frames(
     noise=None, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
     trace: dict | None = None, skip_frames: Optional[int] = None, device=None,
     dtype: Optional[torch.dtype] = None, window: Optional[int] = None, overlap: Optional[int] = None,
+    step_cache=None,
 ) -> torch.Tensor:
     """One interpolation pass: ``frames`` ``[N, 4, h, w]`` -> ``[4N - 3, 4, h, w]``.
 
@@ -208,7 +215,7 @@ def interpolate_frames(
     ``window``: run the U-Net on windows of that many groups (``overlap`` groups shared by
     neighbours; default a quarter of the window) instead of all N - 1 at once, for long
     videos; None or 0: one batch, as the release. Same noise either way; see
-    :mod:`kv_core.windows`."""
+    :mod:`kv_core.windows` (with ``step_cache`` every window keeps its own features)."""
     if skip_frames is None:
         if pass_index not in SKIP_FRAMES:
             raise ValueError(f"pass_index must be 1 (first interpolation, skip_frames 3) or 2 "
@@ -221,6 +228,7 @@ def interpolate_frames(
     check_context_width(cond, null_embedding, "interpolation U-Net")
     guidance_scale = check_guidance("guidance_scale", guidance_scale)
     check_sampler("interpolation", sampler, steps)
+    step_cache = check_step_cache(step_cache)
     network = _in_dtype(unet, dtype)
     if window:
         window_layout(int(frames.shape[0]) - 1, window, overlap)  # a bad window fails before anything runs
@@ -230,7 +238,7 @@ def interpolate_frames(
                                   guidance_scale=guidance_scale,
                                   sampler=stage_sampler("interpolation", sampler, steps),
                                   noise=noise, device=_device(unet, device), progress=progress, cancel=cancel,
-                                  trace=trace)
+                                  trace=trace, step_cache=step_cache)
     if trace is not None:
         trace["interpolated"] = groups
     return assemble_interpolated(frames.to(groups.device, torch.float32), groups)
