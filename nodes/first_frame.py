@@ -19,9 +19,9 @@ from ..kv_core.image import RESIZE_MODES, image_batch_picture
 from ..kv_core.rules import first_frame_latent_size
 from ..kv_core.stages import decode_first_frame, encode_first_frame, generate_first_frame
 from . import sockets
-from .inputs import CATEGORY, CheckedCombos, sampler_inputs, size_inputs
+from .inputs import CATEGORY, CheckedCombos, sampler_inputs, size_inputs, step_cache_input
 from .networks import activation_memory, stage
-from .progress import StepProgress
+from .progress import CacheReport, StepProgress
 
 PICK_HINT = "choose one with the core Image From Batch node (batch_index, length 1) before this node"
 
@@ -45,8 +45,10 @@ class KandinskyVideoFirstFrame(CheckedCombos, io.ComfyNode):
                                tooltip="Classifier-free guidance (w+1)*cond - w*uncond "
                                        "(key_frame_guidance_scale, 5 in the release)."),
                 *sampler_inputs(50),
+                step_cache_input(),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The first frame, at twice the video size.")],
+            hidden=[io.Hidden.unique_id],
         )
 
     # No validate_inputs: the schema's min/max/options check each input on its own (a
@@ -55,9 +57,10 @@ class KandinskyVideoFirstFrame(CheckedCombos, io.ComfyNode):
 
     @classmethod
     def execute(cls, keyframe_unet, movq, conditioning, width, height, guidance_scale, steps, sampler,
-                seed) -> io.NodeOutput:
+                seed, step_cache=None) -> io.NodeOutput:
         h, w = first_frame_latent_size(width, height, unet=keyframe_unet.module, movq=movq.module)
         progress = StepProgress(steps, lambda x: x)
+        step_cache = CacheReport.of(cls, "Kandinsky Video First Frame", steps).settings(step_cache)
         with torch.inference_mode():
             with stage(keyframe_unet, memory_required=activation_memory(2, h, w, keyframe_unet.compute_dtype, 15)
                        ) as device:
@@ -65,7 +68,7 @@ class KandinskyVideoFirstFrame(CheckedCombos, io.ComfyNode):
                     keyframe_unet.module, keyframe_unet.null_embedding, conditioning.text_condition(), width=width,
                     height=height, guidance_scale=guidance_scale, sampler=sampler, steps=steps, noise=seed,
                     progress=progress, cancel=progress.cancel, movq=movq.module, device=device,
-                    dtype=keyframe_unet.compute_dtype)
+                    dtype=keyframe_unet.compute_dtype, step_cache=step_cache)
             with stage(movq, memory_required=activation_memory(1, h, w, movq.compute_dtype, 300)) as device:
                 # uint8 as the release (truncated), so encoding this picture matches its re-encoding
                 picture = decode_first_frame(movq.module, latent, device=device, dtype=movq.compute_dtype)

@@ -11,9 +11,9 @@ from ..kv_core.rules import MAX_SKIP_FRAMES, SKIP_FRAMES
 from ..kv_core.stages import interpolate_frames
 from ..kv_core.video_input import null_condition
 from . import sockets
-from .inputs import CATEGORY, CheckedCombos, sampler_inputs
+from .inputs import CATEGORY, CheckedCombos, sampler_inputs, step_cache_input
 from .networks import activation_memory, stage
-from .progress import StepProgress
+from .progress import CacheReport, StepProgress
 from .video_input import AUTO_SKIP, carry_video_record, resolve_skip_frames
 
 MAX_WINDOW = 4096
@@ -54,16 +54,19 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
                                      "per batch (a quarter of them shared with the next batch) for long videos "
                                      "that do not fit memory at once; 16 suits most. Same noise either way; "
                                      "results differ slightly where the batches meet."),
+                step_cache_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="Video latent with 4N-3 frames.")],
+            hidden=[io.Hidden.unique_id],
         )
 
     # No validate_inputs: the schema's min/max/options check each input on its own.
 
     @classmethod
     def execute(cls, interpolation_unet, latent, skip_frames, guidance_scale, steps, sampler, seed,
-                conditioning=None, window=0) -> io.NodeOutput:
+                conditioning=None, window=0, step_cache=None) -> io.NodeOutput:
         videos = sockets.latent_videos(latent, "Kandinsky Video Interpolate")
+        step_cache = CacheReport.of(cls, "Kandinsky Video Interpolate", steps, len(videos)).settings(step_cache)
         skip_frames = resolve_skip_frames(skip_frames, latent, int(videos[0].shape[0]),
                                           "Kandinsky Video Interpolate")
         window = int(window) or None
@@ -86,7 +89,8 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
                     steps=steps,
                     noise=seed, progress=lambda step, total, x, done=i * steps: progress(
                         done + step, progress.bar.total, x),
-                    cancel=progress.cancel, device=device, dtype=interpolation_unet.compute_dtype).cpu())
+                    cancel=progress.cancel, device=device, dtype=interpolation_unet.compute_dtype,
+                    step_cache=step_cache).cpu())
         keyframes = sockets.recorded_keyframes(latent)  # passed on for Decode's frame rate, if known
         # an Encode Video latent's frame rate (x4) and size record go on to Decode
         out = sockets.video_latent(out, keyframes, sockets.recorded_segments(latent))  # a long video's segments too

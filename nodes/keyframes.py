@@ -10,9 +10,9 @@ from comfy_api.latest import io
 from ..kv_core.rules import MOTION_PRESETS, NUM_TRAIN_TIMESTEPS, REFERENCE_KEYFRAMES
 from ..kv_core.stages import generate_keyframes
 from . import sockets
-from .inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos, sampler_inputs
+from .inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos, sampler_inputs, step_cache_input
 from .networks import activation_memory, stage
-from .progress import StepProgress
+from .progress import CacheReport, StepProgress
 
 class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
     @classmethod
@@ -43,9 +43,11 @@ class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
                 *sampler_inputs(50),
                 io.Int.Input("num_keyframes", default=REFERENCE_KEYFRAMES, min=2, max=MAX_KEYFRAMES,
                              tooltip="Keyframes to generate (12 in the release, 0.5 s apart)."),
+                step_cache_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent",
                                       tooltip="Keyframe latents [1, 4, frames, h, w].")],
+            hidden=[io.Hidden.unique_id],
         )
 
     # No validate_inputs: the schema's min/max/options give one error on the input at
@@ -54,9 +56,10 @@ class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
     @classmethod
     def execute(cls, keyframe_unet, conditioning, first_frame, motion, noise_augmentation,
                 guidance_weight_prompt, guidance_weight_image, steps, sampler, seed,
-                num_keyframes) -> io.NodeOutput:
+                num_keyframes, step_cache=None) -> io.NodeOutput:
         h, w = first_frame.latent.shape[-2:]
         progress = StepProgress(steps, lambda x: x)
+        step_cache = CacheReport.of(cls, "Kandinsky Video Keyframes", steps).settings(step_cache)
         memory = activation_memory(3 * num_keyframes, h, w, keyframe_unet.compute_dtype, 15)
         with torch.inference_mode(), stage(keyframe_unet, memory_required=memory) as device:
             frames = generate_keyframes(
@@ -64,7 +67,7 @@ class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
                 num_keyframes=num_keyframes, motion=motion, noise_augmentation=noise_augmentation,
                 guidance_weight_prompt=guidance_weight_prompt, guidance_weight_image=guidance_weight_image,
                 sampler=sampler, steps=steps, noise=seed, progress=progress, cancel=progress.cancel,
-                device=device, dtype=keyframe_unet.compute_dtype)
+                device=device, dtype=keyframe_unet.compute_dtype, step_cache=step_cache)
         return io.NodeOutput(sockets.video_latent(frames, num_keyframes))
 
 
