@@ -1,11 +1,13 @@
 """Step Cache: the settings of DeepCache-style step caching (``kv_core.step_cache``) for the
-stage nodes' optional ``step_cache`` input."""
+stage nodes' optional ``step_cache`` input; Apply Step Cache: the same cache on a core
+MODEL (the core sampling path)."""
 from __future__ import annotations
 
 from comfy_api.latest import io
 
 from ..kv_core.step_cache import DEFAULT_START_STEP, MAX_INTERVAL, StepCacheSettings
 from . import sockets
+from .core_model import KandinskyVideoModel, apply_step_cache
 from .inputs import CATEGORY
 
 DESCRIPTION = (
@@ -56,4 +58,32 @@ class KandinskyVideoStepCache(io.ComfyNode):
                                                end_step=end_step))
 
 
-NODES = [KandinskyVideoStepCache]
+class KandinskyVideoApplyStepCache(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="KandinskyVideoApplyStepCache",
+            display_name="Kandinsky Video Apply Step Cache",
+            category=f"{CATEGORY}/core sampling",
+            description=("The step cache of Kandinsky Video Step Cache on a core MODEL (Keyframe Model or "
+                         "Interpolation Model) for the core sampling path: every sampling run with the returned "
+                         "MODEL runs the U-Net in full only every `interval` steps (a step is found from its sigma "
+                         "in the run's sigmas) and logs its full and cached steps. Core EasyCache and LazyCache "
+                         "also work on these MODELs."),
+            inputs=[
+                io.Model.Input("model", tooltip="From Kandinsky Video Keyframe Model or Interpolation Model."),
+                sockets.StepCache.Input("step_cache", tooltip="From Kandinsky Video Step Cache."),
+            ],
+            outputs=[io.Model.Output(display_name="model", tooltip="The MODEL with the step cache (a clone).")],
+        )
+
+    @classmethod
+    def execute(cls, model, step_cache) -> io.NodeOutput:
+        if not isinstance(getattr(model, "model", None), KandinskyVideoModel):
+            raise ValueError("Kandinsky Video Apply Step Cache: the MODEL is not a Kandinsky Video U-Net; connect "
+                             "Kandinsky Video Keyframe Model or Interpolation Model (other models have their own "
+                             "caching nodes, e.g. core EasyCache)")
+        return io.NodeOutput(apply_step_cache(model, step_cache))
+
+
+NODES = [KandinskyVideoStepCache, KandinskyVideoApplyStepCache]

@@ -67,3 +67,15 @@ def test_the_pipeline_runs_unbudgeted_and_an_exhausted_budget_is_a_table_entry(t
     assert len(failed) == 4 and all("OutOfBudget" in r["note"] for r in failed), failed
     # the smallest budget cannot even hold the text encoder; a larger one gets further
     assert runs[3]["stage"] == "OOM in text_encoder" and runs[2]["stage"] != "OOM in text_encoder"
+
+
+def test_step_cache_rows_give_time_counts_speed_up_and_distance_per_interval(table):
+    _, header, rows = table
+    cached = [dict(zip(header, r)) for r in rows if r[0] == "step cache"]
+    assert [(r["stage"], r["note"].split(":")[0]) for r in cached] == [
+        (stage, note) for stage in ("keyframes", "interpolation_1")
+        for note in ("no cache", "interval 2", "interval 3", "interval 5")]
+    note = re.compile(r"^interval \d: \d+ full \+ \d+ cached steps, \d+\.\d\dx, distance \d+\.\d{4}$")
+    for r in cached:
+        assert NUMBER.match(r["seconds"]) and MEMORY.match(r["peak"]), r
+        assert r["note"] == "no cache" or note.match(r["note"]), r

@@ -74,6 +74,7 @@ INTERFACE = {
                               "step_cache"],
                              ["LATENT", "KV_CONDITIONING"]),
     "KandinskyVideoStepCache": (["interval", "branch", "start_step", "end_step"], ["KV_STEP_CACHE"]),
+    "KandinskyVideoApplyStepCache": (["model", "step_cache"], ["MODEL"]),
 }
 
 
