@@ -328,3 +328,22 @@ def test_the_stages_refuse_bad_settings_before_any_network_runs(keyframe_unet, c
     with LevelCounter(unet) as counted, pytest.raises(ValueError, match="interval"):
         keyframes(keyframe_unet, cond, {"interval": 0})
     assert counted.down[0] == 0
+
+
+def test_the_pipeline_takes_step_cache_settings_per_stage(cond):
+    from kv_core.pipeline import GenerationSettings
+    from test_pipeline import FAST as PIPELINE_FAST, tiny_pipeline, tiny_condition
+
+    with pytest.raises(ValueError, match="interval"):
+        GenerationSettings(keyframes_step_cache={"interval": 0}).validate()
+    pipe = tiny_pipeline()
+    run = dict(width=64, height=64, num_keyframes=3, fps="medium", conditioning=tiny_condition(), noise=0,
+               **dict(PIPELINE_FAST, keyframes_steps=4, interpolation_steps=4))
+    with LevelCounter(pipe.unet) as key_counted, LevelCounter(pipe.interpolation_unet) as interp_counted:
+        plain = pipe(**run)
+    assert key_counted.full == 2 + 4 and interp_counted.full == 4
+    settings = {"interval": 2, "start_step": 0}
+    with LevelCounter(pipe.unet) as key_counted, LevelCounter(pipe.interpolation_unet) as interp_counted:
+        cached = pipe(**run, keyframes_step_cache=settings, interpolation_step_cache=settings)
+    assert key_counted.full == 2 + 2 and interp_counted.full == 2  # the first frame's 2 steps stay full
+    assert cached.frames.shape == plain.frames.shape
