@@ -16,8 +16,9 @@ DESCRIPTION = (
     "recompute only its outer levels and reuse the deep features of the last full step (DeepCache, "
     "CVPR 2024). The result differs slightly from the uncached one. Published figures for other U-Nets "
     "with real weights: Stable Diffusion 1.5 2.3x faster (CLIP score -0.05), Stable Video Diffusion "
-    "1.7x. For Kandinsky Video only speed is measured (about 2x for the keyframes at interval 3 on a CPU, "
-    "random weights): check the video yourself. Without this node every step runs in full, as the release."
+    "1.7x. For Kandinsky Video only speed is measured (the keyframes at interval 3: 18 full + 32 cached "
+    "steps, about 2.5x less CPU time with the release's network sizes and random weights): compare your "
+    "video with an uncached run. Without this node every step runs in full, as the release."
 )
 
 
