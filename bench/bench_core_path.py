@@ -53,10 +53,13 @@ def main():
     import comfy.model_sampling
     import comfy.samplers
     from kvpack.kv_core import checkpoints as ck, tiny
-    from kvpack.kv_core.noise import ReplayNoise
-    from kvpack.kv_core.sampling import TextCondition, sample_first_frame, sample_interpolation, sample_keyframes
-    from kvpack.kv_core.schedulers import make_sampler
-    from kvpack.kv_core.stage_inputs import keyframe_augmentation_noise, schedule_sigmas
+    from kvpack.kv_core.conditioning import TextCondition
+    from kvpack.kv_core.sampling.noise import ReplayNoise
+    from kvpack.kv_core.sampling.schedulers import make_sampler
+    from kvpack.kv_core.stages import schedule_sigmas
+    from kvpack.kv_core.stages.first_frame import sample_first_frame
+    from kvpack.kv_core.stages.interpolation import sample_interpolation
+    from kvpack.kv_core.stages.keyframes import keyframe_augmentation_noise, sample_keyframes
     from kvpack.nodes import core_sampling as cs, networks, sockets
 
     g = torch.Generator().manual_seed(0)

@@ -4,7 +4,7 @@
     python bench/bench_interpolate_video.py --frames 200 --size 256 --windows 0 8 16 32
     python bench/bench_interpolate_video.py --full --device cuda --dtype bfloat16 --size 512
 
-One x4 pass (``kv_core.stages.interpolate_frames``, DDPM, ``--steps``) over the image-MoVQ
+One x4 pass (``kv_core.stages.interpolation.interpolate_frames``, DDPM, ``--steps``) over the image-MoVQ
 latents of ``--frames`` random frames at ``--size`` pixels, once in one batch (window 0, as the
 release) and once per ``--windows`` value (overlap: a quarter of the window, kv_core's
 default). For each: wall time, peak memory (CUDA allocator peak on a GPU; on the CPU the
@@ -26,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_pipeline import PeakMemory, build_pipeline  # noqa: E402
-from kv_core.stages import interpolate_frames  # noqa: E402
-from kv_core.video_input import null_condition  # noqa: E402
-from kv_core.windows import default_overlap  # noqa: E402
+from kv_core.conditioning import null_condition  # noqa: E402
+from kv_core.stages.interpolation import interpolate_frames  # noqa: E402
+from kv_core.stages.windows import default_overlap  # noqa: E402
+from kv_core.stages import Hooks  # noqa: E402
 
 
 def run_one(args, window: int, out_path: str) -> None:
@@ -42,7 +43,7 @@ def run_one(args, window: int, out_path: str) -> None:
     cond = null_condition(null)
     with PeakMemory(args.device) as peak:
         out = interpolate_frames(unet, null, cond, frames, skip_frames=1, steps=args.steps, noise=0,
-                                 window=window or None, device=args.device, dtype=dtype)
+                                 window=window or None, hooks=Hooks(device=args.device, dtype=dtype))
     torch.save(out.float().cpu(), out_path)
     print(peak.seconds, peak.peak - peak.base)
 

@@ -49,9 +49,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kv_core import movq as kv_movq  # noqa: E402
-from kv_core import unet as kv_unet  # noqa: E402
-from kv_core import unet_interpolation as kv_interp  # noqa: E402
+from kv_core.models import movq as kv_movq, unet as kv_unet, unet_interpolation as kv_interp  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

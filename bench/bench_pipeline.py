@@ -21,11 +21,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kv_core.checkpoints import (INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ,  # noqa: E402
-                                 build_network, official_config)
-from kv_core.pipeline import (KandinskyVideoPipeline, decode_first_frame, decode_frames,  # noqa: E402
-                              encode_first_frame, generate_first_frame, generate_keyframes, interpolate_frames)
-from kv_core.sampling import TextCondition  # noqa: E402
+from kv_core.checkpoints import (INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ, build_network,  # noqa: E402
+                                 official_config)
+from kv_core.conditioning import TextCondition  # noqa: E402
+from kv_core.pipeline import KandinskyVideoPipeline  # noqa: E402
+from kv_core.stages.decode import decode_frames  # noqa: E402
+from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame  # noqa: E402
+from kv_core.stages.interpolation import interpolate_frames  # noqa: E402
+from kv_core.stages.keyframes import generate_keyframes  # noqa: E402
 from kv_core.tiny import randomize_, tiny_configs  # noqa: E402
 
 

@@ -26,9 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_pipeline import build_pipeline, random_condition  # noqa: E402
 
-from kv_core.pipeline import (decode_first_frame, encode_first_frame, generate_first_frame,  # noqa: E402
-                              generate_keyframes, interpolate_frames)
-from kv_core.schedulers import SAMPLERS, STAGE_DEFAULTS  # noqa: E402
+from kv_core.sampling.schedulers import SAMPLERS  # noqa: E402
+from kv_core.stages import stage_defaults  # noqa: E402
+from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame  # noqa: E402
+from kv_core.stages.interpolation import interpolate_frames  # noqa: E402
+from kv_core.stages.keyframes import generate_keyframes  # noqa: E402
 
 
 def stage_runner(pipe, cond, stage, size, keyframes):
@@ -73,7 +75,8 @@ def main(argv=None):
           f"threads {torch.get_num_threads()}")
     for stage in args.stage:
         run = stage_runner(pipe, cond, stage, args.size, args.keyframes)
-        ref_steps = STAGE_DEFAULTS[stage]["steps"]
+        defaults = stage_defaults(stage)
+        ref_steps = defaults.steps
         steps_list = args.steps or ([2, 4, 10, 20] if stage == "interpolation" else [5, 10, 20, 50])
         run("ddim", 1, 0)  # warm-up
         reference = run("ddpm", ref_steps, args.seed)
@@ -83,7 +86,7 @@ def main(argv=None):
             return float((x - to).pow(2).mean().sqrt() / to.pow(2).mean().sqrt())
 
         print(f"\n## {stage} (reference: {ref_steps}-step DDPM, "
-              f"{STAGE_DEFAULTS[stage]['prediction_type']}, {STAGE_DEFAULTS[stage]['spacing']})")
+              f"{defaults.prediction_type}, {defaults.spacing})")
         print(f"| sampler | steps | seconds | distance to {ref_steps}-step DDPM | distance to ODE solution |")
         print("|---|---:|---:|---:|---:|")
         other = run("ddpm", ref_steps, args.seed + 1)

@@ -1,4 +1,4 @@
-"""Step caching (DeepCache, ``kv_core.step_cache``) against the uncached run, per stage.
+"""Step caching (DeepCache, ``kv_core.sampling.step_cache``) against the uncached run, per stage.
 
     python bench/bench_step_cache.py                        # official configurations, CPU, 64 px
     python bench/bench_step_cache.py --mode forwards        # the same, one forward of each kind
@@ -54,9 +54,11 @@ for p in (str(ROOT), str(ROOT / "bench")):
         sys.path.insert(0, p)
 
 import bench_networks as bn  # noqa: E402
-from kv_core.sampling import TextCondition  # noqa: E402
-from kv_core.stages import generate_keyframes, interpolate_frames  # noqa: E402
-from kv_core.step_cache import DEFAULT_START_STEP, StepCache, StepCacheSettings  # noqa: E402
+from kv_core.conditioning import TextCondition  # noqa: E402
+from kv_core.stages import Hooks  # noqa: E402
+from kv_core.stages.interpolation import interpolate_frames  # noqa: E402
+from kv_core.stages.keyframes import generate_keyframes  # noqa: E402
+from kv_core.sampling.step_cache import DEFAULT_START_STEP, StepCache, StepCacheSettings  # noqa: E402
 
 STAGE_STEPS = {"keyframes": 50, "interpolation": 10}
 
@@ -90,14 +92,14 @@ def stage_runner(stage: str, nets, nulls, configs, side: int, keyframes: int, st
 
         def run(step_cache, seed, trace):
             return generate_keyframes(nets["t2v"], nulls["t2v"], cond, key, num_keyframes=keyframes, steps=steps,
-                                      noise=seed, step_cache=step_cache, trace=trace)
+                                      noise=seed, step_cache=step_cache, hooks=Hooks(trace=trace))
     else:
         cond = condition(configs["interpolation"]["context_dim"])
         frames = torch.randn(keyframes, 4, latent_side, latent_side, generator=g)
 
         def run(step_cache, seed, trace):
             return interpolate_frames(nets["interpolation"], nulls["interpolation"], cond, frames, pass_index=1,
-                                      steps=steps, noise=seed, step_cache=step_cache, trace=trace)
+                                      steps=steps, noise=seed, step_cache=step_cache, hooks=Hooks(trace=trace))
     return run
 
 

@@ -53,9 +53,11 @@ if str(ROOT) not in sys.path:
 from kv_core import dtypes  # noqa: E402
 from kv_core.checkpoints import (INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ,  # noqa: E402
                                  build_network, official_config)
-from kv_core.sampling import TextCondition  # noqa: E402
-from kv_core.stages import (decode_chunk_sizes, decode_first_frame, decode_frames,  # noqa: E402
-                            encode_first_frame, generate_first_frame, generate_keyframes, interpolate_frames)
+from kv_core.conditioning import TextCondition  # noqa: E402
+from kv_core.stages.decode import decode_chunk_sizes, decode_frames  # noqa: E402
+from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame  # noqa: E402
+from kv_core.stages.interpolation import interpolate_frames  # noqa: E402
+from kv_core.stages.keyframes import generate_keyframes  # noqa: E402
 
 #: the estimate (fake tensors) and the same counter on a real run of the stage agree within this fraction
 COUNTER_AGREEMENT = 0.02
@@ -371,27 +373,27 @@ def stage_runs(nets: dict, *, size: int, keyframes: int, compute: torch.dtype, m
                                          torch.ones(1, TOKENS_LENGTH, dtype=torch.int64)), encode)
     if "t2v" in nets:
         runs["first_frame"] = (cond, lambda c: generate_first_frame(
-            nets["t2v"], null, c, width=size, height=size, dtype=compute, **kw))
+            nets["t2v"], null, c, width=size, height=size, **kw, hooks=Hooks(dtype=compute)))
         runs["keyframes"] = (lambda: (cond(), torch.randn(4, lat, lat)), lambda inp: generate_keyframes(
-            nets["t2v"], null, inp[0], inp[1], num_keyframes=keyframes, dtype=compute, **kw))
+            nets["t2v"], null, inp[0], inp[1], num_keyframes=keyframes, **kw, hooks=Hooks(dtype=compute)))
     if "movq" in nets:
         runs["decode_first_frame"] = (lambda: torch.randn(1, 4, 2 * lat, 2 * lat), lambda x: decode_first_frame(
-            nets["movq"], x, dtype=movq_dtype))
+            nets["movq"], x, hooks=Hooks(dtype=movq_dtype)))
         runs["encode_first_frame"] = (lambda: torch.zeros(size, size, 3, dtype=torch.uint8),
                                       lambda x: encode_first_frame(nets["movq"], x, width=size, height=size,
-                                                                   layout="HWC", dtype=movq_dtype))
+                                                                   layout="HWC", hooks=Hooks(dtype=movq_dtype)))
     if "interpolation" in nets:
         n = keyframes
         for p in (1, 2):
             runs[f"interpolation_{p}"] = (
                 (lambda n=n: (cond(), torch.randn(n, 4, lat, lat))),
-                lambda inp, p=p: interpolate_frames(nets["interpolation"], null, inp[0], inp[1], pass_index=p,
-                                                    dtype=compute, **kw))
+                lambda inp, p=p: interpolate_frames(nets["interpolation"], null, inp[0], inp[1], pass_index=p, **kw,
+                                                    hooks=Hooks(dtype=compute)))
             n = 4 * n - 3
     if "video_movq" in nets:
         for f in decode_frames_list:
             runs[f"decode_{f}"] = ((lambda f=f: torch.randn(f, 4, lat, lat)), lambda x: decode_frames(
-                nets["video_movq"], x, chunk_size=chunk_size, dtype=movq_dtype))
+                nets["video_movq"], x, chunk_size=chunk_size, hooks=Hooks(dtype=movq_dtype)))
     return runs
 
 
@@ -492,6 +494,7 @@ def check_configs(kind: str) -> dict:
     U-Nets and the video MoVQ, kv_core.tiny's image MoVQ; ``kind`` "tiny" uses kv_core.tiny's
     for all."""
     from kv_core.tiny import tiny_configs
+    from kv_core.stages import Hooks
 
     tiny = {k: v["configs"] for k, v in tiny_configs().items() if "configs" in v}
     if kind == "tiny":

@@ -18,7 +18,7 @@ Rows (one table, ``|``-separated, a ``# machine`` line above it):
   ours and of the reference on the same weights and inputs (``bench/bench_networks.py``'s
   workloads and loaders): time, peak, and reference / ours.
 * ``step cache`` rows: the keyframes and the first interpolation pass with step caching
-  (``kv_core.step_cache``, branch 0, start step 2; 0 in the smoke run) at intervals 2, 3 and 5, each against the
+  (``kv_core.sampling.step_cache``, branch 0, start step 2; 0 in the smoke run) at intervals 2, 3 and 5, each against the
   uncached stage run just before it on the same inputs and seed: time, peak, and in the
   note the full + cached steps, the speed-up and the distance of the latent to the
   uncached one (RMS of the difference / RMS of the uncached latent; random weights, so
@@ -58,10 +58,12 @@ import bench_networks as bn  # noqa: E402
 import estimate_vram as ev  # noqa: E402
 from kv_core.checkpoints import (INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ,  # noqa: E402
                                  build_network, official_config)
-from kv_core.sampling import TextCondition  # noqa: E402
-from kv_core.step_cache import StepCacheSettings  # noqa: E402
-from kv_core.stages import (decode_first_frame, decode_frames, encode_first_frame,  # noqa: E402
-                            generate_first_frame, generate_keyframes, interpolate_frames)
+from kv_core.conditioning import TextCondition  # noqa: E402
+from kv_core.stages.decode import decode_frames  # noqa: E402
+from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame  # noqa: E402
+from kv_core.stages.interpolation import interpolate_frames  # noqa: E402
+from kv_core.stages.keyframes import generate_keyframes  # noqa: E402
+from kv_core.sampling.step_cache import StepCacheSettings  # noqa: E402
 from kv_core.tiny import TINY_T5_DIM, tiny_configs  # noqa: E402
 
 GIB = 2 ** 30
@@ -122,6 +124,7 @@ def build(setup: Setup, fp8: bool = False, seed: int = 0) -> dict:
     on the CPU (they are moved to the device for their stage). ``fp8``: text encoder and
     U-Nets store fp8 weights cast to bf16 per layer (``estimate_vram.CastOps``)."""
     from kv_core.checkpoints.t5 import _t5_encoder_model
+    from kv_core.stages import Hooks
 
     dev = setup.device
     nets = {}
@@ -272,25 +275,27 @@ def pipeline(setup: Setup, nets: dict, *, passes: int, meter: Meter, budget: Cpu
             nets["text_encoder"])
         cond = _condition(setup, context)
         latent = stage("first_frame", lambda: generate_first_frame(
-            nets["t2v"], null, cond, width=s, height=s, steps=st["first_frame"], device=dev, dtype=setup.compute,
-            **kw).cpu(), nets["t2v"])
-        image = stage("decode_first_frame", lambda: decode_first_frame(nets["movq"], latent, device=dev,
-                                                                       dtype=setup.movq_dtype), nets["movq"])
+            nets["t2v"], null, cond, width=s, height=s, steps=st["first_frame"], **kw,
+            hooks=Hooks(device=dev, dtype=setup.compute)).cpu(), nets["t2v"])
+        image = stage("decode_first_frame", lambda: decode_first_frame(
+            nets["movq"], latent, hooks=Hooks(device=dev, dtype=setup.movq_dtype)), nets["movq"])
         key = stage("encode_first_frame", lambda: encode_first_frame(
-            nets["movq"], image, width=s, height=s, layout="HWC", device=dev, dtype=setup.movq_dtype).cpu(),
+            nets["movq"], image, width=s, height=s, layout="HWC",
+            hooks=Hooks(device=dev, dtype=setup.movq_dtype)).cpu(),
             nets["movq"])
         frames = stage("keyframes", lambda: generate_keyframes(
-            nets["t2v"], null, cond, key, num_keyframes=setup.keyframes, steps=st["keyframes"], device=dev,
-            dtype=setup.compute, **kw).cpu(), nets["t2v"])
+            nets["t2v"], null, cond, key, num_keyframes=setup.keyframes, steps=st["keyframes"], **kw,
+            hooks=Hooks(device=dev, dtype=setup.compute)).cpu(), nets["t2v"])
         for p in range(1, passes + 1):
             frames = stage(f"interpolation_{p}", lambda: interpolate_frames(
-                nets["interpolation"], null, cond, frames, pass_index=p, steps=st["interpolation"], device=dev,
-                dtype=setup.compute, **kw).cpu(), nets["interpolation"])
+                nets["interpolation"], null, cond, frames, pass_index=p, steps=st["interpolation"], **kw,
+                hooks=Hooks(device=dev, dtype=setup.compute)).cpu(), nets["interpolation"])
             if decode_also == p:
                 stage(f"decode_{frames.shape[0]}", lambda: decode_frames(
-                    nets["video_movq"], frames, device=dev, dtype=setup.movq_dtype).cpu(), nets["video_movq"])
+                    nets["video_movq"], frames, hooks=Hooks(device=dev, dtype=setup.movq_dtype)).cpu(),
+                    nets["video_movq"])
         video = stage(f"decode_{frames.shape[0]}", lambda: decode_frames(
-            nets["video_movq"], frames, device=dev, dtype=setup.movq_dtype).cpu(), nets["video_movq"])
+            nets["video_movq"], frames, hooks=Hooks(device=dev, dtype=setup.movq_dtype)).cpu(), nets["video_movq"])
     state["frames"] = int(video.shape[0])
     return state
 

@@ -16,7 +16,8 @@ Storage dtypes. ``float32``, ``bfloat16`` and ``float16`` cast every floating te
 ``null_embedding``, always float32. ``float8_e4m3fn`` stores as fp8 only the weight matrices
 and convolution kernels of the inner layers (>= 2 dimensions) and keeps in bfloat16:
 biases, norm parameters, learned merge scalars, embedding tables (``skip_embeddings``, the
-T5 token embedding and relative-attention biases), the input and output layers of each
+T5 token embedding and relative-attention biases), T5's feed-forward outputs ``wo``, the
+input and output layers of each
 network (``in_layer``, ``image_in_layer``, ``out_layer``, MoVQ ``conv_in``/``conv_out``,
 ``quant_conv``/``post_quant_conv``) and any matrix whose plain fp8 cast would lose more than
 :data:`~kv_core.dtypes.FP8_MAX_RELATIVE_ERROR` (25 %) of its norm (tiny-magnitude tensors that would flush to

@@ -48,7 +48,7 @@ The rules (the README's "Long videos" section says the same):
    gives (zeros would shrink the average). Masked positions are invisible to attention.
    A segment without a negative prompt gets the release's null-text context at its own
    prompt's length.
-8. **Seeds.** A segment's seed draws the stream ``noise.extend_stage(N)``, keyed on the
+8. **Seeds.** A segment's seed draws the stream ``sampling.noise.extend_stage(N)``, keyed on the
    keyframe count N of the video it continues (as an interpolation pass keys on its input
    frame count): the same keyframes (also from a saved latent), settings and seed
    reproduce the segment, and one seed used for every segment still draws different noise
@@ -63,12 +63,13 @@ from typing import Optional, Sequence
 
 import torch
 
-from .noise import SeededNoise, check_seed, extend_stage
-from .rules import _is_int, check_num_keyframes, frame_rate, interpolation_passes, movq_factor, REFERENCE_KEYFRAMES
-from .sampling import CancelFn, ProgressFn, TextCondition
-from .stage_inputs import _pad_length
-from .stages import decode_first_frame, encode_first_frame, generate_keyframes
-from .text import unconditional_context
+from .checks import is_int
+from .conditioning import TextCondition, null_text, pad_length
+from .rules import REFERENCE_KEYFRAMES, check_num_keyframes, frame_rate, interpolation_passes, movq_factor
+from .sampling.noise import SeededNoise, check_seed, extend_stage
+from .stages import NO_HOOKS, Hooks
+from .stages.first_frame import decode_first_frame, encode_first_frame
+from .stages.keyframes import generate_keyframes
 
 CONDITION_SOURCES = ("latent", "reencode")
 
@@ -78,7 +79,7 @@ __all__ = ["CONDITION_SOURCES", "check_condition_frames", "condition_latents", "
 
 
 def check_condition_frames(value) -> int:
-    if not _is_int(value) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"condition_frames must be an integer >= 1 (1 as the release: the last keyframe "
                          f"conditions frame 0), got {value!r}")
     return int(value)
@@ -92,7 +93,7 @@ def _check_video(frames, what: str) -> None:
 
 
 def condition_latents(previous: torch.Tensor, condition_frames: int = 1, *, source: str = "latent", movq=None,
-                      device=None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+                      hooks: Hooks = NO_HOOKS) -> torch.Tensor:
     """The condition of the next segment: the last ``condition_frames`` (m) keyframes of
     ``previous`` ``[N, 4, h, w]``, as ``[4, h, w]`` for m = 1 (what
     ``generate_keyframes`` takes for frame 0) or ``[m, 4, h, w]``, float32.
@@ -114,8 +115,8 @@ def condition_latents(previous: torch.Tensor, condition_frames: int = 1, *, sour
         f = movq_factor(movq)
         h, w = last.shape[-2:]
         last = torch.stack([
-            encode_first_frame(movq, decode_first_frame(movq, z[None], device=device, dtype=dtype),
-                               width=f * w, height=f * h, layout="HWC", device=device, dtype=dtype).cpu()
+            encode_first_frame(movq, decode_first_frame(movq, z[None], hooks=hooks),
+                               width=f * w, height=f * h, layout="HWC", hooks=hooks).cpu()
             for z in last])
     return last[0] if m == 1 else last
 
@@ -125,17 +126,16 @@ def generate_segment(
     num_keyframes: int = REFERENCE_KEYFRAMES, condition_frames: int = 1, condition_source: str = "latent",
     movq=None, movq_dtype: Optional[torch.dtype] = None, motion="medium", noise_augmentation: int = 20,
     guidance_weight_prompt: float = 5.0, guidance_weight_image: float = 2.0, sampler: str = "ddpm", steps: Optional[int] = None, noise=None,
-    progress: ProgressFn | None = None, cancel: CancelFn | None = None, trace: dict | None = None,
-    device=None, dtype: Optional[torch.dtype] = None, step_cache=None,
+    hooks: Hooks = NO_HOOKS, step_cache=None,
 ) -> torch.Tensor:
     """The next segment, whole: ``[num_keyframes, 4, h, w]``, its frames 0 .. m-1
     conditioned on the last m keyframes of ``previous`` ``[N, 4, h, w]``
     (:func:`condition_latents`); everything else as ``stages.generate_keyframes``, which
     it calls. ``noise``: a seed (the stream ``extend_stage(N)``, rule 8) or a noise
     source. Join it with :func:`join_segments`.
-    ``movq_dtype``: the dtype the image MoVQ computes in for ``"reencode"`` (``dtype`` is
-    the U-Net's). ``step_cache``: as ``generate_keyframes`` (each segment is a loop of
-    its own, so its cache starts empty: its first step is a full forward). ``ValueError``
+    ``movq_dtype``: the dtype the image MoVQ computes in for ``"reencode"`` (``hooks.dtype`` is
+    the U-Net's). ``step_cache``: as ``generate_keyframes`` (each segment is a loop of its
+    own, so its cache starts empty: its first step is a full forward). ``ValueError``
     (before any network runs) for bad inputs, e.g. num_keyframes <= m."""
     _check_video(previous, "previous")
     num_keyframes = check_num_keyframes(num_keyframes)
@@ -143,14 +143,14 @@ def generate_segment(
     if m >= num_keyframes:
         raise ValueError(f"a segment of {num_keyframes} keyframes conditioned on {m} frames adds nothing: "
                          f"num_keyframes must be more than condition_frames")
-    if noise is None or _is_int(noise):  # a seed: the stream of this place in the video (rule 8)
+    if noise is None or is_int(noise):  # a seed: the stream of this place in the video (rule 8)
         noise = SeededNoise.for_stage(check_seed(int(noise or 0)), extend_stage(int(previous.shape[0])))
-    key = condition_latents(previous, m, source=condition_source, movq=movq, device=device, dtype=movq_dtype)
+    key = condition_latents(previous, m, source=condition_source, movq=movq,
+                            hooks=Hooks(device=hooks.device, dtype=movq_dtype))
     return generate_keyframes(unet, null_embedding, cond, key, num_keyframes=num_keyframes, motion=motion,
                               noise_augmentation=noise_augmentation, guidance_weight_prompt=guidance_weight_prompt,
                               guidance_weight_image=guidance_weight_image, sampler=sampler, steps=steps, noise=noise,
-                              progress=progress, cancel=cancel, trace=trace, device=device, dtype=dtype,
-                              step_cache=step_cache)
+                              hooks=hooks, step_cache=step_cache)
 
 
 def join_segments(previous: torch.Tensor, segment: torch.Tensor, condition_frames: int = 1) -> torch.Tensor:
@@ -183,7 +183,7 @@ def check_segments(segments: Sequence[int]) -> list[int]:
     """The keyframes each segment adds to a joined video, in order: the first >= 2 (all
     its keyframes), the others >= 1 (K - m). ``ValueError`` otherwise."""
     segments = list(segments) if isinstance(segments, (list, tuple)) else segments
-    if not isinstance(segments, list) or not segments or not all(_is_int(k) for k in segments):
+    if not isinstance(segments, list) or not segments or not all(is_int(k) for k in segments):
         raise ValueError(f"segments must be a non-empty list of keyframe counts, got {segments!r}")
     if segments[0] < 2 or any(k < 1 for k in segments[1:]):
         raise ValueError(f"segments {segments}: the first segment has at least 2 keyframes and every later one "
@@ -304,12 +304,12 @@ class PromptTimeline:
             c = s.condition
             ctx, mask = c.context.float().cpu(), c.context_mask.cpu().to(torch.int64)
             if c.negative_context is None:
-                neg, neg_mask = unconditional_context(ctx, mask, null_embedding.float().cpu())
-            else:  # first as a run of this prompt alone pads them (stage_inputs.guidance_contexts)
+                neg, neg_mask = null_text(ctx, mask, null_embedding.float().cpu())
+            else:  # first as a run of this prompt alone pads them (conditioning.guidance_contexts)
                 neg, neg_mask = c.negative_context.float().cpu(), c.negative_mask.cpu().to(torch.int64)
                 pair = max(ctx.shape[1], neg.shape[1])
-                ctx, mask = _pad_length(ctx, mask, pair)
-                neg, neg_mask = _pad_length(neg, neg_mask, pair)
+                ctx, mask = pad_length(ctx, mask, pair)
+                neg, neg_mask = pad_length(neg, neg_mask, pair)
             rows.append((ctx, mask, neg, neg_mask))
         length = max(max(r[0].shape[1], r[2].shape[1]) for r in rows)
         padded = []

@@ -1,13 +1,14 @@
 """Kandinsky Video 1.1, the whole pipeline: :class:`KandinskyVideoPipeline` holds the networks
-of a release and runs the stages of :mod:`kv_core.stages` in order.
+of a release and runs the stages of :mod:`kv_core.stages` in order (text, first frame,
+keyframes, interpolation, decode).
 
 ``__call__`` takes either a prompt (with a text encoder) or a precomputed ``TextCondition``
 and returns a ``VideoResult`` (uint8 frames, frame rate and, on request, the intermediate
 values). Randomness and what a seed guarantees: see :mod:`kv_core.stages`.
 
-The stages (``kv_core.stages``) and the rules (``kv_core.rules``: sizes, settings, frame
-counts and rates) are re-exported here. Sizes: which widths and heights run follows from the
-networks (``size_rule``: the MoVQ factor times the U-Nets' halvings, 64 for the release),
+The stages live in ``kv_core.stages`` (one module each) and the rules that span them in
+``kv_core.rules``. Sizes: which widths and heights run follows from the networks
+(``size_rule``: the MoVQ factor times the U-Nets' halvings, 64 for the release),
 checked before any network runs.
 """
 from __future__ import annotations
@@ -18,37 +19,31 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from .checks import check_guidance, is_int
+from .conditioning import TextCondition
 from .image import RESIZE_MODES, to_pil
-from .movq import to_uint8_frames
-from .noise import check_seed
-from .rules import (_is_int, check_context_width, check_fps, check_guidance, check_noise_augmentation,
-                    check_num_keyframes, check_sampler, check_size, check_skip_frames,
-                    first_frame_latent_size, FPS_PASSES, frame_count, frame_rate, interpolation_passes,
-                    MAX_SKIP_FRAMES, MOTION_PRESETS, motion_score, movq_factor, REFERENCE_KEYFRAMES,
-                    reference_motion_score, RELEASE_MOVQ_FACTOR, size_rule, SizeRule, SKIP_FRAMES,
-                    unet_latent_multiple, VIDEO_SECONDS)
-from .sampling import CancelFn, TextCondition, check_cancel
-from .schedulers import NUM_TRAIN_TIMESTEPS, SAMPLERS
-from .step_cache import check_step_cache
-from .stages import (decode_chunk_sizes, decode_first_frame, decode_frames, encode_first_frame, encode_prompt,
-                     generate_first_frame, generate_keyframes, interpolate_frames)
+from .models.movq import to_uint8_frames
+from .rules import (FPS_PASSES, REFERENCE_KEYFRAMES, SizeRule, check_num_keyframes, check_size, fps_passes,
+                    frame_rate, size_rule)
+from .sampling.loop import CancelFn, check_cancel
+from .sampling.noise import check_seed
+from .sampling.schedulers import check_sampler
+from .stages import STAGES, Hooks
+from .stages.decode import decode_frames
+from .stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame
+from .stages.interpolation import interpolate_frames
+from .stages.keyframes import check_noise_augmentation, generate_keyframes, motion_score
+from .stages.text import encode_prompt
+from .sampling.step_cache import check_step_cache
 
-# the stages and the whole pipeline, and (from kv_core.rules) the rules they check
-__all__ = ["encode_prompt", "generate_first_frame", "decode_first_frame", "encode_first_frame",
-    "generate_keyframes", "interpolate_frames", "decode_frames", "decode_chunk_sizes", "GenerationSettings",
-    "SETTING_NAMES", "VideoResult", "StageProgress", "KandinskyVideoPipeline", "TextCondition", "SAMPLERS",
-    "NUM_TRAIN_TIMESTEPS", "MOTION_PRESETS", "FPS_PASSES", "SKIP_FRAMES", "MAX_SKIP_FRAMES", "VIDEO_SECONDS",
-    "REFERENCE_KEYFRAMES", "check_size", "RELEASE_MOVQ_FACTOR", "movq_factor", "unet_latent_multiple",
-    "SizeRule", "size_rule", "check_guidance", "check_sampler", "check_noise_augmentation",
-    "check_skip_frames", "check_context_width", "check_num_keyframes", "check_fps", "motion_score",
-    "reference_motion_score", "frame_count", "interpolation_passes", "frame_rate", "first_frame_latent_size"]
+__all__ = ["GenerationSettings", "SETTING_NAMES", "VideoResult", "StageProgress", "KandinskyVideoPipeline"]
 
 
 @dataclass
 class GenerationSettings:
     """Every control of a generation, with the reference's defaults. ``None`` steps mean
     the stage's reference count (50, 50, 10). ``<stage>_step_cache``: DeepCache-style step
-    caching of that stage (``kv_core.step_cache.StepCacheSettings`` or a dict of its
+    caching of that stage (``kv_core.sampling.step_cache.StepCacheSettings`` or a dict of its
     fields); None, the default, runs every step in full."""
 
     width: int = 512
@@ -75,13 +70,13 @@ class GenerationSettings:
     def validate(self) -> "GenerationSettings":
         check_size(self.width, self.height)
         check_num_keyframes(self.num_keyframes)
-        check_fps(self.fps)
+        fps_passes(self.fps)
         motion_score(self.motion)
         check_noise_augmentation(self.noise_augmentation)
         for name in ("key_frame_guidance_scale", "guidance_weight_prompt", "guidance_weight_image",
                      "interpolation_guidance_scale"):
             check_guidance(name, getattr(self, name))
-        for stage in ("first_frame", "keyframes", "interpolation"):
+        for stage in STAGES:
             check_sampler(stage, getattr(self, f"{stage}_sampler"), getattr(self, f"{stage}_steps"))
         for stage in ("first_frame", "keyframes", "interpolation"):
             setattr(self, f"{stage}_step_cache", check_step_cache(getattr(self, f"{stage}_step_cache")))
@@ -185,12 +180,12 @@ class KandinskyVideoPipeline:
             if self.text_encoder is None:
                 raise ValueError("this pipeline has no text encoder: pass conditioning=TextCondition(...)")
         elif not isinstance(conditioning, TextCondition):
-            raise ValueError("conditioning must be a kv_core.sampling.TextCondition")
+            raise ValueError("conditioning must be a kv_core.conditioning.TextCondition")
         if image is not None:
             # converted once, here: fails fast on a wrong type or an empty picture, and the
             # encoding gets plain sRGB pixels (no second file read, warning or colour conversion)
             image = np.asarray(to_pil(image))
-        if _is_int(noise):
+        if is_int(noise):
             check_seed(int(noise))
         self.size_rule(interpolation=FPS_PASSES[s.fps] > 0).check(s.width, s.height)
 
@@ -206,8 +201,8 @@ class KandinskyVideoPipeline:
                 latent = generate_first_frame(
                     self.unet, self.null_embedding, cond, width=s.width, height=s.height,
                     guidance_scale=s.key_frame_guidance_scale, sampler=s.first_frame_sampler,
-                    steps=s.first_frame_steps, noise=noise, progress=hook("first_frame"), cancel=cancel,
-                    movq=self.movq, step_cache=s.first_frame_step_cache)
+                    steps=s.first_frame_steps, noise=noise, movq=self.movq,
+                    hooks=Hooks(progress=hook("first_frame"), cancel=cancel), step_cache=s.first_frame_step_cache)
                 image = decode_first_frame(self.movq, latent)
                 if return_intermediates:
                     info["first_frame_latent"], info["keyframe_image"] = latent, image
@@ -219,7 +214,7 @@ class KandinskyVideoPipeline:
                 motion=s.motion, noise_augmentation=s.noise_augmentation,
                 guidance_weight_prompt=s.guidance_weight_prompt, guidance_weight_image=s.guidance_weight_image,
                 sampler=s.keyframes_sampler, steps=s.keyframes_steps, noise=noise,
-                progress=hook("keyframes"), cancel=cancel, step_cache=s.keyframes_step_cache)
+                hooks=Hooks(progress=hook("keyframes"), cancel=cancel), step_cache=s.keyframes_step_cache)
             if return_intermediates:
                 info["keyframe_latent"], info["base_frames"] = key_latent, frames
             for pass_index in range(1, FPS_PASSES[s.fps] + 1):
@@ -227,11 +222,11 @@ class KandinskyVideoPipeline:
                     self.interpolation_unet, self.interpolation_null_embedding, cond, frames,
                     pass_index=pass_index, guidance_scale=s.interpolation_guidance_scale,
                     sampler=s.interpolation_sampler, steps=s.interpolation_steps, noise=noise,
-                    progress=hook(f"interpolation_{pass_index}"), cancel=cancel,
+                    hooks=Hooks(progress=hook(f"interpolation_{pass_index}"), cancel=cancel),
                     step_cache=s.interpolation_step_cache)
                 if return_intermediates:
                     info[f"interpolated_{pass_index}"] = frames
             decode_hook = None if progress is None else (lambda done, total: progress("decode", done, total, None))
-            video = decode_frames(self.video_movq, frames, progress=decode_hook, cancel=cancel)
+            video = decode_frames(self.video_movq, frames, hooks=Hooks(progress=decode_hook, cancel=cancel))
             frames_uint8 = to_uint8_frames(video).cpu()
         return VideoResult(frames_uint8, frame_rate(int(frames_uint8.shape[0]), s.num_keyframes), info)

@@ -14,7 +14,7 @@ A prompt becomes a U-Net context in four steps:
    padded position after the longest prompt is kept;
 4. the unconditional ("null text") context of a U-Net has the same length: zeros, the
    U-Net's learned ``null_embedding`` at position 0 and mask ``[1, 0, 0, ...]``
-   (:func:`unconditional_context`).
+   (``kv_core.conditioning.null_text``).
 
 Masks are int64 as in the release (the U-Nets take them as bool). The release pipeline uses
 ``projection_base`` for the first frame, the keyframes *and* the interpolation;
@@ -37,11 +37,10 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from .checkpoints import (  # noqa: F401  (DEFAULT_TOKENS_LENGTH re-exported: configs.json's default)
-    DEFAULT_TOKENS_LENGTH, check_t5_tokenizer, load_t5_encoder, load_t5_tokenizer, load_text_projections)
+from .checkpoints import (DEFAULT_TOKENS_LENGTH, check_t5_tokenizer, load_t5_encoder, load_t5_tokenizer,
+                          load_text_projections)
 from .dtypes import is_compute_dtype
-from .text_projection import (  # noqa: F401  (re-exported: the projections belong to the text stage)
-    PROJECTION_BASE, PROJECTION_INTERPOLATION, PROJECTION_LABELS, TextProjection)
+from .models.text_projection import PROJECTION_LABELS
 
 
 def project_context(
@@ -71,21 +70,6 @@ def project_context(
     context = context.masked_fill((mask == 0).unsqueeze(-1), 0.0)
     length = int(mask.sum(-1).max()) + 1
     return context[:, :length], mask[:, :length]
-
-
-def unconditional_context(
-    context: torch.Tensor, mask: torch.Tensor, null_embedding: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The "null text" context matching ``context`` ``[B, L, D]`` / ``mask`` ``[B, L]``.
-
-    Returns zeros ``[B, L, D]`` with ``null_embedding`` ``[D]`` at position 0 of every row,
-    and a mask of the same dtype as ``mask`` that is 1 at position 0 and 0 elsewhere.
-    """
-    uncond = torch.zeros_like(context)
-    uncond[:, 0] = null_embedding.to(device=context.device, dtype=context.dtype)
-    uncond_mask = torch.zeros_like(mask)
-    uncond_mask[:, 0] = 1
-    return uncond, uncond_mask
 
 
 def tokenize(tokenizer, prompts: str | Sequence[str], tokens_length: int = DEFAULT_TOKENS_LENGTH
@@ -326,9 +310,11 @@ class TextEncoder(nn.Module):
             raise RuntimeError("this TextEncoder has no tokenizer")
         return prompt_report(self.tokenizer, prompt, self.tokens_length)
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``last_hidden_state`` ``[B, N, d_model]`` of the T5 encoder."""
-        device = self.device
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, device=None) -> torch.Tensor:
+        """``last_hidden_state`` ``[B, N, d_model]`` of the T5 encoder, run on ``device``
+        (default: its parameters' device; a host that loads the encoder in parts gives its
+        load device)."""
+        device = torch.device(device) if device is not None else self.device
         out = self.encoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
         return out.last_hidden_state
 
@@ -342,9 +328,10 @@ class TextEncoder(nn.Module):
         return out
 
     @torch.no_grad()
-    def encode(self, prompts: str | Sequence[str], labels: Sequence[str] = PROJECTION_LABELS
-               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """``{label: (context [B, L, D], mask [B, L] int64)}`` for one prompt or a list."""
-        input_ids, attention_mask = self.tokenize(prompts)
-        hidden = self.hidden_states(input_ids, attention_mask)
+    def encode(self, prompts: str | Sequence[str], labels: Sequence[str] = PROJECTION_LABELS, *,
+               device=None, warn: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{label: (context [B, L, D], mask [B, L] int64)}`` for one prompt or a list.
+        ``device``: where the encoder runs (:meth:`hidden_states`); ``warn``: as :meth:`tokenize`."""
+        input_ids, attention_mask = self.tokenize(prompts, warn=warn)
+        hidden = self.hidden_states(input_ids, attention_mask, device=device)
         return self.project(hidden, attention_mask, labels)

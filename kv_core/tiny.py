@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .checkpoints import INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ, build_network
-from .text import PROJECTION_LABELS, TextProjection
+from .models.text_projection import PROJECTION_LABELS, TextProjection
 
 TINY_CONTEXT_DIM = 16
 TINY_TOKENS_LENGTH = 32

@@ -35,12 +35,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from .rules import REFERENCE_KEYFRAMES, SKIP_FRAMES, VIDEO_SECONDS, _is_int, _is_real, SizeRule
+from .checks import is_int, is_real
+from .conditioning import null_condition
+from .rules import REFERENCE_KEYFRAMES, VIDEO_SECONDS, SizeRule, size_rule
+from .sampling.loop import check_cancel, run_device
+from .stages import NO_HOOKS, Hooks
+from .stages.decode import decode_frames
+from .stages.interpolation import SKIP_FRAMES, interpolate_frames
 
 FIT_MODES = ("pad", "crop", "scale")
 DEFAULT_ENCODE_CHUNK = 8  # frames per image-MoVQ call
@@ -50,8 +56,8 @@ RELEASE_SKIP_RATES = {REFERENCE_KEYFRAMES / VIDEO_SECONDS: SKIP_FRAMES[1],
 BACKGROUND = 1.0  # transparent pixels are shown over white
 
 
-def check_fps(fps) -> float:
-    if not _is_real(fps) or not math.isfinite(fps) or fps <= 0:
+def check_frame_rate(fps) -> float:
+    if not is_real(fps) or not math.isfinite(fps) or fps <= 0:
         raise ValueError(f"fps must be a positive finite number of frames per second, got {fps!r}")
     return float(fps)
 
@@ -60,13 +66,13 @@ def auto_skip_frames(fps) -> int:
     """The ``skip_frames`` for given frames at ``fps``: the release's value (3 or 1) whose
     rate is nearest on a log scale (3 below 4.22 fps, 1 from 4.22 fps up). The release's
     own rates give its own values: 12/5.5 fps -> 3, 45/5.5 fps -> 1."""
-    fps = check_fps(fps)
+    fps = check_frame_rate(fps)
     return min(RELEASE_SKIP_RATES.items(), key=lambda item: (abs(math.log(fps / item[0])), -item[0]))[1]
 
 
 def interpolated_fps(fps, passes: int = 1) -> float:
     """Frame rate after ``passes`` x4 passes: ``fps * 4 ** passes`` (exact in floating point)."""
-    return check_fps(fps) * 4 ** int(passes)
+    return check_frame_rate(fps) * 4 ** int(passes)
 
 
 # --------------------------------------------------------------------------- sizes
@@ -133,7 +139,7 @@ class VideoFit:
 
 def _multiple(rule) -> int:
     m = rule.multiple if isinstance(rule, SizeRule) else rule
-    if not _is_int(m) or m < 1:
+    if not is_int(m) or m < 1:
         raise ValueError(f"the size multiple must be a positive integer, got {m!r}")
     return int(m)
 
@@ -146,9 +152,9 @@ def plan_fit(width: int, height: int, rule, mode: str = "pad", max_side: int = 0
     if mode not in FIT_MODES:
         raise ValueError(f"fit must be one of {FIT_MODES}, got {mode!r}")
     for name, value in (("width", width), ("height", height)):
-        if not _is_int(value) or value < 1:
+        if not is_int(value) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not _is_int(max_side) or max_side < 0:
+    if not is_int(max_side) or max_side < 0:
         raise ValueError(f"max_side must be 0 (off) or a positive number of pixels, got {max_side!r}")
     m = _multiple(rule)
     if max_side and max_side < m:
@@ -252,24 +258,21 @@ def check_frames(images, alpha=None) -> None:
 
 
 def encode_video(movq, images: torch.Tensor, fit: VideoFit, *, alpha: Optional[torch.Tensor] = None,
-                 background: float = BACKGROUND, chunk_size: int = DEFAULT_ENCODE_CHUNK, device=None,
-                 dtype: Optional[torch.dtype] = None, progress: Optional[Callable[[int, int], None]] = None,
-                 cancel: Optional[Callable[[], Optional[bool]]] = None) -> tuple[torch.Tensor, int]:
+                 background: float = BACKGROUND, chunk_size: int = DEFAULT_ENCODE_CHUNK,
+                 hooks: Hooks = NO_HOOKS) -> tuple[torch.Tensor, int]:
     """Image-MoVQ latents ``[N, 4, net_height / f, net_width / f]`` (float32, on the CPU) of a
     frame batch ``images`` ``[N, H, W, C]`` fitted by ``fit`` (:func:`plan_fit`), encoded
     ``chunk_size`` frames at a time (the encoder treats frames independently, so the chunk
     size does not change the result). Returns ``(latents, clipped)``: values outside [0, 1]
     are clipped, and ``clipped`` says how many there were (NaN/inf are refused).
-    ``progress(done, total)`` after each chunk; ``cancel()`` before each (True raises
-    ``kv_core.sampling.Interrupted``)."""
-    from .sampling import check_cancel, model_device
-
+    ``hooks``: ``progress(done, total)`` after each chunk, ``cancel()`` before each (True
+    raises ``kv_core.sampling.loop.Interrupted``), device and dtype."""
     check_frames(images, alpha)
     if tuple(images.shape[1:3]) != (fit.height, fit.width):
         raise ValueError(f"the frames are {images.shape[2]}x{images.shape[1]}, the fit is for {fit.width}x{fit.height}")
-    if not _is_int(chunk_size) or chunk_size < 1:
+    if not is_int(chunk_size) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of frames, got {chunk_size!r}")
-    device = torch.device(device) if device is not None else model_device(movq)
+    device, dtype, progress, cancel = run_device(movq, hooks.device), hooks.dtype, hooks.progress, hooks.cancel
     n = images.shape[0]
     starts = list(range(0, n, chunk_size))
     latents, clipped = [], 0
@@ -291,16 +294,6 @@ def encode_video(movq, images: torch.Tensor, fit: VideoFit, *, alpha: Optional[t
 
 # --------------------------------------------------------------------------- the whole run
 
-def null_condition(null_embedding: torch.Tensor):
-    """The ``TextCondition`` of no prompt: the null-text context (the null embedding at
-    position 0, mask ``[1]``) for the conditional pass too, so guidance has no text
-    direction and only the frames condition the result."""
-    from .sampling import TextCondition
-
-    context = null_embedding.detach().float().reshape(1, 1, -1).cpu()
-    return TextCondition(context, torch.ones(1, 1, dtype=torch.bool))
-
-
 @dataclass
 class InterpolatedVideo:
     """What :func:`interpolate_video` returns: ``frames`` float ``[F, H, W, 3]`` in [0, 1]
@@ -318,31 +311,29 @@ def interpolate_video(interpolation_unet, null_embedding: torch.Tensor, movq, vi
                       skip_frames: Optional[int] = None, window: Optional[int] = None,
                       overlap: Optional[int] = None, guidance_scale: float = 0.5, sampler: str = "ddpm",
                       steps: Optional[int] = None, noise=None, alpha: Optional[torch.Tensor] = None,
-                      decode_chunk_size: Optional[int] = None, device=None) -> InterpolatedVideo:
+                      decode_chunk_size: Optional[int] = None, hooks: Hooks = NO_HOOKS) -> InterpolatedVideo:
     """Any video ``images`` ``[N, H, W, C]`` at ``fps`` -> 4N - 3 frames at 4 x fps (``passes``
     2: 16N - 15 at 16 x fps): fit and encode (image MoVQ), ``passes`` interpolation passes
     (``skip_frames`` None: :func:`auto_skip_frames` of each pass's input rate; ``window``:
-    see :mod:`kv_core.windows`), decode (video MoVQ) and restore the input's size.
-    ``cond`` None: no prompt (:func:`null_condition`). ``noise``: a seed; pass k draws the
-    stream of its input frame count, as :func:`~kv_core.stages.interpolate_frames`."""
-    from .rules import size_rule
-    from .stages import decode_frames, interpolate_frames
-
-    fps = check_fps(fps)
-    if not _is_int(passes) or passes < 1:
+    see :mod:`kv_core.stages.windows`), decode (video MoVQ) and restore the input's size.
+    ``cond`` None: no prompt (``kv_core.conditioning.null_condition``). ``noise``: a seed; pass k draws the
+    stream of its input frame count, as :func:`~kv_core.stages.interpolation.interpolate_frames`."""
+    fps = check_frame_rate(fps)
+    if not is_int(passes) or passes < 1:
         raise ValueError(f"passes must be 1 or more, got {passes!r}")
     rule = size_rule(movq=movq, video_movq=video_movq, interpolation_unet=interpolation_unet)
     check_frames(images, alpha)
     plan = plan_fit(int(images.shape[2]), int(images.shape[1]), rule, fit, max_side)
-    latents, _ = encode_video(movq, images, plan, alpha=alpha, device=device)
+    on_device = Hooks(device=hooks.device)  # each network computes in its own dtype
+    latents, _ = encode_video(movq, images, plan, alpha=alpha, hooks=on_device)
     cond = null_condition(null_embedding) if cond is None else cond
     rate = fps
     for _ in range(passes):
         skip = auto_skip_frames(rate) if skip_frames is None else skip_frames
         latents = interpolate_frames(interpolation_unet, null_embedding, cond, latents, skip_frames=skip,
                                      guidance_scale=guidance_scale, sampler=sampler, steps=steps, noise=noise,
-                                     window=window, overlap=overlap, device=device).cpu()
+                                     window=window, overlap=overlap, hooks=on_device).cpu()
         rate *= 4
-    decoded = decode_frames(video_movq, latents, chunk_size=decode_chunk_size, device=device).cpu()
+    decoded = decode_frames(video_movq, latents, chunk_size=decode_chunk_size, hooks=on_device).cpu()
     frames = restore_frames(decoded, plan).movedim(1, -1).contiguous()
     return InterpolatedVideo(frames, rate, latents, plan)

@@ -8,14 +8,14 @@ sampler and scheduler, and core model patches run it.
 What the model is to the host:
 
 * model sampling: discrete, 1000 steps, the release's zero-terminal-SNR cosine schedule
-  (``kv_core.stage_inputs.schedule_sigmas``: ``abar`` floored at 2**-24 only at t = 999,
+  (``kv_core.stages.schedule_sigmas``: ``abar`` floored at 2**-24 only at t = 999,
   sigma_max ~ 4096), EPS for the keyframe U-Net (first frame and keyframes), V_PREDICTION
   for the interpolation U-Net;
 * latents (identity latent format, the MoVQ's unscaled values):
   first frame ``[B, 4, h, w]`` (image mode), keyframes ``[B, 4, T, h, w]`` (video mode, the
   pack's LATENT layout), interpolation groups ``[B, 12, G, h, w]``: G = N - 1 groups, and
   the 12 channels of a group are its three new frames, frame-major (channels 0-3 frame
-  4i+1, 4-7 frame 4i+2, 8-11 frame 4i+3), as ``kv_core.sampling.sample_interpolation``
+  4i+1, 4-7 frame 4i+2, 8-11 frame 4i+3), as ``kv_core.stages.interpolation.sample_interpolation``
   returns them;
 * conditioning: the Kandinsky Video conditioning nodes put the text context in the
   CONDITIONING tensor ``[1, L, D]`` and the rest in its dict (keys ``KEY_*`` below);
@@ -29,14 +29,13 @@ What the model is to the host:
 Step caching on this path: the network's forward runs the host's diffusion-model wrappers
 (``WrappersMP.DIFFUSION_MODEL``), so core EasyCache acts on it (core LazyCache wraps the
 guider's noise prediction and needs nothing here), and :func:`apply_step_cache` patches a
-MODEL with the pack's DeepCache-style cache (``kv_core.step_cache``): the step of a call
+MODEL with the pack's DeepCache-style cache (``kv_core.sampling.step_cache``): the step of a call
 is found from its sigma in the run's sigmas, the rows are keyed by the host's cond uuids,
 and every sampling run starts with an empty cache.
 """
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 
@@ -49,10 +48,12 @@ import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.samplers
 
-from ..kv_core.checkpoints import INTERPOLATION_UNET, KEYFRAME_UNET
-from ..kv_core.stage_inputs import (GROUP_FRAMES, LATENT_CHANNELS, clamp_x0, first_frame_condition, frame_index,
-                                    interpolation_input, keyframe_guidance, schedule_sigmas)
-from ..kv_core.step_cache import StepCache, StepCacheSettings
+from ..kv_core.kinds import INTERPOLATION_UNET, KEYFRAME_UNET, activation_memory
+from ..kv_core.stages import LATENT_CHANNELS, STAGE_TABLE, STAGES, clamp_x0, schedule_sigmas
+from ..kv_core.stages.first_frame import first_frame_condition
+from ..kv_core.stages.interpolation import GROUP_FRAMES, interpolation_input
+from ..kv_core.stages.keyframes import frame_index, keyframe_guidance
+from ..kv_core.sampling.step_cache import StepCache, StepCacheSettings
 from .progress import MoVQLatentFormat
 
 
@@ -67,10 +68,10 @@ KEY_SKIP = "kandinsky_video_skip_frames"       # interpolation: [1] int32
 KEY_PERTURBATION = "kandinsky_video_perturbation_time"  # interpolation: [1] int32
 KEY_TEMPORAL_MASK = "kandinsky_video_temporal_mask"     # interpolation: [1] float (1 cond, 0 uncond)
 
-STAGES_OF = {KEYFRAME_UNET: ("first_frame", "keyframes"), INTERPOLATION_UNET: ("interpolation",)}
-WHICH_NODE = {"first_frame": "Kandinsky Video First Frame Conditioning",
-              "keyframes": "Kandinsky Video Keyframes Conditioning",
-              "interpolation": "Kandinsky Video Interpolation Conditioning"}
+# the stages each U-Net runs, and the conditioning node of each stage (kv_core.stages' list)
+STAGES_OF = {kind: tuple(s.name for s in STAGE_TABLE.values() if s.network == kind)
+             for kind in (KEYFRAME_UNET, INTERPOLATION_UNET)}
+WHICH_NODE = {stage: f"Kandinsky Video {stage.replace('_', ' ').title()} Conditioning" for stage in STAGES}
 
 
 class GroupLatentFormat(comfy.latent_formats.LatentFormat):
@@ -277,9 +278,9 @@ class KandinskyVideoModel(comfy.model_base.BaseModel):
         return self.compute_dtype
 
     def memory_required(self, input_shape, cond_shapes={}):
-        # as the pack's own stages estimate it (nodes.networks.activation_memory): rows x area
+        # as the pack's own stages estimate it (kv_core.kinds.activation_memory): rows x area
         rows = input_shape[0] * (input_shape[2] if len(input_shape) == 5 else 1)
-        return int(rows * math.prod(input_shape[-2:]) * mm.dtype_size(self.compute_dtype) * 15 * 1024)
+        return activation_memory(self.kind, rows, *input_shape[-2:], mm.dtype_size(self.compute_dtype))
 
     def extra_conds(self, **kwargs):
         stage = kwargs.get(KEY_STAGE)

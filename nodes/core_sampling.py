@@ -15,14 +15,16 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..kv_core.rules import (MAX_SKIP_FRAMES, MOTION_PRESETS, NUM_TRAIN_TIMESTEPS, REFERENCE_KEYFRAMES, SKIP_FRAMES,
-                             first_frame_latent_size, motion_score, size_rule)
-from ..kv_core.stage_inputs import (GROUP_FRAMES, LATENT_CHANNELS, SPACING, STAGES, STEPS,
-                                    assemble_interpolated, augment_key_frame, guidance_contexts,
-                                    keyframe_augmentation_noise, keyframe_condition, release_sigmas, score_tensor)
-from ..kv_core.stages import decode_first_frame
-from ..kv_core.text import DEFAULT_TOKENS_LENGTH
-from ..kv_core.noise import MAX_SEED
+from ..kv_core.checkpoints import DEFAULT_TOKENS_LENGTH
+from ..kv_core.conditioning import guidance_contexts
+from ..kv_core.rules import REFERENCE_KEYFRAMES, size_rule
+from ..kv_core.sampling.noise import MAX_SEED
+from ..kv_core.sampling.schedulers import NUM_TRAIN_TIMESTEPS
+from ..kv_core.stages import Hooks, LATENT_CHANNELS, STAGES, release_sigmas, stage_defaults
+from ..kv_core.stages.first_frame import decode_first_frame, first_frame_latent_size
+from ..kv_core.stages.interpolation import GROUP_FRAMES, MAX_SKIP_FRAMES, SKIP_FRAMES, assemble_interpolated
+from ..kv_core.stages.keyframes import (MOTION_PRESETS, augment_key_frame, keyframe_augmentation_noise,
+                                        keyframe_condition, motion_score, score_tensor)
 from . import core_model as cm
 from . import sockets
 from .inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos, size_inputs
@@ -147,9 +149,10 @@ class KandinskyVideoDecodeFirstFrame(io.ComfyNode):
             raise ValueError("Kandinsky Video Decode First Frame: expected a first-frame LATENT [1, 4, h, w] from "
                              "core sampling with Kandinsky Video First Frame Conditioning")
         h, w = samples.shape[-2:]
-        with torch.inference_mode(), stage(movq, memory_required=activation_memory(1, h, w, movq.compute_dtype, 300)
+        with torch.inference_mode(), stage(movq, memory_required=activation_memory(movq, 1, h, w)
                                            ) as device:
-            pictures = [decode_first_frame(movq.module, s[None].float(), device=device, dtype=movq.compute_dtype)
+            pictures = [decode_first_frame(movq.module, s[None].float(),
+                                           hooks=Hooks(device=device, dtype=movq.compute_dtype))
                         for s in samples]
         return io.NodeOutput(_intermediate(torch.stack(pictures).float() / 255.0))
 
@@ -358,7 +361,8 @@ class KandinskyVideoSigmas(CheckedCombos, io.ComfyNode):
 
     @classmethod
     def execute(cls, stage, steps, spacing):
-        steps, spacing = steps or STEPS[stage], SPACING[stage] if spacing == "default" else spacing
+        defaults = stage_defaults(stage)
+        steps, spacing = steps or defaults.steps, defaults.spacing if spacing == "default" else spacing
         sigmas = release_sigmas(stage, steps, spacing)
         # a sampler starts from noise * sigmas[0]: its share of pure noise (VP) is s / sqrt(1 + s^2)
         start = float(sigmas[0]) / (1.0 + float(sigmas[0]) ** 2) ** 0.5

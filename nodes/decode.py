@@ -1,14 +1,15 @@
 """Decode: the video MoVQ turns a video latent into frames, chunk by chunk.
 
-An adapter of ``kv_core.stages.decode_frames``, once per video of the LATENT batch."""
+An adapter of ``kv_core.stages.decode.decode_frames``, once per video of the LATENT batch."""
 from __future__ import annotations
 
 import torch
 
 from comfy_api.latest import io
 
-from ..kv_core.stages import decode_chunk_sizes, decode_frames
+from ..kv_core.stages.decode import decode_chunk_sizes, decode_frames
 from ..kv_core.video_input import restore_frames
+from ..kv_core.stages import Hooks
 from . import sockets
 from .inputs import CATEGORY, MAX_KEYFRAMES, image_output
 from .networks import activation_memory, stage
@@ -72,12 +73,14 @@ class KandinskyVideoDecode(io.ComfyNode):
         sizes = decode_chunk_sizes(num_frames, chunk)
         bar = StepProgress(len(sizes) * len(videos))
         frames = []
-        memory = activation_memory(max(sizes), h, w, video_movq.compute_dtype, 300)
+        memory = activation_memory(video_movq, max(sizes), h, w)
         with torch.inference_mode(), stage(video_movq, memory_required=memory) as device:
             for i, video in enumerate(videos):
                 decoded = decode_frames(video_movq.module, video, chunk_size=chunk,
-                                        progress=lambda k, n, done=i * len(sizes): bar(done + k, bar.bar.total),
-                                        cancel=bar.cancel, device=device, dtype=video_movq.compute_dtype)
+                                        hooks=Hooks(progress=lambda k, n, done=i * len(sizes): bar(done + k,
+                                                                                                    bar.bar.total),
+                                                    cancel=bar.cancel, device=device,
+                                                    dtype=video_movq.compute_dtype))
                 if fit is not None:  # an encoded video: back to the input's size (see Encode Video's fit)
                     decoded = restore_frames(decoded, fit)
                 frames.append(image_output(decoded))

@@ -12,6 +12,7 @@ import torch
 from comfy_api.latest import io
 
 from ..kv_core.extend import CONDITION_SOURCES, PromptTimeline, generate_segment, join_segments
+from ..kv_core.stages import Hooks
 from . import sockets
 from .inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos, step_cache_input
 from .keyframes import KandinskyVideoKeyframes
@@ -117,7 +118,7 @@ class KandinskyVideoExtend(CheckedCombos, io.ComfyNode):
 
         progress = StepProgress(steps * len(videos), lambda x: x)
         step_cache = CacheReport.of(cls, WHAT, steps, len(videos)).settings(step_cache)
-        memory = activation_memory(3 * num_keyframes, h, w, keyframe_unet.compute_dtype, 15)
+        memory = activation_memory(keyframe_unet, 3 * num_keyframes, h, w)
         networks = (keyframe_unet, movq) if condition_source == "reencode" else (keyframe_unet,)
         out = []
         with torch.inference_mode(), stage(*networks, memory_required=memory) as device:
@@ -129,8 +130,9 @@ class KandinskyVideoExtend(CheckedCombos, io.ComfyNode):
                     movq_dtype=movq.compute_dtype if movq is not None else None, motion=motion,
                     noise_augmentation=noise_augmentation, guidance_weight_prompt=guidance_weight_prompt,
                     guidance_weight_image=guidance_weight_image, sampler=sampler, steps=steps, noise=seed,
-                    progress=lambda step, total, x, done=i * steps: progress(done + step, progress.bar.total, x),
-                    cancel=progress.cancel, device=device, dtype=keyframe_unet.compute_dtype,
+                    hooks=Hooks(progress=lambda step, total, x, done=i * steps: progress(done + step,
+                                                                                         progress.bar.total, x),
+                                cancel=progress.cancel, device=device, dtype=keyframe_unet.compute_dtype),
                     step_cache=step_cache)
                 out.append(join_segments(previous, segment.cpu(), condition_frames))
         joined = sockets.video_latent(out, n + added, [*segments, added])

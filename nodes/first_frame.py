@@ -16,8 +16,9 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..kv_core.image import RESIZE_MODES, image_batch_picture
-from ..kv_core.rules import first_frame_latent_size
-from ..kv_core.stages import decode_first_frame, encode_first_frame, generate_first_frame
+from ..kv_core.stages.first_frame import (decode_first_frame, encode_first_frame, first_frame_latent_size,
+                                          generate_first_frame)
+from ..kv_core.stages import Hooks
 from . import sockets
 from .inputs import CATEGORY, CheckedCombos, sampler_inputs, size_inputs, step_cache_input
 from .networks import activation_memory, stage
@@ -62,16 +63,17 @@ class KandinskyVideoFirstFrame(CheckedCombos, io.ComfyNode):
         progress = StepProgress(steps, lambda x: x)
         step_cache = CacheReport.of(cls, "Kandinsky Video First Frame", steps).settings(step_cache)
         with torch.inference_mode():
-            with stage(keyframe_unet, memory_required=activation_memory(2, h, w, keyframe_unet.compute_dtype, 15)
+            with stage(keyframe_unet, memory_required=activation_memory(keyframe_unet, 2, h, w)
                        ) as device:
                 latent = generate_first_frame(
                     keyframe_unet.module, keyframe_unet.null_embedding, conditioning.text_condition(), width=width,
                     height=height, guidance_scale=guidance_scale, sampler=sampler, steps=steps, noise=seed,
-                    progress=progress, cancel=progress.cancel, movq=movq.module, device=device,
-                    dtype=keyframe_unet.compute_dtype, step_cache=step_cache)
-            with stage(movq, memory_required=activation_memory(1, h, w, movq.compute_dtype, 300)) as device:
+                    movq=movq.module, hooks=Hooks(progress=progress, cancel=progress.cancel, device=device,
+                                                  dtype=keyframe_unet.compute_dtype),
+                    step_cache=step_cache)
+            with stage(movq, memory_required=activation_memory(movq, 1, h, w)) as device:
                 # uint8 as the release (truncated), so encoding this picture matches its re-encoding
-                picture = decode_first_frame(movq.module, latent, device=device, dtype=movq.compute_dtype)
+                picture = decode_first_frame(movq.module, latent, hooks=Hooks(device=device, dtype=movq.compute_dtype))
         return io.NodeOutput((picture[None].float() / 255.0).to(mm.intermediate_device()))
 
 
@@ -103,12 +105,12 @@ class KandinskyVideoEncodeFirstFrame(CheckedCombos, io.ComfyNode):
         picture, note = image_batch_picture(image, pick_hint=PICK_HINT)
         if note:
             logging.warning("Kandinsky Video Encode First Frame: %s", note)
-        memory = activation_memory(1, height // 8, width // 8, movq.compute_dtype, 300)
+        memory = activation_memory(movq, 1, height // 8, width // 8)
         with torch.inference_mode(), stage(movq, memory_required=memory) as device, \
                 warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             latent = encode_first_frame(movq.module, picture, width=width, height=height, mode=resize_mode,
-                                        layout="HWC", device=device, dtype=movq.compute_dtype)
+                                        layout="HWC", hooks=Hooks(device=device, dtype=movq.compute_dtype))
         for w in caught:  # every run says it, not only the first (Python shows a warning once)
             logging.warning("Kandinsky Video Encode First Frame: %s", w.message)
         return io.NodeOutput(sockets.FirstFrameCondition(latent.to(mm.intermediate_device()), width, height))

@@ -10,8 +10,8 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..kv_core.noise import MAX_SEED
-from ..kv_core.rules import SAMPLERS
+from ..kv_core.sampling.noise import MAX_SEED
+from ..kv_core.sampling.schedulers import SAMPLERS
 
 CATEGORY = "Kandinsky Video"
 MAX_SIZE = 4096

@@ -1,15 +1,15 @@
 """Interpolate: one x4 pass of the interpolation U-Net (N frames -> 4N - 3).
 
-An adapter of ``kv_core.stages.interpolate_frames``, once per video of the LATENT batch."""
+An adapter of ``kv_core.stages.interpolation.interpolate_frames``, once per video of the LATENT batch."""
 from __future__ import annotations
 
 import torch
 
 from comfy_api.latest import io
 
-from ..kv_core.rules import MAX_SKIP_FRAMES, SKIP_FRAMES
-from ..kv_core.stages import interpolate_frames
-from ..kv_core.video_input import null_condition
+from ..kv_core.conditioning import null_condition
+from ..kv_core.stages.interpolation import MAX_SKIP_FRAMES, SKIP_FRAMES, interpolate_frames
+from ..kv_core.stages import Hooks
 from . import sockets
 from .inputs import CATEGORY, CheckedCombos, sampler_inputs, step_cache_input
 from .networks import activation_memory, stage
@@ -78,7 +78,7 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
         progress = StepProgress(steps * len(videos), lambda x: x.reshape(-1, 4, *x.shape[-2:]))
         out = []
         rows = 2 * max(min(groups, window or groups), 1)  # a window's rows are what the U-Net holds at once
-        memory = activation_memory(rows, h, w, interpolation_unet.compute_dtype, 15)
+        memory = activation_memory(interpolation_unet, rows, h, w)
         with torch.inference_mode(), stage(interpolation_unet, memory_required=memory) as device:
             for i, frames in enumerate(videos):
                 # the noise stream follows from the input frame count (kv_core's rule), which
@@ -86,10 +86,10 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
                 out.append(interpolate_frames(
                     interpolation_unet.module, interpolation_unet.null_embedding, text,
                     frames, skip_frames=skip_frames, window=window, guidance_scale=guidance_scale, sampler=sampler,
-                    steps=steps,
-                    noise=seed, progress=lambda step, total, x, done=i * steps: progress(
-                        done + step, progress.bar.total, x),
-                    cancel=progress.cancel, device=device, dtype=interpolation_unet.compute_dtype,
+                    steps=steps, noise=seed,
+                    hooks=Hooks(progress=lambda step, total, x, done=i * steps: progress(
+                        done + step, progress.bar.total, x), cancel=progress.cancel, device=device,
+                        dtype=interpolation_unet.compute_dtype),
                     step_cache=step_cache).cpu())
         keyframes = sockets.recorded_keyframes(latent)  # passed on for Decode's frame rate, if known
         # an Encode Video latent's frame rate (x4) and size record go on to Decode

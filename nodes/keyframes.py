@@ -1,14 +1,16 @@
 """Keyframes: the keyframe U-Net in video mode, from the first-frame condition.
 
-An adapter of ``kv_core.stages.generate_keyframes``."""
+An adapter of ``kv_core.stages.keyframes.generate_keyframes``."""
 from __future__ import annotations
 
 import torch
 
 from comfy_api.latest import io
 
-from ..kv_core.rules import MOTION_PRESETS, NUM_TRAIN_TIMESTEPS, REFERENCE_KEYFRAMES
-from ..kv_core.stages import generate_keyframes
+from ..kv_core.rules import REFERENCE_KEYFRAMES
+from ..kv_core.sampling.schedulers import NUM_TRAIN_TIMESTEPS
+from ..kv_core.stages.keyframes import MOTION_PRESETS, generate_keyframes
+from ..kv_core.stages import Hooks
 from . import sockets
 from .inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos, sampler_inputs, step_cache_input
 from .networks import activation_memory, stage
@@ -60,14 +62,16 @@ class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
         h, w = first_frame.latent.shape[-2:]
         progress = StepProgress(steps, lambda x: x)
         step_cache = CacheReport.of(cls, "Kandinsky Video Keyframes", steps).settings(step_cache)
-        memory = activation_memory(3 * num_keyframes, h, w, keyframe_unet.compute_dtype, 15)
+        memory = activation_memory(keyframe_unet, 3 * num_keyframes, h, w)
         with torch.inference_mode(), stage(keyframe_unet, memory_required=memory) as device:
             frames = generate_keyframes(
                 keyframe_unet.module, keyframe_unet.null_embedding, conditioning.text_condition(), first_frame.latent,
                 num_keyframes=num_keyframes, motion=motion, noise_augmentation=noise_augmentation,
                 guidance_weight_prompt=guidance_weight_prompt, guidance_weight_image=guidance_weight_image,
-                sampler=sampler, steps=steps, noise=seed, progress=progress, cancel=progress.cancel,
-                device=device, dtype=keyframe_unet.compute_dtype, step_cache=step_cache)
+                sampler=sampler, steps=steps, noise=seed,
+                hooks=Hooks(progress=progress, cancel=progress.cancel, device=device,
+                            dtype=keyframe_unet.compute_dtype),
+                step_cache=step_cache)
         return io.NodeOutput(sockets.video_latent(frames, num_keyframes))
 
 

@@ -16,8 +16,7 @@ import comfy.model_management as mm
 import comfy.ops
 from comfy_api.latest import io
 
-from ..kv_core import checkpoints as ckpt
-from ..kv_core import dtypes
+from ..kv_core import checkpoints as ckpt, dtypes
 from ..kv_core.text import TextEncoder as KVTextEncoder, check_text_parts
 from . import model_files, sockets
 from .devices import device_input, offload_device_for, resolve_device
@@ -260,8 +259,8 @@ def load_text_encoder(text_encoder_name: str, projections_name: str, weight_dtyp
                          f"do not fit together: {err}.") from None
     adopt_operations(encoder, operations_for(weight, compute, load_device), compute=compute,
                      fp32_names=("wo",) if weight == torch.float16 else ())
-    if fp8 is not None:  # T5's feed-forward output (wo) keeps the compute dtype
-        dtypes.store_fp8(encoder, fp8, keep_names=("wo",))
+    if fp8 is not None:  # the file rule: T5's feed-forward outputs (wo) keep the compute dtype
+        dtypes.store_fp8(encoder, fp8)
     text = KVTextEncoder(encoder, projections, tokenizer, tokens_length)
     return wrap(_TextStack(text), ckpt.T5_ENCODER, text_encoder_name, compute, load_device=load_device,
                 offload_device=offload_device)

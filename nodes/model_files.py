@@ -13,6 +13,7 @@ from typing import Optional
 import folder_paths
 
 from ..kv_core import checkpoints as ckpt
+from ..kv_core.kinds import NETWORK_NAMES
 
 MODEL_FOLDER = "kandinsky_video"
 TEXT_ENCODER_FOLDERS = (MODEL_FOLDER, "text_encoders")
@@ -41,14 +42,6 @@ EXPECTED_FILES = {
     ckpt.TEXT_PROJECTIONS: "t5_projections.pt (or its .safetensors conversion)",
     ckpt.T5_ENCODER: "a Flan-UL2 folder (google/flan-ul2: config.json, weights, tokenizer) "
                      "or our encoder-only .safetensors",
-}
-NETWORK_NAMES = {
-    ckpt.KEYFRAME_UNET: "keyframe U-Net",
-    ckpt.INTERPOLATION_UNET: "interpolation U-Net",
-    ckpt.MOVQ: "image MoVQ",
-    ckpt.VIDEO_MOVQ: "video MoVQ",
-    ckpt.TEXT_PROJECTIONS: "text projections",
-    ckpt.T5_ENCODER: "text encoder (Flan-UL2)",
 }
 
 

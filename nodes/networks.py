@@ -19,7 +19,8 @@ import comfy.model_patcher
 import comfy.patcher_extension
 
 from .core_model import STAGES_OF, unet_patcher
-from .model_files import NETWORK_NAMES
+from ..kv_core import kinds
+from ..kv_core.kinds import NETWORK_NAMES
 
 
 @dataclass(eq=False)
@@ -135,7 +136,8 @@ def stage(*networks: Network, memory_required: int = 0) -> Iterator[torch.device
                 offload(n)
 
 
-def activation_memory(rows: int, h: int, w: int, dtype: torch.dtype, factor: float) -> int:
-    """Rough peak activation memory of a U-Net / decoder call (bytes), in the way
-    ComfyUI's models estimate it: proportional to rows × latent area × dtype size."""
-    return int(rows * h * w * mm.dtype_size(dtype) * factor * 1024)
+def activation_memory(network: Network, rows: int, h: int, w: int) -> int:
+    """Rough peak activation memory (bytes) of one call of ``network`` on ``rows`` rows of
+    ``h x w`` latent cells, in the way ComfyUI's models estimate it: rows × latent area ×
+    dtype size × the factor of its kind (``kv_core.kinds.ACTIVATION_FACTOR``)."""
+    return kinds.activation_memory(network.kind, rows, h, w, mm.dtype_size(network.compute_dtype))

@@ -14,7 +14,7 @@ import comfy.model_management as mm
 import comfy.utils
 import latent_preview
 
-from ..kv_core.step_cache import StepCacheSettings
+from ..kv_core.sampling.step_cache import StepCacheSettings
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io
 
+from ..kv_core.conditioning import TextCondition
 from ..kv_core.extend import PromptTimeline, long_video_frame_rate
 from ..kv_core.rules import frame_rate, interpolation_passes
-from ..kv_core.stages import TextCondition
 
 KeyframeUNet = io.Custom("KV_KEYFRAME_UNET")
 InterpolationUNet = io.Custom("KV_INTERPOLATION_UNET")
@@ -28,7 +28,7 @@ VideoMoVQ = io.Custom("KV_VIDEO_MOVQ")
 TextEncoder = io.Custom("KV_TEXT_ENCODER")
 Conditioning = io.Custom("KV_CONDITIONING")
 FirstFrame = io.Custom("KV_FIRST_FRAME")
-#: carries a ``kv_core.step_cache.StepCacheSettings`` (from Kandinsky Video Step Cache)
+#: carries a ``kv_core.sampling.step_cache.StepCacheSettings`` (from Kandinsky Video Step Cache)
 StepCache = io.Custom("KV_STEP_CACHE")
 
 

@@ -1,11 +1,11 @@
-"""Step Cache: the settings of DeepCache-style step caching (``kv_core.step_cache``) for the
+"""Step Cache: the settings of DeepCache-style step caching (``kv_core.sampling.step_cache``) for the
 stage nodes' optional ``step_cache`` input; Apply Step Cache: the same cache on a core
 MODEL (the core sampling path)."""
 from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..kv_core.step_cache import DEFAULT_START_STEP, MAX_INTERVAL, StepCacheSettings
+from ..kv_core.sampling.step_cache import DEFAULT_START_STEP, MAX_INTERVAL, StepCacheSettings
 from . import sockets
 from .core_model import KandinskyVideoModel, apply_step_cache
 from .inputs import CATEGORY

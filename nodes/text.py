@@ -1,5 +1,5 @@
 """Text encode: prompt and negative prompt -> the Kandinsky Video conditioning (an
-adapter of ``kv_core.stages.encode_prompt``).
+adapter of ``kv_core.stages.text.encode_prompt``).
 
 What the encoder reads of each prompt (tokens read, unknown, dropped; see
 ``kv_core.text.PromptReport``) is shown on the node, kept as its ``text`` UI output (in
@@ -14,8 +14,10 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io, ui
 
-from ..kv_core.stages import TextCondition, encode_prompt
+from ..kv_core.conditioning import TextCondition
+from ..kv_core.stages.text import encode_prompt
 from ..kv_core.text import PromptReport
+from ..kv_core.stages import Hooks
 from . import sockets
 from .inputs import CATEGORY
 from .networks import Network, stage
@@ -91,8 +93,8 @@ class KandinskyVideoTextEncode(io.ComfyNode):
         bar = StepProgress(2 if negative else 1)
         with torch.inference_mode(), stage(text_encoder) as device:
             # the node reports what the encoder reads (above): no PromptWarning from kv_core
-            cond = encode_prompt(text_encoder.module.text_encoder, prompt, negative, device=device, warn=False,
-                                 progress=bar)
+            cond = encode_prompt(text_encoder.module.text_encoder, prompt, negative, warn=False,
+                                 hooks=Hooks(device=device, progress=bar))
         return io.NodeOutput(sockets.TextConditioning(prompt, negative_prompt or "", _on_host(cond)),
                              ui=ui.PreviewText(shown))
 

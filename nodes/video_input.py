@@ -17,8 +17,9 @@ import torch
 from comfy_api.latest import io
 
 from ..kv_core.rules import frame_rate, size_rule
-from ..kv_core.video_input import (DEFAULT_ENCODE_CHUNK, FIT_MODES, VideoFit, auto_skip_frames, check_fps,
+from ..kv_core.video_input import (DEFAULT_ENCODE_CHUNK, FIT_MODES, VideoFit, auto_skip_frames, check_frame_rate,
                                    encode_video, interpolated_fps, plan_fit)
+from ..kv_core.stages import Hooks
 from . import sockets
 from .inputs import CATEGORY, CheckedCombos, MAX_SIZE
 from .networks import activation_memory, stage
@@ -135,7 +136,7 @@ class KandinskyVideoEncodeVideo(CheckedCombos, io.ComfyNode):
 
     @classmethod
     def execute(cls, movq, interpolation_unet, images, fps, fit, max_side, mask=None) -> io.NodeOutput:
-        fps = check_fps(fps)
+        fps = check_frame_rate(fps)
         alpha = opacity(mask, images)
         rule = size_rule(movq=movq.module, interpolation_unet=interpolation_unet.module)
         plan = plan_fit(int(images.shape[2]), int(images.shape[1]), rule, fit, int(max_side))
@@ -145,11 +146,11 @@ class KandinskyVideoEncodeVideo(CheckedCombos, io.ComfyNode):
         f = rule.factor or 8
         chunks = -(-int(images.shape[0]) // DEFAULT_ENCODE_CHUNK)
         bar = StepProgress(chunks)
-        memory = activation_memory(DEFAULT_ENCODE_CHUNK, plan.net_height // f, plan.net_width // f,
-                                   movq.compute_dtype, 300)
+        memory = activation_memory(movq, DEFAULT_ENCODE_CHUNK, plan.net_height // f, plan.net_width // f)
         with torch.inference_mode(), stage(movq, memory_required=memory) as device:
-            latents, clipped = encode_video(movq.module, images, plan, alpha=alpha, device=device,
-                                            dtype=movq.compute_dtype, progress=bar, cancel=bar.cancel)
+            latents, clipped = encode_video(movq.module, images, plan, alpha=alpha,
+                                            hooks=Hooks(device=device, dtype=movq.compute_dtype, progress=bar,
+                                                        cancel=bar.cancel))
         if clipped:
             logging.warning("%s: %d frame values were outside 0..1 and were clipped", NAME, clipped)
         out = sockets.video_latent(latents, None)

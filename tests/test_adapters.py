@@ -1,7 +1,9 @@
 """The nodes are adapters of the kv_core stages, read from their source (no host needed).
 
 ``kv_core.stages`` holds the only orchestration: a node module never imports the
-sampling loops, the MoVQ or the schedulers, and each stage node's ``execute`` calls its
+sampling loops (the step loop of ``kv_core.sampling.loop``, a stage's ``sample_*``), the
+networks (``kv_core.models``) or the samplers (of ``kv_core.sampling`` only its constants:
+sampler names, seed range, timestep count), and each stage node's ``execute`` calls its
 stage functions (and no other kv_core stage). What the nodes give equals what the stages
 give is checked through a real ComfyUI in tests/test_nodes.py
 (``test_each_node_is_an_adapter_of_its_kv_core_stage``).
@@ -14,7 +16,8 @@ from pathlib import Path
 import pytest
 
 NODES = Path(__file__).resolve().parents[1] / "nodes"
-FORBIDDEN = ("kv_core.sampling", "kv_core.movq", "kv_core.schedulers")
+FORBIDDEN = ("kv_core.sampling.loop", "kv_core.models")
+CONSTANTS_ONLY = "kv_core.sampling"  # sampler names, MAX_SEED, NUM_TRAIN_TIMESTEPS
 STAGES = {"encode_prompt", "generate_first_frame", "decode_first_frame", "encode_first_frame",
           "generate_keyframes", "interpolate_frames", "decode_frames",
           "generate_segment", "join_segments"}  # kv_core.extend's, over generate_keyframes
@@ -54,13 +57,18 @@ def test_no_node_module_imports_the_sampling_layers(path):
     imported = _imported(ast.parse(path.read_text()), "pack.nodes")
     bad = sorted(name for name in imported for f in FORBIDDEN
                  if name.removeprefix("pack.") == f or name.removeprefix("pack.").startswith(f + "."))
+    bad += sorted(name for name in imported if name.removeprefix("pack.").startswith(CONSTANTS_ONLY + ".")
+                  and name.rpartition(".")[2] not in ("noise", "schedulers") and not name.rpartition(".")[2].isupper())
+    bad += sorted(name for name in imported if name.removeprefix("pack.").startswith("kv_core.stages.")
+                  and name.rpartition(".")[2].startswith("sample_"))
     assert not bad, f"nodes/{path.name} imports {bad}: call the kv_core.stages stages instead"
 
 
 def test_the_import_check_sees_relative_and_absolute_imports():
-    tree = ast.parse("from ..kv_core.sampling import x\nimport kv_core.movq\nfrom ..kv_core import schedulers\n")
+    tree = ast.parse("from ..kv_core.sampling.loop import x\nimport kv_core.models.movq\n"
+                     "from ..kv_core.sampling import schedulers\n")
     imported = {n.removeprefix("pack.") for n in _imported(tree, "pack.nodes")}
-    assert {"kv_core.sampling", "kv_core.movq", "kv_core.schedulers"} <= imported
+    assert {"kv_core.sampling.loop", "kv_core.models.movq", "kv_core.sampling.schedulers"} <= imported
 
 
 def _calls(func: ast.FunctionDef) -> set[str]:

@@ -7,8 +7,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from kv_core import checkpoints as ck
-from kv_core import convert as cv
+from kv_core import checkpoints as ck, convert as cv
 from kv_core.dtypes import FP8_DTYPES, parse_dtype
 from kv_core.tiny import TINY_CONTEXT_DIM, write_tiny_release, write_tiny_t5
 

@@ -64,7 +64,7 @@ class Text:
     """A KV_CONDITIONING value: the prompt's context (and an optional negative one)."""
 
     def __init__(self, pack, context, mask, negative=None):
-        self.condition = pack.kv_core.sampling.TextCondition(context, mask, *(negative or ()))
+        self.condition = pack.kv_core.conditioning.TextCondition(context, mask, *(negative or ()))
 
     def text_condition(self):
         return self.condition
@@ -103,7 +103,7 @@ def core_sample(guider, noise, latent, sampler, sigmas, **options):
 
 
 def loop_sampler(name, prediction, spacing, **kw):
-    from kvpack.kv_core.schedulers import make_sampler
+    from kvpack.kv_core.sampling.schedulers import make_sampler
     return make_sampler(name, STEPS, prediction_type=prediction, spacing=spacing, **kw)
 
 
@@ -127,8 +127,8 @@ def _first_frame(host, nets, guidance=5.0, clamp=True):
 
 
 def test_first_frame_core_ddim_equals_the_loop(host, nets):
-    from kvpack.kv_core.noise import ReplayNoise
-    from kvpack.kv_core.sampling import sample_first_frame
+    from kvpack.kv_core.sampling.noise import ReplayNoise
+    from kvpack.kv_core.stages.first_frame import sample_first_frame
 
     model, guider, latent, sigmas = _first_frame(host, nets)
     noise = torch.randn(latent.shape, generator=nets["g"])
@@ -158,9 +158,8 @@ def _keyframes(host, nets, frames=4, seed=7):
 
 
 def _keyframe_loop(host, nets, key, sigmas, noise, sampler, step_noise=(), seed=7):
-    from kvpack.kv_core.noise import ReplayNoise
-    from kvpack.kv_core.sampling import sample_keyframes
-    from kvpack.kv_core.stage_inputs import keyframe_augmentation_noise
+    from kvpack.kv_core.sampling.noise import ReplayNoise
+    from kvpack.kv_core.stages.keyframes import keyframe_augmentation_noise, sample_keyframes
 
     frames = noise.shape[2]
     uniform = keyframe_augmentation_noise(seed, frames, *key.shape[-2:])
@@ -239,9 +238,9 @@ def _interpolation(host, nets, frames):
 
 
 def test_interpolation_core_ddim_equals_the_loop_and_assembles(host, nets):
-    from kvpack.kv_core.noise import ReplayNoise
-    from kvpack.kv_core.sampling import sample_interpolation
-    from kvpack.kv_core.stage_inputs import assemble_interpolated, floored_alphas_cumprod
+    from kvpack.kv_core.sampling.noise import ReplayNoise
+    from kvpack.kv_core.stages import floored_alphas_cumprod
+    from kvpack.kv_core.stages.interpolation import assemble_interpolated, sample_interpolation
 
     frames = torch.randn(3, 4, 8, 8, generator=nets["g"]) * 0.5
     video, guider, latent, sigmas = _interpolation(host, nets, frames)

@@ -4,10 +4,10 @@ import torch
 from test_checkpoints import CastOps
 
 from kv_core import dtypes
-from kv_core.layers import compute_dtype
-from kv_core.movq import MoVQ
+from kv_core.models.layers import compute_dtype
+from kv_core.models.movq import MoVQ
+from kv_core.models.text_projection import TextProjection
 from kv_core.text import project_context
-from kv_core.text_projection import TextProjection
 from kv_core.tiny import TINY_IMAGE_MOVQ_CONFIG
 
 FP8 = torch.float8_e4m3fn
@@ -42,21 +42,44 @@ def test_compute_dtype_beside_stored_weights(weight, host, bf16, want):
     assert dtypes.compute_dtype_for_weights(weight, host, bf16_supported=bf16) == want
 
 
-def test_store_fp8_stores_matrices_of_casting_layers_only():
-    class Block(torch.nn.Module):
+def test_store_fp8_stores_what_the_file_rule_stores_of_casting_layers_only():
+    class FeedForward(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.wi = CastOps.Linear(4, 8)
             self.wo = CastOps.Linear(8, 4)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.DenseReluDense = FeedForward()
+            self.flat = CastOps.Linear(4, 4)
             self.norm = CastOps.LayerNorm(4)
             self.embed = CastOps.Embedding(10, 4)
             self.plain = torch.nn.Linear(4, 4)  # not a casting layer: keeps its dtype
+            with torch.no_grad():
+                self.flat.weight.zero_()  # its fp8 cast would lose everything: kept
 
-    block = dtypes.store_fp8(Block(), FP8, keep_names=("wo",))
-    assert block.wi.weight.dtype == FP8 and block.wi.bias.dtype == torch.float32
-    assert not block.wi.weight.requires_grad and block.wi.comfy_cast_weights
-    for kept in (block.wo.weight, block.norm.weight, block.embed.weight, block.plain.weight):
+    class T5Like(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = torch.nn.ModuleList([torch.nn.ModuleDict({"layer": torch.nn.ModuleList([Block(), Block()])})])
+
+    model = torch.nn.Module()
+    model.in_layer = CastOps.Linear(4, 4)  # a first layer: kept, as in a file
+    model.encoder = T5Like()
+    dtypes.store_fp8(model, FP8)
+    block = model.encoder.block[0]["layer"][1]
+    assert block.DenseReluDense.wi.weight.dtype == FP8 and block.DenseReluDense.wi.bias.dtype == torch.float32
+    assert not block.DenseReluDense.wi.weight.requires_grad and block.DenseReluDense.wi.comfy_cast_weights
+    for kept in (block.DenseReluDense.wo.weight, model.in_layer.weight, block.flat.weight, block.norm.weight,
+                 block.embed.weight, block.plain.weight):
         assert kept.dtype == torch.float32
+    for name, m in model.named_modules():  # the loaders' fp8 is the file's fp8, layer by layer
+        w = getattr(m, "weight", None)
+        if hasattr(m, "comfy_cast_weights") and not isinstance(m, torch.nn.Embedding) and w is not None:
+            stored = dtypes.storage_dtype(f"{name}.weight", w.float(), FP8)
+            assert (w.dtype == FP8) == (stored == FP8), name
 
 
 def test_file_storage_refines_the_matrix_rule():

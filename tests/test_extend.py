@@ -6,13 +6,16 @@ import math
 import pytest
 import torch
 
+from kv_core.conditioning import TextCondition
 from kv_core.extend import (PromptTimeline, condition_latents, extend_keyframes, generate_segment, join_segments,
                             long_video_frame_rate)
-from kv_core.noise import RecordingNoise, SeededNoise, extend_stage
-from kv_core.pipeline import (decode_first_frame, decode_frames, encode_first_frame, frame_rate, generate_keyframes,
-                              interpolate_frames)
-from kv_core.sampling import TextCondition
-from kv_core.schedulers import stage_sampler
+from kv_core.rules import frame_rate
+from kv_core.sampling.noise import RecordingNoise, SeededNoise, extend_stage
+from kv_core.stages import stage_sampler
+from kv_core.stages.decode import decode_frames
+from kv_core.stages.first_frame import decode_first_frame, encode_first_frame
+from kv_core.stages.interpolation import interpolate_frames
+from kv_core.stages.keyframes import generate_keyframes
 from test_pipeline import tiny_condition, tiny_pipeline
 
 FAST = dict(sampler="ddim", steps=2)
@@ -43,7 +46,7 @@ class Recorder(torch.nn.Module):
     def __init__(self, net):
         super().__init__()
         self.net, self.calls = net, []
-        self.down_samples = net.down_samples
+        self.config = net.config  # the size rule reads the network's config
 
     def forward(self, x, time, context, context_mask, **kw):
         self.calls.append(dict(x=x.clone(), context=context.clone(), mask=context_mask.clone(), **kw))

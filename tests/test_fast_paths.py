@@ -1,9 +1,9 @@
 """The CPU fast paths of the U-Nets give the results of the plain computation.
 
-* :class:`kv_core.layers.TextContext`: the text context's keys, values and pooled summary
+* :class:`kv_core.models.layers.TextContext`: the text context's keys, values and pooled summary
   are computed once per distinct prompt, not once per frame (the samplers repeat one
   context over all frames of a pass);
-* :func:`kv_core.layers.frame_conv3d_class`: ``(k, 1, 1)`` Conv3d kernels run as 2D
+* :func:`kv_core.models.layers.frame_conv3d_class`: ``(k, 1, 1)`` Conv3d kernels run as 2D
   convolutions (PyTorch's CPU Conv3d takes a slow unfold path for them).
 """
 import types
@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kv_core.layers import Attention, AttentionPooling, LayerFactory, TextContext, frame_conv3d_class
+from kv_core.models.layers import Attention, AttentionPooling, LayerFactory, TextContext, frame_conv3d_class
+from kv_core.models.unet import KeyframeUNet
+from kv_core.models.unet_interpolation import InterpolationUNet
 from kv_core.tiny import randomize_, tiny_configs
-from kv_core.unet import KeyframeUNet
-from kv_core.unet_interpolation import InterpolationUNet
 
 
 def _contexts(g, rows_per_prompt, length=6, dim=16):

@@ -77,7 +77,7 @@ def _load(network, release, operations, dtype):
 def _lazy_layers_before_load(network, release, operations) -> int:
     """How many layers of the network as built (before any load) hold no weight yet."""
     if network == ck.TEXT_PROJECTIONS:
-        from kv_core.text import TextProjection
+        from kv_core.models.text_projection import TextProjection
 
         module = TextProjection(8, 8, operations=operations, device="meta")
     else:

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kv_core import checkpoints as ck
-from kv_core import convert
-from kv_core.text_projection import PROJECTION_LABELS, TextProjection
+from kv_core import checkpoints as ck, convert
+from kv_core.models.text_projection import PROJECTION_LABELS, TextProjection
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not Path("/proc/self/smaps").exists(),
                                 reason="needs Linux /proc/self/smaps")

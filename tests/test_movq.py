@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from kv_core.layers import LayerFactory
-from kv_core.movq import (OFFICIAL_IMAGE_CONFIG, OFFICIAL_VIDEO_CONFIG, MoVQ,
-                          decode_video, to_uint8_frames, video_chunk_sizes)
-from kv_core.movq_blocks import MoVQSpatialNorm
+from kv_core.models.layers import LayerFactory
+from kv_core.models.movq import (MoVQ, OFFICIAL_IMAGE_CONFIG, OFFICIAL_VIDEO_CONFIG, decode_video, to_uint8_frames,
+                                 video_chunk_sizes)
+from kv_core.models.movq_blocks import MoVQSpatialNorm
 
 # Two levels (factor 2), attention on level 1 of encoder and decoder, 32-channel groups.
 TINY = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), in_channels=3,

@@ -772,8 +772,11 @@ def test_each_node_is_an_adapter_of_its_kv_core_stage(kv, kv_release):
     import torch
     from safetensors.torch import load_file
 
-    from kv_core.pipeline import (decode_first_frame, decode_frames, encode_first_frame, encode_prompt,
-                                  generate_first_frame, generate_keyframes, interpolate_frames)
+    from kv_core.stages.decode import decode_frames
+    from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame
+    from kv_core.stages.interpolation import interpolate_frames
+    from kv_core.stages.keyframes import generate_keyframes
+    from kv_core.stages.text import encode_prompt
 
     seed, steps = 1234, 2
     prompt = fast(kv.to_api(shipped_workflow("kandinsky_video_text_to_video_8fps")), seed=seed, steps=steps)

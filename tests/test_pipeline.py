@@ -13,14 +13,18 @@ import pytest
 import torch
 from PIL import Image
 
-from kv_core.checkpoints import INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ, CheckpointError, build_network
+from kv_core.checkpoints import CheckpointError, INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ, build_network
+from kv_core.conditioning import TextCondition
 from kv_core.image import prepare_first_frame, resize_and_crop
-from kv_core.noise import ReplayNoise, RecordingNoise, SeededNoise
-from kv_core.pipeline import (KandinskyVideoPipeline, GenerationSettings, decode_first_frame, decode_frames,
-                              encode_first_frame, encode_prompt, frame_count, frame_rate, generate_first_frame,
-                              generate_keyframes, interpolate_frames, interpolation_passes, motion_score,
-                              reference_motion_score, size_rule)
-from kv_core.sampling import Interrupted, TextCondition
+from kv_core.pipeline import GenerationSettings, KandinskyVideoPipeline
+from kv_core.rules import frame_count, frame_rate, interpolation_passes, size_rule
+from kv_core.sampling.loop import Interrupted
+from kv_core.sampling.noise import RecordingNoise, ReplayNoise, SeededNoise
+from kv_core.stages.decode import decode_frames
+from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame
+from kv_core.stages.interpolation import interpolate_frames
+from kv_core.stages.keyframes import generate_keyframes, motion_score, reference_motion_score
+from kv_core.stages.text import encode_prompt
 from kv_core.tiny import randomize_, tiny_configs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,10 +72,9 @@ def run(pipe, cond, **kw):
 # --- validation -----------------------------------------------------------------------------
 
 class Boom(torch.nn.Module):
-    """A network that must never run (it declares the release's size factors)."""
+    """A network that must never run (its config has the release's levels)."""
 
-    downsampling_factor = 8  # as a MoVQ
-    latent_multiple = 8      # as a U-Net
+    config = {"ch_mult": (1, 2, 2, 4), "dim_mult": (1, 2, 4, 8)}  # as a MoVQ (x8) and a U-Net (x8)
 
     def __init__(self):
         super().__init__()
@@ -147,7 +150,7 @@ def test_other_bad_calls_fail_before_any_network(boom_pipe):
         boom_pipe("a prompt", noise=-5)
     with pytest.raises(ValueError, match="give a prompt"):
         boom_pipe(None)
-    with pytest.raises(ValueError, match="conditioning must be a kv_core.sampling.TextCondition"):
+    with pytest.raises(ValueError, match="conditioning must be a kv_core.conditioning.TextCondition"):
         boom_pipe(conditioning=(torch.zeros(1, 2, 16), torch.ones(1, 2)))
     no_text = KandinskyVideoPipeline(unet=Boom(), null_embedding=torch.zeros(16), interpolation_unet=Boom(),
                                      interpolation_null_embedding=torch.zeros(16), movq=Boom(), video_movq=Boom())
@@ -458,8 +461,9 @@ def test_release_and_golden_shapes_give_their_rules():
 SEEDED_RUN = """
 import sys, torch
 torch.set_num_threads(int(sys.argv[1]))
-from kv_core.noise import SeededNoise, interpolation_stage
 from kv_core.pipeline import KandinskyVideoPipeline
+from kv_core.sampling.noise import SeededNoise, interpolation_stage
+from kv_core.stages import Hooks
 noise = {stage: SeededNoise.for_stage(77, stage).randn((3, 4, 64, 64))
          for stage in ("first_frame", "keyframes", interpolation_stage(3), interpolation_stage(9))}
 result = KandinskyVideoPipeline.from_release(sys.argv[2])(
@@ -472,9 +476,9 @@ torch.save({"noise": noise, "frames": result.frames, "latents": result.intermedi
 def test_a_seed_gives_the_same_noise_and_outputs_equal_up_to_rounding(tmp_path):
     """The README's promise, exactly: noise bit-identical with 1 and 2 threads and across
     processes; the video equal up to floating-point rounding (stated tolerance: frames at
-    most 2/255 apart in under 5 % of values, latents within 1e-2), since other thread
+    most 2/255 apart in under 5 % of values, latents within 2e-2 and 1e-3 on average), since other thread
     counts sum in other orders."""
-    from kv_core.noise import SeededNoise, interpolation_stage
+    from kv_core.sampling.noise import SeededNoise, interpolation_stage
     from kv_core.tiny import write_tiny_release
 
     write_tiny_release(tmp_path / "release")
@@ -489,9 +493,13 @@ def test_a_seed_gives_the_same_noise_and_outputs_equal_up_to_rounding(tmp_path):
         assert torch.equal(x, here) and torch.equal(out[2]["noise"][stage], here), stage
     assert len({x.sum().item() for x in out[1]["noise"].values()}) == 4  # four distinct streams
     assert interpolation_stage(3) != interpolation_stage(9)
-    # measured: latents (|x| <= 1) at most 3.7e-3 apart (mean 2e-4), frames at most 1/255
-    # apart in 1.0 % of values; a different noise stream would change nearly every value
-    torch.testing.assert_close(out[1]["latents"], out[2]["latents"], atol=1e-2, rtol=0)
+    # measured: latents (|x| <= 1) at most 3.7e-3 apart (mean 2e-4) on one x86 CPU, 1.0017e-2
+    # at one of 2304 values on an AMD EPYC (same torch 2.14.1); frames at most 1/255 apart in
+    # 1.0 % of values. A different noise stream would move nearly every value by ~0.5, so a
+    # small mean difference with a bounded maximum still tells rounding from another draw.
+    latent_diff = (out[1]["latents"] - out[2]["latents"]).abs()
+    assert float(latent_diff.max()) <= 2e-2 and float(latent_diff.mean()) <= 1e-3, \
+        f"latents up to {float(latent_diff.max()):.3g} apart, mean {float(latent_diff.mean()):.3g}"
     diff = (out[1]["frames"].int() - out[2]["frames"].int()).abs()
     assert int(diff.max()) <= 2 and float((diff > 0).float().mean()) < 0.05, \
         f"{int(diff.max())}/255 apart in {float((diff > 0).float().mean()):.2%} of values"
@@ -523,7 +531,7 @@ def test_stage_hooks_device_dtype_and_skip_frames(pipe, cond):
         def __init__(self, net):
             super().__init__()
             self.net = net
-            self.down_samples = net.down_samples
+            self.config = net.config  # the size rule reads the network's config
 
         def forward(self, x, *a, **k):
             calls.append(x.dtype)
@@ -531,8 +539,8 @@ def test_stage_hooks_device_dtype_and_skip_frames(pipe, cond):
 
     kw = dict(sampler="ddim", steps=2, noise=seed)
     plain = generate_first_frame(pipe.unet, pipe.null_embedding, cond, width=64, height=64, **kw)
-    hooked = generate_first_frame(Spy(pipe.unet), pipe.null_embedding, cond, width=64, height=64, device="cpu",
-                                  dtype=torch.float64, **kw)
+    hooked = generate_first_frame(Spy(pipe.unet), pipe.null_embedding, cond, width=64, height=64, **kw,
+                                  hooks=Hooks(device="cpu", dtype=torch.float64))
     assert set(calls) == {torch.float64}
     torch.testing.assert_close(hooked, plain)
     frames = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -559,5 +567,5 @@ def test_encode_prompt_reports_progress_per_prompt():
     def encoder(text):
         return torch.ones(1, 3, 16), torch.ones(1, 3, dtype=torch.int64)
 
-    cond = encode_prompt(encoder, "a", "b", progress=lambda i, n: seen.append((i, n)))
+    cond = encode_prompt(encoder, "a", "b", hooks=Hooks(progress=lambda i, n: seen.append((i, n))))
     assert seen == [(1, 2), (2, 2)] and cond.negative_context is not None

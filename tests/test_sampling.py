@@ -7,11 +7,15 @@ import textwrap
 import pytest
 import torch
 
-from kv_core.noise import (STAGES, RecordingNoise, ReplayNoise, SeededNoise, as_noise_source, check_seed,
-                           stage_seed)
-from kv_core.sampling import (Interrupted, TextCondition, assemble_interpolated, sample_first_frame,
-                              sample_interpolation, sample_keyframes)
-from kv_core.schedulers import make_sampler
+from kv_core.conditioning import TextCondition
+from kv_core.sampling.loop import Interrupted
+from kv_core.sampling.noise import (NAMED_STREAMS, RecordingNoise, ReplayNoise, SeededNoise, as_noise_source,
+                                    check_seed, stage_seed)
+from kv_core.sampling.schedulers import make_sampler
+from kv_core.stages.first_frame import sample_first_frame
+from kv_core.stages.interpolation import assemble_interpolated, sample_interpolation
+from kv_core.stages.keyframes import sample_keyframes
+from kv_core.stages import Hooks
 
 D, L = 6, 3
 
@@ -52,8 +56,8 @@ def test_seeded_noise_is_reproducible_and_stage_streams_differ():
     assert torch.equal(a.randn((3, 4)), b.randn((3, 4)))
     assert torch.equal(a.rand((7,)), b.rand((7,)))
     assert not torch.equal(SeededNoise(5).randn((8,)), SeededNoise(6).randn((8,)))
-    seeds = {stage_seed(s, st) for s in (0, 1, 2) for st in STAGES}
-    assert len(seeds) == 3 * len(STAGES)
+    seeds = {stage_seed(s, st) for s in (0, 1, 2) for st in NAMED_STREAMS}
+    assert len(seeds) == 3 * len(NAMED_STREAMS)
     assert all(0 <= s < 2 ** 63 for s in seeds)
     u = SeededNoise(1).rand((1000,))
     assert 0 <= float(u.min()) and float(u.max()) < 1
@@ -68,7 +72,7 @@ def test_bad_seeds(seed):
 def test_seeded_noise_matches_in_another_process():
     code = textwrap.dedent("""
         import sys, torch
-        from kv_core.noise import SeededNoise
+        from kv_core.sampling.noise import SeededNoise
         n = SeededNoise.for_stage(1234, "keyframes")
         x = torch.cat([n.randn((4, 4, 8, 8)).flatten(), n.rand((4, 8, 8)).flatten()])
         sys.stdout.buffer.write(x.numpy().tobytes())
@@ -122,7 +126,7 @@ def test_first_frame_batches_cond_and_uncond_in_one_forward():
     unet, trace = FakeUNet(4), {}
     steps = 4
     out = sample_first_frame(unet, _cond(), NULL, latent_size=(6, 4), guidance_scale=3.0,
-                             sampler=make_sampler("ddpm", steps), noise=SeededNoise(0), trace=trace)
+                             sampler=make_sampler("ddpm", steps), noise=SeededNoise(0), hooks=Hooks(trace=trace))
     assert out.shape == (1, 4, 6, 4) and out.dtype == torch.float32
     assert len(unet.calls) == steps
     c = unet.calls[0]
@@ -157,7 +161,7 @@ def test_keyframes_three_guidance_passes_in_one_forward():
     sampler = make_sampler("ddpm", 3)
     sample_keyframes(unet, _cond(), NULL, key, num_frames=t_frames, guidance_weight_prompt=4.0,
                      guidance_weight_image=2.5, motion_score=50, noise_augmentation=30, sampler=sampler,
-                     noise=noise, trace=trace)
+                     noise=noise, hooks=Hooks(trace=trace))
     assert len(unet.calls) == 3
     c = unet.calls[0]
     assert c["mode"] == "video" and c["num_frames"] == t_frames and c["x"].shape == (3 * t_frames, 9, 5, 6)
@@ -196,7 +200,7 @@ def test_interpolation_batches_groups_and_masks_the_uncond_half():
     frames = torch.randn(4, 4, 2, 3)
     groups = sample_interpolation(unet, _cond(), NULL, frames, skip_frames=3, guidance_scale=0.5,
                                   sampler=make_sampler("ddpm", 2, prediction_type="v_prediction"),
-                                  noise=SeededNoise(0), trace=trace)
+                                  noise=SeededNoise(0), hooks=Hooks(trace=trace))
     assert groups.shape == (3, 12, 2, 3)
     c = unet.calls[0]
     x = c["x"]
@@ -226,13 +230,13 @@ def test_assemble_interpolated_order():
 def test_progress_and_cancel():
     unet, seen = FakeUNet(4), []
     sample_first_frame(unet, _cond(), NULL, latent_size=(4, 4), sampler=make_sampler("ddim", 3),
-                       noise=SeededNoise(0), progress=lambda i, n, x: seen.append((i, n, tuple(x.shape))))
+                       noise=SeededNoise(0), hooks=Hooks(progress=lambda i, n, x: seen.append((i, n, tuple(x.shape)))))
     assert seen == [(1, 3, (1, 4, 4, 4)), (2, 3, (1, 4, 4, 4)), (3, 3, (1, 4, 4, 4))]
 
     unet = FakeUNet(4)
     with pytest.raises(Interrupted):
         sample_first_frame(unet, _cond(), NULL, latent_size=(4, 4), sampler=make_sampler("ddim", 3),
-                           noise=SeededNoise(0), cancel=lambda: True)
+                           noise=SeededNoise(0), hooks=Hooks(cancel=lambda: True))
     assert unet.calls == []
 
     unet, calls = FakeUNet(4), []
@@ -243,7 +247,7 @@ def test_progress_and_cancel():
 
     with pytest.raises(Interrupted):
         sample_keyframes(unet, _cond(), NULL, torch.zeros(4, 2, 2), num_frames=2, sampler=make_sampler("ddim", 5),
-                         noise=SeededNoise(0), cancel=cancel_after_two)
+                         noise=SeededNoise(0), hooks=Hooks(cancel=cancel_after_two))
     assert len(unet.calls) == 2
 
     class HostStop(Exception):
@@ -254,7 +258,7 @@ def test_progress_and_cancel():
 
     with pytest.raises(HostStop):
         sample_interpolation(FakeUNet(12), _cond(), NULL, torch.zeros(2, 4, 2, 2), skip_frames=1,
-                             noise=SeededNoise(0), cancel=host_cancel)
+                             noise=SeededNoise(0), hooks=Hooks(cancel=host_cancel))
 
 
 def test_condition_errors():

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from kv_core.schedulers import (EPSILON_ALPHA_FLOOR, SAMPLERS, DDPMSampler, kv_alphas_cumprod, make_sampler,
-                                make_timesteps, stage_sampler, threshold_x0)
+from kv_core.sampling.schedulers import (DDPMSampler, EPSILON_ALPHA_FLOOR, SAMPLERS, kv_alphas_cumprod, make_sampler,
+                                         make_timesteps, threshold_x0)
+from kv_core.stages import stage_sampler
 
 
 def test_schedule_zero_terminal_snr_and_monotone():

@@ -1,4 +1,4 @@
-"""Step caching (kv_core.step_cache, DeepCache-style) on the tiny random U-Nets: the schedule,
+"""Step caching (kv_core.sampling.step_cache, DeepCache-style) on the tiny random U-Nets: the schedule,
 bit-identity with caching off or every step full, the skipped levels, per-row features,
 counted full forwards through the loops, windows and long-video segments."""
 import pytest
@@ -6,11 +6,14 @@ import torch
 
 from kv_core.checkpoints import INTERPOLATION_UNET, KEYFRAME_UNET
 from kv_core.extend import generate_segment
-from kv_core.sampling import TextCondition
-from kv_core.stages import generate_first_frame, generate_keyframes, interpolate_frames
-from kv_core.step_cache import StepCache, StepCacheSettings, check_step_cache, cache_summary_text
+from kv_core.conditioning import TextCondition
+from kv_core.stages.first_frame import generate_first_frame
+from kv_core.stages.interpolation import interpolate_frames
+from kv_core.stages.keyframes import generate_keyframes
+from kv_core.sampling.step_cache import StepCache, StepCacheSettings, check_step_cache, cache_summary_text
 from kv_core.tiny import TINY_CONTEXT_DIM, random_unet
-from kv_core.windows import window_layout
+from kv_core.stages import Hooks
+from kv_core.stages.windows import window_layout
 
 FAST = dict(sampler="ddim")
 
@@ -220,7 +223,7 @@ def test_interpolation_unet_full_step_with_cache_is_the_plain_forward(interpolat
 def keyframes(unet_null, cond, step_cache=None, steps=10, trace=None, seed=0):
     unet, null = unet_null
     return generate_keyframes(unet, null, cond, key_latent(), num_keyframes=3, steps=steps, noise=seed,
-                              step_cache=step_cache, trace=trace, **FAST)
+                              step_cache=step_cache, hooks=Hooks(trace=trace), **FAST)
 
 
 def test_interval_1_is_the_uncached_run_exactly(keyframe_unet, interpolation_unet, cond):

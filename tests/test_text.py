@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from kv_core.checkpoints import load_t5_encoder, load_t5_tokenizer, load_text_projections
-from kv_core.text import (
-    PROJECTION_BASE, PROJECTION_INTERPOLATION, PromptWarning, TextEncoder, TextProjection, project_context,
-    prompt_report, tokenize, unconditional_context,
-)
+from kv_core.conditioning import null_text
+from kv_core.models.text_projection import PROJECTION_BASE, PROJECTION_INTERPOLATION, TextProjection
+from kv_core.text import PromptWarning, TextEncoder, project_context, prompt_report, tokenize
 from kv_core.tiny import TINY_CONTEXT_DIM, TINY_T5_DIM, write_tiny_release
 
 
@@ -69,7 +68,7 @@ def test_unconditional_context():
     context = torch.randn(2, 5, 4)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     null = torch.randn(4)
-    uc, um = unconditional_context(context, mask, null)
+    uc, um = null_text(context, mask, null)
     assert uc.shape == context.shape and um.dtype == mask.dtype
     assert torch.equal(uc[:, 0], null.expand(2, 4))
     assert torch.all(uc[:, 1:] == 0)
@@ -227,7 +226,7 @@ def test_text_encoder_warns_but_encodes(release):
 
 
 def test_pipeline_encode_prompt_warns_for_the_negative_prompt_too(release):
-    from kv_core.pipeline import encode_prompt
+    from kv_core.stages.text import encode_prompt
 
     te = TextEncoder.from_files(release.t5_folder, release.t5_projections, tokens_length=32)
     with pytest.warns(PromptWarning) as record:

@@ -14,11 +14,9 @@ import torch
 from torch import nn
 
 from golden_support import golden_dir, load_cases
-from kv_core.layers import Attention, LayerFactory
-from kv_core.unet import OFFICIAL_CONFIG as KEYFRAME_CONFIG
-from kv_core.unet import KeyframeUNet
-from kv_core.unet_interpolation import OFFICIAL_CONFIG as INTERP_CONFIG
-from kv_core.unet_interpolation import InterpolationUNet
+from kv_core.models.layers import Attention, LayerFactory
+from kv_core.models.unet import KeyframeUNet, OFFICIAL_CONFIG as KEYFRAME_CONFIG
+from kv_core.models.unet_interpolation import InterpolationUNet, OFFICIAL_CONFIG as INTERP_CONFIG
 
 TINY_KEYFRAME = dict(
     model_channels=8, init_channels=8, num_channels=9, out_channels=4, time_embed_dim=16, context_dim=12,

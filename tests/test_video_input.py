@@ -8,13 +8,14 @@ import math
 import pytest
 import torch
 
-from kv_core.noise import RecordingNoise, SeededNoise, interpolation_stage, stage_seed
+from kv_core.conditioning import TextCondition, null_condition
 from kv_core.rules import frame_rate, size_rule
-from kv_core.sampling import TextCondition
-from kv_core.stages import interpolate_frames
+from kv_core.sampling.noise import RecordingNoise, SeededNoise, interpolation_stage, stage_seed
+from kv_core.stages.interpolation import interpolate_frames
+from kv_core.stages.windows import WindowedInterpolationUNet, window_layout
 from kv_core.video_input import (FIT_MODES, VideoFit, apply_fit, auto_skip_frames, encode_video, interpolate_video,
-                                 null_condition, plan_fit, restore_frames)
-from kv_core.windows import WindowedInterpolationUNet, window_layout
+                                 plan_fit, restore_frames)
+from kv_core.stages import Hooks
 from test_pipeline import tiny_condition, tiny_pipeline
 
 
@@ -103,7 +104,7 @@ def test_encode_in_chunks_gives_the_one_batch_latents(pipe):
     assert one.shape == (5, 4, fit.net_height // 8, fit.net_width // 8) and clipped == 0
     torch.testing.assert_close(one, two, rtol=0, atol=1e-5)
     seen = []
-    encode_video(pipe.movq, x, fit, chunk_size=2, progress=lambda d, t: seen.append((d, t)))
+    encode_video(pipe.movq, x, fit, chunk_size=2, hooks=Hooks(progress=lambda d, t: seen.append((d, t))))
     assert seen == [(1, 3), (2, 3), (3, 3)]
 
 
@@ -253,7 +254,7 @@ def test_per_group_contexts_follow_their_groups_through_the_windows():
 
 
 def test_cancel_between_windows():
-    from kv_core.sampling import Interrupted
+    from kv_core.sampling.loop import Interrupted
 
     net = WindowedInterpolationUNet(RowEcho(), 4, 0, cancel=lambda: True)
     with pytest.raises(Interrupted):

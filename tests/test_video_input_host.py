@@ -140,9 +140,10 @@ def test_real_animations_keep_count_rate_size_and_positions(kv, kv_release):
     assert torch.equal(interpolated[:, :, ::4], given)  # frame 4i of the output is input frame i
 
     # the nodes are adapters of kv_core: its stages give the same latents from the same frames
+    from kv_core.conditioning import null_condition
     from kv_core.rules import size_rule
-    from kv_core.stages import interpolate_frames
-    from kv_core.video_input import auto_skip_frames, encode_video, null_condition, plan_fit
+    from kv_core.stages.interpolation import interpolate_frames
+    from kv_core.video_input import auto_skip_frames, encode_video, plan_fit
 
     n = _tiny_networks(kv_release)
     frames, alpha = _load_image_frames(odd)

@@ -17,7 +17,7 @@ import av
 import pytest
 
 from kv_core.extend import long_video_frame_rate
-from kv_core.pipeline import frame_rate
+from kv_core.rules import frame_rate
 from test_nodes import REPO, SIZE, WORKFLOWS, fast, kv, kv_release, shipped_workflow  # noqa: F401 (fixtures)
 from tools.thumbnails import EXAMPLE_VIDEO, hidden_nodes, thumbnail_path
 

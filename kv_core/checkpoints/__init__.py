@@ -31,10 +31,10 @@ Which dtype each tensor gets is the policy of :mod:`kv_core.dtypes`.
 from .configs import (DEFAULT_TOKENS_LENGTH, config_from, detect_config, network_class, official_config,
                       read_configs_json, resolve_config, text_settings)
 from .contents import NetworkTensors, describe_file, identify, network_tensors
-from .formats import (CONFIG_SECTIONS, FORMAT_VERSION, INTERPOLATION_UNET, KEYFRAME_UNET, META_CONFIG,
-                      META_DTYPE, META_FORMAT, META_NETWORK, META_SOURCE, META_TOKENIZER, MOVQ,
-                      NULL_EMBEDDING_KEY, SAFETENSORS_DTYPES, T5_ENCODER, TEXT_PROJECTIONS, VIDEO_MOVQ,
-                      CheckpointError, TensorFile, open_tensor_file)
+from ..kinds import INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, T5_ENCODER, TEXT_PROJECTIONS, VIDEO_MOVQ
+from .formats import (CONFIG_SECTIONS, FORMAT_VERSION, META_CONFIG, META_DTYPE, META_FORMAT, META_NETWORK,
+                      META_SOURCE, META_TOKENIZER, NULL_EMBEDDING_KEY, SAFETENSORS_DTYPES, CheckpointError,
+                      TensorFile, open_tensor_file)
 from .networks import (LoadedNetwork, assign_state_dict, build_network, check_state_dict, expected_shapes,
                        load_interpolation_unet, load_keyframe_unet, load_movq, load_network, load_null_embedding,
                        load_text_projections)

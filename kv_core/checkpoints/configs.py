@@ -19,10 +19,10 @@ from typing import Mapping
 
 from torch import nn
 
-from .. import movq, unet, unet_interpolation
+from ..models import movq, unet, unet_interpolation
 from .contents import NetworkTensors
-from .formats import (CONFIG_SECTIONS, DESCRIPTIONS, INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ,
-                      CheckpointError)
+from ..kinds import DESCRIPTIONS, INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ
+from .formats import CONFIG_SECTIONS, CheckpointError
 
 # network kind -> (class, official constructor kwargs)
 _NETWORKS = {

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from ..dtypes import NULL_EMBEDDING_KEY, dtype_name
-from .formats import (DESCRIPTIONS, FORMAT_VERSION, INTERPOLATION_UNET, KEYFRAME_UNET, META_FORMAT, MOVQ,
-                      T5_ENCODER, TEXT_PROJECTIONS, VIDEO_MOVQ, CheckpointError, TensorFile, listing,
-                      open_tensor_file)
+from ..kinds import DESCRIPTIONS, INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, T5_ENCODER, TEXT_PROJECTIONS, VIDEO_MOVQ
+from .formats import FORMAT_VERSION, META_FORMAT, CheckpointError, TensorFile, listing, open_tensor_file
 
 
 def identify(keys) -> str | None:

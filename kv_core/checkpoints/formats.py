@@ -26,6 +26,7 @@ from typing import Callable, Mapping
 import torch
 
 from ..dtypes import NULL_EMBEDDING_KEY  # noqa: F401  (part of the file format)
+from ..kinds import INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, VIDEO_MOVQ
 
 # --- our safetensors format --------------------------------------------------------------
 
@@ -37,26 +38,9 @@ META_DTYPE = "kandinsky_video.dtype"
 META_SOURCE = "kandinsky_video.source"
 META_TOKENIZER = "kandinsky_video.tokenizer"
 
-KEYFRAME_UNET = "keyframe_unet"
-INTERPOLATION_UNET = "interpolation_unet"
-MOVQ = "movq"
-VIDEO_MOVQ = "video_movq"
-TEXT_PROJECTIONS = "text_projections"
-T5_ENCODER = "t5_encoder"
-
 # section of configs.json for each network
 CONFIG_SECTIONS = {KEYFRAME_UNET: "t2v", INTERPOLATION_UNET: "interpolation",
                    MOVQ: "image_movq", VIDEO_MOVQ: "video_movq"}
-
-# what each network is called in messages
-DESCRIPTIONS = {
-    KEYFRAME_UNET: "keyframe U-Net (t2v.pt)",
-    INTERPOLATION_UNET: "interpolation U-Net (interpolation.pt)",
-    MOVQ: "image MoVQ (movq.pt)",
-    VIDEO_MOVQ: "video MoVQ (video_movq.pt)",
-    TEXT_PROJECTIONS: "text projections (t5_projections.pt)",
-    T5_ENCODER: "T5 text encoder",
-}
 
 _MAX_LISTED = 5
 

@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from ..dtypes import NULL_EMBEDDING_KEY, dtype_name, is_fp8, load_dtype, parse_dtype, supports_fp8_weights
-from ..text_projection import PROJECTION_LABELS, TextProjection
+from ..models.text_projection import PROJECTION_LABELS, TextProjection
 from .configs import detect_config, network_class, resolve_config
 from .contents import NetworkTensors, identify, network_tensors, not_recognised
-from .formats import (DESCRIPTIONS, INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, TEXT_PROJECTIONS, VIDEO_MOVQ,
-                      CheckpointError, HeapTrimmer, aligned, listing, open_tensor_file)
+from ..kinds import DESCRIPTIONS, INTERPOLATION_UNET, KEYFRAME_UNET, MOVQ, TEXT_PROJECTIONS, VIDEO_MOVQ
+from .formats import CheckpointError, HeapTrimmer, aligned, listing, open_tensor_file
 
 
 def _constructor_kwargs(cls, cfg: dict, path, network: str) -> dict:

@@ -13,8 +13,9 @@ import torch
 
 from ..dtypes import load_dtype, parse_dtype
 from .contents import identify, not_recognised
-from .formats import (DESCRIPTIONS, META_CONFIG, META_TOKENIZER, SAFETENSORS_DTYPES, T5_ENCODER, CheckpointError,
-                      PageReleaser, TensorFile, listing, open_tensor_file, torch_load)
+from ..kinds import DESCRIPTIONS, T5_ENCODER
+from .formats import (META_CONFIG, META_TOKENIZER, SAFETENSORS_DTYPES, CheckpointError, PageReleaser, TensorFile,
+                      listing, open_tensor_file, torch_load)
 from .networks import check_state_dict
 
 

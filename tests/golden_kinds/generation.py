@@ -7,8 +7,8 @@ import torch
 
 from golden_support import GoldenCase, golden_kind
 
-from kv_core.noise import ReplayNoise
-from kv_core.schedulers import stage_sampler
+from kv_core.sampling.noise import ReplayNoise
+from kv_core.stages import Hooks, stage_sampler
 
 _SAMPLER_OF = {"base": "keyframes", "interp": "interpolation"}
 
@@ -42,9 +42,9 @@ def run_ddpm_scheduler(case: GoldenCase) -> dict:
 
 def _load_unet(case: GoldenCase, config_key: str, filename: str):
     if config_key == "t2v":
-        from kv_core.unet import KeyframeUNet as cls
+        from kv_core.models.unet import KeyframeUNet as cls
     else:
-        from kv_core.unet_interpolation import InterpolationUNet as cls
+        from kv_core.models.unet_interpolation import InterpolationUNet as cls
     unet = cls(**case.configs[config_key]["configs"], device="meta")
     checkpoint = torch.load(case.path(filename), map_location="cpu", weights_only=True)
     unet.load_state_dict(checkpoint["unet"], strict=True, assign=True)
@@ -52,7 +52,7 @@ def _load_unet(case: GoldenCase, config_key: str, filename: str):
 
 
 def _load_movq(case: GoldenCase, config_key: str, filename: str):
-    from kv_core.movq import MoVQ
+    from kv_core.models.movq import MoVQ
 
     movq = MoVQ(**case.configs[config_key]["configs"], device="meta")
     movq.load_state_dict(torch.load(case.path(filename), map_location="cpu", weights_only=True),
@@ -68,20 +68,22 @@ def _trace_outputs(trace: dict) -> dict:
 
 @golden_kind("loop_first_frame")
 def run_loop_first_frame(case: GoldenCase) -> dict:
-    from kv_core.sampling import TextCondition, sample_first_frame
+    from kv_core.conditioning import TextCondition
+    from kv_core.stages.first_frame import sample_first_frame
 
     unet, null = _load_unet(case, "t2v", "t2v.pt")
     inputs, noise, trace = case.inputs, ReplayNoise(case.noises), {}
     cond = TextCondition(inputs["context"], inputs["context_mask"])
     out = sample_first_frame(unet, cond, null, latent_size=tuple(case.args["shape"][-2:]),
-                             guidance_scale=case.args["guidance_weight"], noise=noise, trace=trace)
+                             guidance_scale=case.args["guidance_weight"], noise=noise, hooks=Hooks(trace=trace))
     noise.assert_consumed()
     return {"out": out, **_trace_outputs(trace)}
 
 
 @golden_kind("loop_keyframes")
 def run_loop_keyframes(case: GoldenCase) -> dict:
-    from kv_core.sampling import TextCondition, sample_keyframes
+    from kv_core.conditioning import TextCondition
+    from kv_core.stages.keyframes import sample_keyframes
 
     unet, null = _load_unet(case, "t2v", "t2v.pt")
     inputs, args, noise, trace = case.inputs, case.args, ReplayNoise(case.noises), {}
@@ -90,14 +92,15 @@ def run_loop_keyframes(case: GoldenCase) -> dict:
                            guidance_weight_prompt=args["guidance_weight"],
                            guidance_weight_image=args["guidance_weight_image"],
                            motion_score=args["motion_score"], noise_augmentation=args["noise_augmentation"],
-                           noise=noise, trace=trace)
+                           noise=noise, hooks=Hooks(trace=trace))
     noise.assert_consumed()
     return {"out": out, **_trace_outputs(trace)}
 
 
 @golden_kind("loop_interpolation")
 def run_loop_interpolation(case: GoldenCase) -> dict:
-    from kv_core.sampling import TextCondition, assemble_interpolated, sample_interpolation
+    from kv_core.conditioning import TextCondition
+    from kv_core.stages.interpolation import assemble_interpolated, sample_interpolation
 
     unet, null = _load_unet(case, "interpolation", "interpolation.pt")
     inputs, args, noise, trace = case.inputs, case.args, ReplayNoise(case.noises), {}
@@ -106,7 +109,7 @@ def run_loop_interpolation(case: GoldenCase) -> dict:
     groups = sample_interpolation(unet, cond, null, base, skip_frames=args["skip_frames"],
                                   guidance_scale=args["guidance_scale"],
                                   perturbation_time=args["perturbation_time"],
-                                  use_temporal_mask=args["use_temporal_mask"], noise=noise, trace=trace)
+                                  use_temporal_mask=args["use_temporal_mask"], noise=noise, hooks=Hooks(trace=trace))
     noise.assert_consumed()
     return {"interpolated": groups, "video": assemble_interpolated(base, groups), **_trace_outputs(trace)}
 
@@ -135,7 +138,9 @@ def run_pipeline(case: GoldenCase) -> dict:
     from PIL import Image
 
     from kv_core import pipeline as kvp
-    from kv_core.sampling import TextCondition
+    from kv_core import rules
+    from kv_core.conditioning import TextCondition
+    from kv_core.stages import first_frame, interpolation, keyframes
 
     args, inputs, expected = case.args, case.inputs, case.expected
     unet, null = _load_unet(case, "t2v", "t2v.pt")
@@ -149,7 +154,7 @@ def run_pipeline(case: GoldenCase) -> dict:
             image = im.copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        motion = kvp.reference_motion_score(args["motion"])
+        motion = keyframes.reference_motion_score(args["motion"])
     size = dict(width=args["width"], height=args["height"])
     keyframe_settings = dict(num_keyframes=args["num_frames"], motion=motion,
                              noise_augmentation=args["noise_augmentation"],
@@ -173,16 +178,16 @@ def run_pipeline(case: GoldenCase) -> dict:
     # teacher-forced run: each stage from the official value that feeds it
     noise = ReplayNoise(case.noises)
     if image is None:
-        kvp.generate_first_frame(unet, null, cond, guidance_scale=args["key_frame_guidance_scale"],
+        first_frame.generate_first_frame(unet, null, cond, guidance_scale=args["key_frame_guidance_scale"],
                                  noise=noise, **size)  # consumes the first-frame draws
         image = Image.fromarray(expected["debug_keyframe_image"].numpy())
-    out["debug_keyframe_latent"] = kvp.encode_first_frame(movq, image, **size)
-    out["debug_base_frames"] = kvp.generate_keyframes(unet, null, cond, expected["debug_keyframe_latent"],
+    out["debug_keyframe_latent"] = first_frame.encode_first_frame(movq, image, **size)
+    out["debug_base_frames"] = keyframes.generate_keyframes(unet, null, cond, expected["debug_keyframe_latent"],
                                                       noise=noise, **keyframe_settings)
     feed = expected["debug_base_frames"]
-    for pass_index in range(1, kvp.FPS_PASSES[args["fps"]] + 1):
+    for pass_index in range(1, rules.FPS_PASSES[args["fps"]] + 1):
         name = f"debug_interpolated_{pass_index}"
-        out[name] = kvp.interpolate_frames(interp, interp_null, cond, feed, pass_index=pass_index,
+        out[name] = interpolation.interpolate_frames(interp, interp_null, cond, feed, pass_index=pass_index,
                                            guidance_scale=args["interpolation_guidance_scale"], noise=noise)
         feed = expected[name]
     noise.assert_consumed()

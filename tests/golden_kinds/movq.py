@@ -6,7 +6,7 @@ strictly; nothing here depends on a particular case.
 import torch
 
 from golden_support import GoldenCase, golden_kind
-from kv_core.movq import MoVQ, decode_video, to_uint8_frames
+from kv_core.models.movq import MoVQ, decode_video, to_uint8_frames
 
 
 def _load_movq(case: GoldenCase, config_key: str, filename: str) -> MoVQ:

@@ -8,7 +8,9 @@ embeddings of the case's ``t2v.pt`` and ``interpolation.pt``.
 from golden_support import GoldenCase, golden_kind
 
 from kv_core.checkpoints import load_null_embedding, load_text_projections
-from kv_core.text import PROJECTION_BASE, PROJECTION_INTERPOLATION, project_context, unconditional_context
+from kv_core.conditioning import null_text
+from kv_core.models.text_projection import PROJECTION_BASE, PROJECTION_INTERPOLATION
+from kv_core.text import project_context
 
 # output suffix of each projection label, and the U-Net file whose null embedding pairs with it
 _LABELS = {PROJECTION_BASE: ("base", "t2v", "t2v.pt"),
@@ -23,7 +25,7 @@ def run_text_condition(case: GoldenCase) -> dict:
     out = {}
     for label, (suffix, uncond_suffix, unet_file) in _LABELS.items():
         context, context_mask = project_context(hidden, mask, projections[label])
-        uc, um = unconditional_context(context, context_mask, load_null_embedding(case.path(unet_file)))
+        uc, um = null_text(context, context_mask, load_null_embedding(case.path(unet_file)))
         out[f"context_{suffix}"] = context
         out[f"context_mask_{suffix}"] = context_mask
         out[f"uncond_context_{uncond_suffix}"] = uc

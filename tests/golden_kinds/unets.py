@@ -8,8 +8,8 @@ from functools import lru_cache
 import torch
 
 from golden_support import GoldenCase, NotReproduced, golden_kind
-from kv_core.unet import KeyframeUNet
-from kv_core.unet_interpolation import InterpolationUNet
+from kv_core.models.unet import KeyframeUNet
+from kv_core.models.unet_interpolation import InterpolationUNet
 
 
 @lru_cache(maxsize=8)

@@ -1,7 +1,7 @@
 """Stand-in for the official movq.py (tests only)."""
 import torch
 
-from kv_core.movq import MoVQ as _MoVQ
+from kv_core.models.movq import MoVQ as _MoVQ
 
 
 class MoVQ(_MoVQ):

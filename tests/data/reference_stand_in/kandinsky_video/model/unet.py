@@ -1,7 +1,7 @@
 """Stand-in for the official unet.py (tests only): kv_core's network behind the reference's call."""
 import torch
 
-from kv_core.unet import KeyframeUNet
+from kv_core.models.unet import KeyframeUNet
 
 
 def _f32(t):

@@ -1,7 +1,7 @@
 """Stand-in for the official unet_interpolation.py (tests only)."""
 import torch
 
-from kv_core.unet_interpolation import InterpolationUNet
+from kv_core.models.unet_interpolation import InterpolationUNet
 
 
 def _f32(t):

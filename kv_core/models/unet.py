@@ -31,6 +31,7 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
+from . import constructor_config
 from .layers import (
     Attention,
     AttentionPooling,
@@ -198,7 +199,9 @@ class KeyframeUNet(UNetBase):
                  num_blocks=(3, 3, 3, 3), add_cross_attention=(False, True, True, True),
                  add_self_attention=(False, True, True, True), noise_augmentation: bool = False,
                  motion_score: bool = False, *, operations=None, device=None, dtype=None):
+        config = constructor_config(locals())
         super().__init__()
+        self.config = config
         if time_embed_dim is None or context_dim is None:
             raise ValueError("time_embed_dim and context_dim are required")
         factory = LayerFactory(operations, device, dtype)
@@ -243,8 +246,8 @@ class KeyframeUNet(UNetBase):
             noise_aug_time, motion_score: ``[N]`` (video mode, optional): added to the temporal
                 embedding when given and the config has the embedding, ignored otherwise (as
                 in the official code).
-            step_cache: a :class:`~kv_core.step_cache.CacheCall` (DeepCache-style step
-                caching, see :mod:`kv_core.step_cache`), or None (the plain forward).
+            step_cache: a :class:`~kv_core.sampling.step_cache.CacheCall` (DeepCache-style step
+                caching, see :mod:`kv_core.sampling.step_cache`), or None (the plain forward).
 
         Returns:
             ``[N, out_channels, h, w]``.

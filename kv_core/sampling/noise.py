@@ -28,7 +28,11 @@ from typing import Protocol, Sequence
 
 import torch
 
-STAGES = ("first_frame", "keyframes")
+from ..stages import STAGES
+
+#: the stages whose stream is keyed on the stage name alone (an interpolation pass keys
+#: its stream on its input instead: :func:`interpolation_stage`)
+NAMED_STREAMS = tuple(stage for stage in STAGES if stage != "interpolation")
 _INTERPOLATION = re.compile(r"interpolation_from_([0-9]+)")
 _EXTEND = re.compile(r"extend_from_([0-9]+)")
 MAX_SEED = 2 ** 64 - 1
@@ -69,13 +73,13 @@ def extend_stage(num_keyframes: int) -> str:
 
 
 def stage_seed(seed: int, stage: str) -> int:
-    """The seed of one pipeline stage (one of ``STAGES``, ``interpolation_stage(N)`` or
+    """The seed of one pipeline stage (one of ``NAMED_STREAMS``, ``interpolation_stage(N)`` or
     ``extend_stage(N)``), derived from the user seed with a hash so that neighbouring seeds
     and different stages never share a stream."""
     check_seed(seed)
     match = (_INTERPOLATION.fullmatch(stage) or _EXTEND.fullmatch(stage)) if isinstance(stage, str) else None
-    if stage not in STAGES and not (match and int(match.group(1)) >= 2):
-        raise ValueError(f"stage must be one of {STAGES}, 'interpolation_from_<N>' (N >= 2 input frames) or "
+    if stage not in NAMED_STREAMS and not (match and int(match.group(1)) >= 2):
+        raise ValueError(f"stage must be one of {NAMED_STREAMS}, 'interpolation_from_<N>' (N >= 2 input frames) or "
                          f"'extend_from_<N>' (N >= 2 keyframes), got {stage!r}")
     digest = hashlib.blake2b(f"kandinsky-video:{stage}:{seed}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1  # torch.Generator takes < 2**63 safely

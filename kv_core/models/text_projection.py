@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from . import constructor_config
 from .layers import LayerFactory
 
 PROJECTION_BASE = "projection_base"
@@ -20,8 +21,10 @@ class TextProjection(nn.Sequential):
     """
 
     def __init__(self, d_model: int, context_dim: int, *, operations=None, device=None, dtype=None):
+        config = constructor_config(locals())
         factory = LayerFactory(operations, device, dtype)
         super().__init__(factory.linear(d_model, context_dim, bias=False), factory.layer_norm(context_dim))
+        self.config = config
 
     @property
     def d_model(self) -> int:

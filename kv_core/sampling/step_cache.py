@@ -7,7 +7,7 @@ denoising step to the next, so one *full* forward every ``interval`` steps is fo
 ``interval - 1`` *cached* steps that compute only a shallow branch of the U-Net and reuse
 the deep features kept from the last full forward.
 
-Here, on the level structure of :class:`~kv_core.unet_base.UNetBase` (both U-Nets of the
+Here, on the level structure of :class:`~kv_core.models.unet_base.UNetBase` (both U-Nets of the
 release have 4 levels, each level's down path joined to its up path by one skip
 connection): the *skip branch* ``branch = d`` (0 = the shallowest) is the skip connection
 of level ``d``. A full forward keeps, per batch row, the input of level ``d``'s up path
@@ -30,12 +30,12 @@ differ from those of the last full call (another order, a subset, or rows never 
 at the last full step) still gets each row's own features, and a row without kept
 features (or features of another size, dtype or device) makes the call run full and keep
 its features. The loops give row keys ``0 .. N-1``; the windowed interpolation
-(:mod:`kv_core.windows`) keys each window's rows apart (a window's rows see other
+(:mod:`kv_core.stages.windows`) keys each window's rows apart (a window's rows see other
 neighbours than the same groups in another window, so their features differ), so every
 window is filled by its own full forward at the first step.
 
-One :class:`StepCache` lives for one sampling loop (the loops of :mod:`kv_core.sampling`
-make it): a new stage, interpolation pass or long-video segment starts empty, hence with
+One :class:`StepCache` lives for one sampling loop (:func:`kv_core.sampling.loop.run_steps`
+makes it): a new stage, interpolation pass or long-video segment starts empty, hence with
 a full forward. Counted: full and cached steps and network calls (:meth:`StepCache.summary`).
 
 Published figures (DeepCache's paper and README, other U-Nets, real weights): Stable
@@ -51,6 +51,8 @@ from typing import Callable, Hashable, Optional, Sequence
 
 import torch
 
+from ..checks import is_int as _is_int
+
 __all__ = ["StepCacheSettings", "StepCache", "CacheCall", "DEFAULT_START_STEP", "MAX_INTERVAL",
            "check_step_cache", "cache_summary_text"]
 
@@ -58,10 +60,6 @@ __all__ = ["StepCacheSettings", "StepCache", "CacheCall", "DEFAULT_START_STEP", 
 DEFAULT_START_STEP = 2
 #: largest interval accepted (a full forward at least every this many steps)
 MAX_INTERVAL = 100
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)

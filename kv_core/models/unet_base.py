@@ -317,7 +317,7 @@ class UNetBase(nn.Module):
         """Down levels, then up levels, each up level but the first taking the output of the
         down level of its width concatenated along channels; ``args`` go to every level.
 
-        ``step_cache`` (a :class:`~kv_core.step_cache.CacheCall`, or None): at its branch
+        ``step_cache`` (a :class:`~kv_core.sampling.step_cache.CacheCall`, or None): at its branch
         ``d`` the kept deeper features replace levels ``d + 1 ..`` on a cached step, and a
         full forward keeps them (the input of level ``d``'s up path from below, before the
         skip is concatenated). None: the plain forward."""

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dtypes import layer_compute_dtype
+from ..dtypes import layer_compute_dtype
 
 __all__ = [
     "LayerFactory",

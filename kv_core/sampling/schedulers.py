@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checks import is_int
+
 NUM_TRAIN_TIMESTEPS = 1000
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 SPACINGS = ("leading", "trailing", "linspace")
@@ -301,12 +303,31 @@ class DPMSolverPP2MSampler(Sampler):
 
 _SAMPLER_CLASSES = {"ddpm": DDPMSampler, "ddim": DDIMSampler, "dpmpp_2m": DPMSolverPP2MSampler}
 
-# The reference configuration of each stage (sampler, steps, prediction, spacing).
-STAGE_DEFAULTS = {
-    "first_frame": dict(sampler="ddpm", steps=50, prediction_type="epsilon", spacing="leading"),
-    "keyframes": dict(sampler="ddpm", steps=50, prediction_type="epsilon", spacing="leading"),
-    "interpolation": dict(sampler="ddpm", steps=10, prediction_type="v_prediction", spacing="trailing"),
-}
+@dataclass(frozen=True)
+class SamplerDefaults:
+    """A stage's reference sampling: sampler name, step count, what its network predicts
+    and the spacing of its timesteps (each stage declares its own, ``kv_core.stages``)."""
+
+    sampler: str
+    steps: int
+    prediction_type: str
+    spacing: str
+
+    def make(self, sampler: str | None = None, steps: int | None = None) -> "Sampler":
+        """The sampler of the stage: the reference one by default; ``sampler``/``steps``
+        override name and step count while the stage keeps its prediction type and spacing."""
+        return make_sampler(self.sampler if sampler is None else sampler, self.steps if steps is None else steps,
+                            prediction_type=self.prediction_type, spacing=self.spacing)
+
+
+def check_sampler(stage: str, sampler, steps) -> None:
+    """A sampler name of ``SAMPLERS`` and a step count from 1 to 1000 (None: the stage's
+    reference count); ``ValueError`` naming ``stage`` otherwise."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"{stage} sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if steps is not None and (not is_int(steps) or not 1 <= steps <= NUM_TRAIN_TIMESTEPS):
+        raise ValueError(f"{stage} steps must be an integer from 1 to {NUM_TRAIN_TIMESTEPS} "
+                         f"(or None for the reference count), got {steps!r}")
 
 
 def make_sampler(name: str = "ddpm", steps: int = 50, *, prediction_type: str = "epsilon",
@@ -318,15 +339,3 @@ def make_sampler(name: str = "ddpm", steps: int = 50, *, prediction_type: str = 
     if spacing is None:
         spacing = "leading" if prediction_type == "epsilon" else "trailing"
     return _SAMPLER_CLASSES[name](steps, prediction_type=prediction_type, spacing=spacing, **kwargs)
-
-
-def stage_sampler(stage: str, sampler: str | None = None, steps: int | None = None) -> Sampler:
-    """The sampler of a pipeline stage (``first_frame``, ``keyframes``, ``interpolation``):
-    the reference DDPM by default; ``sampler``/``steps`` override name and step count while
-    the stage keeps its prediction type and spacing."""
-    if stage not in STAGE_DEFAULTS:
-        raise ValueError(f"stage must be one of {tuple(STAGE_DEFAULTS)}, got {stage!r}")
-    cfg = dict(STAGE_DEFAULTS[stage])
-    default_name, default_steps = cfg.pop("sampler"), cfg.pop("steps")
-    return make_sampler(default_name if sampler is None else sampler,
-                        default_steps if steps is None else steps, **cfg)

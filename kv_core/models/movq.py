@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dtypes import layer_compute_dtype
+from ..dtypes import layer_compute_dtype
+from . import constructor_config
 from .layers import LayerFactory
 from .movq_blocks import (
     NORM_GROUPS,
@@ -206,7 +207,9 @@ class MoVQ(nn.Module):
                  flicker_augmentation: bool = False,
                  per_item_attention_norm: bool = False,
                  operations=None, device=None, dtype=None):
+        config = constructor_config(locals())
         super().__init__()
+        self.config = config
         for name, value in (("build_3D_decoder", build_3D_decoder), ("temporal_blocks", temporal_blocks),
                             ("flicker_augmentation", flicker_augmentation)):
             if value:

@@ -33,6 +33,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from . import constructor_config
 from .layers import (
     Attention,
     AttentionPooling,
@@ -190,7 +191,9 @@ class InterpolationUNet(UNetBase):
                  temporal_type: str = "conv3D", add_new_temporal_params: bool = False,
                  add_temporal_attention: bool = True, *, fix_temporal_shortcut: bool = False,
                  operations=None, device=None, dtype=None):
+        config = constructor_config(locals())
         super().__init__()
+        self.config = config
         if any(time_downsample):
             raise NotImplementedError(
                 "time_downsample=True is not supported: the official interpolation U-Net cannot run it "
@@ -259,8 +262,8 @@ class InterpolationUNet(UNetBase):
             skip_frames: ``[N]`` integer indices into the 20-entry skip-frames embedding
                 (default 1).
             temporal_mask: ``[N]`` weights of every temporal merge per row (default 1).
-            step_cache: a :class:`~kv_core.step_cache.CacheCall` (DeepCache-style step
-                caching, see :mod:`kv_core.step_cache`), or None (the plain forward).
+            step_cache: a :class:`~kv_core.sampling.step_cache.CacheCall` (DeepCache-style step
+                caching, see :mod:`kv_core.sampling.step_cache`), or None (the plain forward).
 
         Returns:
             ``[N, out_channels, h, w]``.

@@ -21,7 +21,7 @@ is not a prediction of either). The sampler then steps the whole latent at once,
   neighbouring window kept), so the pieces stay consistent at their seams;
 - ``window >= groups`` is exactly the one-batch run.
 
-Step caching (:mod:`kv_core.step_cache`): a ``step_cache`` the loop passes is split with
+Step caching (:mod:`kv_core.sampling.step_cache`): a ``step_cache`` the loop passes is split with
 the rows, each window's rows keyed apart (``(window, row)``), so every window keeps its own
 features, filled by its own full forward at the first step.
 
@@ -37,7 +37,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .step_cache import CacheCall
+from ..sampling.step_cache import CacheCall
 
 DEFAULT_WINDOW = 16   # groups per call in kv_core's windowed runs (the node's own default is 0: one batch)
 
@@ -111,7 +111,7 @@ class WindowedInterpolationUNet:
     unconditional); every per-row argument (``context``, ``context_mask``, ``time``,
     ``perturbation_time``, ``skip_frames``, ``temporal_mask``) is sliced with the rows, so a
     context with one row per group (per-group prompts) follows its groups; a
-    ``step_cache`` (:class:`~kv_core.step_cache.CacheCall`) gets the window's rows, keyed
+    ``step_cache`` (:class:`~kv_core.sampling.step_cache.CacheCall`) gets the window's rows, keyed
     by window.
     ``cancel()`` is checked between windows (it may raise)."""
 
