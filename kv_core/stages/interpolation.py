@@ -170,9 +170,10 @@ def interpolate_frames(
     ``window``: run the U-Net on windows of that many groups (``overlap`` groups shared by
     neighbours; default a quarter of the window) instead of all N - 1 at once, for long
     videos; None or 0: one batch, as the release. Same noise either way; see
-    :mod:`kv_core.stages.windows` (with ``step_cache`` every window keeps its own features). ``step_cache``: DeepCache-style step caching (a
-    ``kv_core.sampling.step_cache.StepCacheSettings`` or a dict of its fields); None (the
-    default) or interval 1 runs every step in full, bit for bit the uncached result."""
+    :mod:`kv_core.stages.windows`. ``step_cache``: DeepCache-style step caching (a
+    ``kv_core.sampling.step_cache.StepCacheSettings`` or a dict of its fields; every window
+    keeps its own features); None (the default) or interval 1 runs every step in full, bit
+    for bit the uncached result."""
     if skip_frames is None:
         if pass_index not in SKIP_FRAMES:
             raise ValueError(f"pass_index must be 1 (first interpolation, skip_frames 3) or 2 "
@@ -193,7 +194,8 @@ def interpolate_frames(
     noise = stage_noise(noise, interpolation_stage(int(frames.shape[0])))
     groups = sample_interpolation(network, cond, null_embedding, frames, skip_frames=skip_frames,
                                   guidance_scale=guidance_scale, sampler=DEFAULTS.make(sampler, steps),
-                                  noise=noise, hooks=replace(hooks, device=run_device(unet, hooks.device)), step_cache=step_cache)
+                                  noise=noise, hooks=replace(hooks, device=run_device(unet, hooks.device)),
+                                  step_cache=step_cache)
     if hooks.trace is not None:
         hooks.trace["interpolated"] = groups
     return assemble_interpolated(frames.to(groups.device, torch.float32), groups)

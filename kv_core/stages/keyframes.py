@@ -218,4 +218,5 @@ def generate_keyframes(
     return sample_keyframes(in_dtype(unet, hooks.dtype), cond, null_embedding, key_latent, num_frames=num_keyframes,
                             guidance_weight_prompt=wp, guidance_weight_image=wi, motion_score=score,
                             noise_augmentation=noise_augmentation, sampler=DEFAULTS.make(sampler, steps),
-                            noise=noise, hooks=replace(hooks, device=run_device(unet, hooks.device)), step_cache=step_cache)
+                            noise=noise, hooks=replace(hooks, device=run_device(unet, hooks.device)),
+                            step_cache=step_cache)
