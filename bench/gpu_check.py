@@ -64,6 +64,7 @@ from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, g
 from kv_core.stages.interpolation import interpolate_frames  # noqa: E402
 from kv_core.stages.keyframes import generate_keyframes  # noqa: E402
 from kv_core.sampling.step_cache import StepCacheSettings  # noqa: E402
+from kv_core.stages import Hooks  # noqa: E402
 from kv_core.tiny import TINY_T5_DIM, tiny_configs  # noqa: E402
 
 GIB = 2 ** 30
@@ -314,10 +315,10 @@ def cache_rows(setup: Setup, nets: dict) -> list[str]:
     runs = {
         "keyframes": (nets["t2v"], lambda cache: generate_keyframes(
             nets["t2v"], nets["null"], cond, key, num_keyframes=setup.keyframes, steps=st["keyframes"], noise=0,
-            device=dev, dtype=setup.compute, step_cache=cache)),
+            hooks=Hooks(device=dev, dtype=setup.compute), step_cache=cache)),
         "interpolation_1": (nets["interpolation"], lambda cache: interpolate_frames(
             nets["interpolation"], nets["null"], cond, frames, pass_index=1, steps=st["interpolation"], noise=0,
-            device=dev, dtype=setup.compute, step_cache=cache)),
+            hooks=Hooks(device=dev, dtype=setup.compute), step_cache=cache)),
     }
     lines = []
     meter = Meter(setup)
