@@ -17,26 +17,23 @@ here the kv_core network itself so that the video MoVQ, which is not a MODEL, is
 the same way (``decode``: the whole chunked decode of ``--decode-frames`` latent frames;
 12 gives three chunks of 4, one compiled shape).
 
-    python bench/bench_compile.py                                  # keyframes, interpolation, decode
-    python bench/bench_compile.py --networks decode --backend inductor
-    python bench/bench_compile.py --device cuda --video-side 512 --dtype bf16   # on a GPU
+    python -m bench.bench_compile                                  # keyframes, interpolation, decode
+    python -m bench.bench_compile --networks decode --backend inductor
+    python -m bench.bench_compile --device cuda --video-side 512 --dtype bf16   # on a GPU
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.bench_networks import DTYPES, build_ours_shared, configs_for, run_ours, workloads
 
-from bench_networks import DTYPES, build_ours_shared, configs_for, run_ours, workloads  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 NETWORK_OF = {"keyframes": "t2v", "first_frame": "t2v", "interpolation": "interpolation", "decode": "video_movq"}
 

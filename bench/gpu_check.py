@@ -17,6 +17,12 @@ Rows (one table, ``|``-separated, a ``# machine`` line above it):
   ``KV_REFERENCE_REPO`` (a local copy of the official code, never committed) one forward of
   ours and of the reference on the same weights and inputs (``bench/bench_networks.py``'s
   workloads and loaders): time, peak, and reference / ours.
+* ``step cache`` rows: the keyframes and the first interpolation pass with step caching
+  (``kv_core.sampling.step_cache``, branch 0, start step 2; 0 in the smoke run) at intervals 2, 3 and 5, each against the
+  uncached stage run just before it on the same inputs and seed: time, peak, and in the
+  note the full + cached steps, the speed-up and the distance of the latent to the
+  uncached one (RMS of the difference / RMS of the uncached latent; random weights, so
+  the distance says nothing about how a video looks).
 * ``pipeline`` rows: text encoder -> first frame -> keyframes -> one interpolation pass ->
   decode (8 fps), each network on the device only for its stage (offloading, as
   ``KANDINSKY_VIDEO_OFFLOAD=1`` does in ComfyUI), in bf16 and with fp8 weights (text encoder
@@ -67,6 +73,8 @@ from kv_core.stages.decode import decode_frames  # noqa: E402
 from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, generate_first_frame  # noqa: E402
 from kv_core.stages.interpolation import interpolate_frames  # noqa: E402
 from kv_core.stages.keyframes import generate_keyframes  # noqa: E402
+from kv_core.sampling.step_cache import StepCacheSettings  # noqa: E402
+from kv_core.stages import Hooks  # noqa: E402
 from kv_core.tiny import TINY_T5_DIM, tiny_configs  # noqa: E402
 
 GIB = 2 ** 30
@@ -302,6 +310,45 @@ def pipeline(setup: Setup, nets: dict, *, passes: int, meter: Meter, budget: Cpu
     return state
 
 
+CACHE_INTERVALS = (2, 3, 5)
+
+
+def cache_rows(setup: Setup, nets: dict) -> list[str]:
+    """Keyframes and interpolation pass 1 with step caching at :data:`CACHE_INTERVALS`,
+    each against the uncached stage of this run (same inputs, seed and steps)."""
+    s, dev, st = setup.size, setup.device, setup.steps
+    g = torch.Generator().manual_seed(5)
+    cond = _condition(setup, torch.randn(1, TEXT_TOKENS, setup.configs[KEYFRAME_UNET]["context_dim"], generator=g))
+    key = torch.randn(4, s // 8, s // 8, generator=g)
+    frames = torch.randn(setup.keyframes, 4, s // 8, s // 8, generator=g)
+    runs = {
+        "keyframes": (nets["t2v"], lambda cache: generate_keyframes(
+            nets["t2v"], nets["null"], cond, key, num_keyframes=setup.keyframes, steps=st["keyframes"], noise=0,
+            hooks=Hooks(device=dev, dtype=setup.compute), step_cache=cache)),
+        "interpolation_1": (nets["interpolation"], lambda cache: interpolate_frames(
+            nets["interpolation"], nets["null"], cond, frames, pass_index=1, steps=st["interpolation"], noise=0,
+            hooks=Hooks(device=dev, dtype=setup.compute), step_cache=cache)),
+    }
+    lines = []
+    meter = Meter(setup)
+    with torch.inference_mode():
+        for name, (net, run) in runs.items():
+            with on_device(setup, None, net):
+                base, base_seconds, peak = meter.run(lambda: run(None).float().cpu())
+                lines.append(f"| step cache | {name} | bf16 | — | {_sec(base_seconds)} | {_mem(peak)} | — | — | — | "
+                             f"— | — | no cache |")
+                for interval in CACHE_INTERVALS:
+                    # the smoke run's 2 and 1 steps cache from step 0, so the cached path runs too
+                    settings = StepCacheSettings(interval=interval, branch=0, start_step=0 if setup.smoke else 2)
+                    out, seconds, peak = meter.run(lambda: run(settings).float().cpu())
+                    full, cached = settings.counts(st[name.split("_")[0]])
+                    distance = float((out - base).pow(2).mean().sqrt() / base.pow(2).mean().sqrt())
+                    lines.append(f"| step cache | {name} | bf16 | — | {_sec(seconds)} | {_mem(peak)} | — | — | — | "
+                                 f"— | — | interval {interval}: {full} full + {cached} cached steps, "
+                                 f"{base_seconds / seconds:.2f}x, distance {distance:.4f} |")
+    return lines
+
+
 def budgeted_pipeline(setup: Setup, nets: dict, label: str, limit: int | None) -> tuple:
     """The 8 fps pipeline under a memory budget: ``(seconds, peak, failed stage or None,
     message)``."""
@@ -432,6 +479,8 @@ def run(setup: Setup, *, reference: bool = True, fp8: bool = True, levers: bool 
         ratio = f"{f[2] / f[0]:.2f}" if f[2] and f[0] else "—"
         lines.append(f"| stage | {name} | bf16 | — | {_sec(seconds)} | {_mem(peak)} | {_sec(f[2])} | {_mem(f[3])} | "
                      f"{_sec(f[0])} | {_mem(f[1])} | {ratio} | |")
+    _flush(lines)
+    lines += cache_rows(setup, nets)
     _flush(lines)
     for label, limit in [("none", None), *setup.budgets.items()]:
         seconds, peak, failed, msg = budgeted_pipeline(setup, nets, label, limit)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: time and peak memory of every stage at the release's size (official
 # configurations, random weights, bf16 U-Nets), the reference's forwards beside ours when
-# KV_REFERENCE_REPO points at a local copy of the official code, and the whole 8 fps
+# KV_REFERENCE_REPO points at a local copy of the official code, keyframes and interpolation
+# with step caching at intervals 2, 3 and 5 against no cache, and the whole 8 fps
 # pipeline with offloading under budgets for 24/16/12 GB cards; one table on stdout. See
 # bench/gpu_check.py for the rows.
 #

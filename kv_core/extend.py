@@ -126,7 +126,7 @@ def generate_segment(
     num_keyframes: int = REFERENCE_KEYFRAMES, condition_frames: int = 1, condition_source: str = "latent",
     movq=None, movq_dtype: Optional[torch.dtype] = None, motion="medium", noise_augmentation: int = 20,
     guidance_weight_prompt: float = 5.0, guidance_weight_image: float = 2.0, sampler: str = "ddpm", steps: Optional[int] = None, noise=None,
-    hooks: Hooks = NO_HOOKS,
+    hooks: Hooks = NO_HOOKS, step_cache=None,
 ) -> torch.Tensor:
     """The next segment, whole: ``[num_keyframes, 4, h, w]``, its frames 0 .. m-1
     conditioned on the last m keyframes of ``previous`` ``[N, 4, h, w]``
@@ -134,8 +134,9 @@ def generate_segment(
     it calls. ``noise``: a seed (the stream ``extend_stage(N)``, rule 8) or a noise
     source. Join it with :func:`join_segments`.
     ``movq_dtype``: the dtype the image MoVQ computes in for ``"reencode"`` (``hooks.dtype`` is
-    the U-Net's). ``ValueError`` (before any network runs) for bad inputs, e.g.
-    num_keyframes <= m."""
+    the U-Net's). ``step_cache``: as ``generate_keyframes`` (each segment is a loop of its
+    own, so its cache starts empty: its first step is a full forward). ``ValueError``
+    (before any network runs) for bad inputs, e.g. num_keyframes <= m."""
     _check_video(previous, "previous")
     num_keyframes = check_num_keyframes(num_keyframes)
     m = check_condition_frames(condition_frames)
@@ -149,7 +150,7 @@ def generate_segment(
     return generate_keyframes(unet, null_embedding, cond, key, num_keyframes=num_keyframes, motion=motion,
                               noise_augmentation=noise_augmentation, guidance_weight_prompt=guidance_weight_prompt,
                               guidance_weight_image=guidance_weight_image, sampler=sampler, steps=steps, noise=noise,
-                              hooks=hooks)
+                              hooks=hooks, step_cache=step_cache)
 
 
 def join_segments(previous: torch.Tensor, segment: torch.Tensor, condition_frames: int = 1) -> torch.Tensor:

@@ -34,6 +34,7 @@ from .stages.first_frame import decode_first_frame, encode_first_frame, generate
 from .stages.interpolation import interpolate_frames
 from .stages.keyframes import check_noise_augmentation, generate_keyframes, motion_score
 from .stages.text import encode_prompt
+from .sampling.step_cache import check_step_cache
 
 __all__ = ["GenerationSettings", "SETTING_NAMES", "VideoResult", "StageProgress", "KandinskyVideoPipeline"]
 
@@ -41,7 +42,9 @@ __all__ = ["GenerationSettings", "SETTING_NAMES", "VideoResult", "StageProgress"
 @dataclass
 class GenerationSettings:
     """Every control of a generation, with the reference's defaults. ``None`` steps mean
-    the stage's reference count (50, 50, 10)."""
+    the stage's reference count (50, 50, 10). ``<stage>_step_cache``: DeepCache-style step
+    caching of that stage (``kv_core.sampling.step_cache.StepCacheSettings`` or a dict of its
+    fields); None, the default, runs every step in full."""
 
     width: int = 512
     height: int = 512
@@ -60,6 +63,9 @@ class GenerationSettings:
     interpolation_sampler: str = "ddpm"
     interpolation_steps: Optional[int] = None
     image_mode: str = "reference"
+    first_frame_step_cache: object = None
+    keyframes_step_cache: object = None
+    interpolation_step_cache: object = None
 
     def validate(self) -> "GenerationSettings":
         check_size(self.width, self.height)
@@ -72,6 +78,8 @@ class GenerationSettings:
             check_guidance(name, getattr(self, name))
         for stage in STAGES:
             check_sampler(stage, getattr(self, f"{stage}_sampler"), getattr(self, f"{stage}_steps"))
+        for stage in ("first_frame", "keyframes", "interpolation"):
+            setattr(self, f"{stage}_step_cache", check_step_cache(getattr(self, f"{stage}_step_cache")))
         if self.image_mode not in RESIZE_MODES:
             raise ValueError(f"image_mode must be one of {RESIZE_MODES}, got {self.image_mode!r}")
         return self
@@ -220,7 +228,7 @@ class KandinskyVideoPipeline:
     ) -> VideoResult:
         """Generate a video. ``settings``: the fields of ``GenerationSettings``
         (width, height, num_keyframes, fps, motion, noise_augmentation, the four guidance
-        weights, ``<stage>_sampler``/``<stage>_steps``, image_mode). ``image``: a picture
+        weights, ``<stage>_sampler``/``<stage>_steps``/``<stage>_step_cache``, image_mode). ``image``: a picture
         for image-to-video (PIL, array or tensor), else the first frame is generated.
         ``noise``: seed (int) or noise source. ``progress(stage, step, total, latent)``."""
         unknown = set(settings) - set(SETTING_NAMES)
@@ -255,7 +263,7 @@ class KandinskyVideoPipeline:
                     self.unet, self.null_embedding, cond, width=s.width, height=s.height,
                     guidance_scale=s.key_frame_guidance_scale, sampler=s.first_frame_sampler,
                     steps=s.first_frame_steps, noise=noise, movq=self.movq,
-                    hooks=Hooks(progress=hook("first_frame"), cancel=cancel))
+                    hooks=Hooks(progress=hook("first_frame"), cancel=cancel), step_cache=s.first_frame_step_cache)
                 image = decode_first_frame(self.movq, latent)
                 if return_intermediates:
                     info["first_frame_latent"], info["keyframe_image"] = latent, image
@@ -267,7 +275,7 @@ class KandinskyVideoPipeline:
                 motion=s.motion, noise_augmentation=s.noise_augmentation,
                 guidance_weight_prompt=s.guidance_weight_prompt, guidance_weight_image=s.guidance_weight_image,
                 sampler=s.keyframes_sampler, steps=s.keyframes_steps, noise=noise,
-                hooks=Hooks(progress=hook("keyframes"), cancel=cancel))
+                hooks=Hooks(progress=hook("keyframes"), cancel=cancel), step_cache=s.keyframes_step_cache)
             if return_intermediates:
                 info["keyframe_latent"], info["base_frames"] = key_latent, frames
             for pass_index in range(1, FPS_PASSES[s.fps] + 1):
@@ -275,7 +283,8 @@ class KandinskyVideoPipeline:
                     self.interpolation_unet, self.interpolation_null_embedding, cond, frames,
                     pass_index=pass_index, guidance_scale=s.interpolation_guidance_scale,
                     sampler=s.interpolation_sampler, steps=s.interpolation_steps, noise=noise,
-                    hooks=Hooks(progress=hook(f"interpolation_{pass_index}"), cancel=cancel))
+                    hooks=Hooks(progress=hook(f"interpolation_{pass_index}"), cancel=cancel),
+                    step_cache=s.interpolation_step_cache)
                 if return_intermediates:
                     info[f"interpolated_{pass_index}"] = frames
             decode_hook = None if progress is None else (lambda done, total: progress("decode", done, total, None))

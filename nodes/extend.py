@@ -15,9 +15,9 @@ from ..kv_core.extend import CONDITION_SOURCES, PromptTimeline, generate_segment
 from ..kv_core.stages import Hooks
 from .host import latent as record
 from .host import sockets
-from .host.inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos, keyframe_inputs
+from .host.inputs import CATEGORY, MAX_KEYFRAMES, CheckedCombos, keyframe_inputs, step_cache_input
 from .host.networks import activation_memory, stage
-from .host.progress import StepProgress
+from .host.progress import CacheReport, StepProgress
 
 WHAT = "Kandinsky Video Extend"
 
@@ -61,6 +61,7 @@ class KandinskyVideoExtend(CheckedCombos, io.ComfyNode):
                                        "as Encode First Frame would (needs movq)."),
                 sockets.MoVQ.Input("movq", optional=True,
                                    tooltip="Load Kandinsky Video Image MoVQ; only for condition_source reencode."),
+                step_cache_input(),
             ],
             outputs=[
                 io.Latent.Output(display_name="latent",
@@ -70,12 +71,14 @@ class KandinskyVideoExtend(CheckedCombos, io.ComfyNode):
                                             tooltip="Every segment's prompt: wire it to the next Extend's "
                                                     "previous_conditioning and to Interpolate."),
             ],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, keyframe_unet, previous_conditioning, latent, motion, noise_augmentation,
                 guidance_weight_prompt, guidance_weight_image, steps, sampler, seed, num_keyframes,
-                conditioning=None, condition_frames=1, condition_source="latent", movq=None) -> io.NodeOutput:
+                conditioning=None, condition_frames=1, condition_source="latent", movq=None,
+                step_cache=None) -> io.NodeOutput:
         videos = record.latent_videos(latent, WHAT)
         n, (h, w) = int(videos[0].shape[0]), videos[0].shape[-2:]
         if n < 2:
@@ -105,6 +108,7 @@ class KandinskyVideoExtend(CheckedCombos, io.ComfyNode):
         timeline = timeline.extended(own.text_condition(), added)
 
         progress = StepProgress(steps * len(videos), lambda x: x)
+        step_cache = CacheReport.of(cls, WHAT, steps, len(videos)).settings(step_cache)
         memory = activation_memory(keyframe_unet, 3 * num_keyframes, h, w)
         networks = (keyframe_unet, movq) if condition_source == "reencode" else (keyframe_unet,)
         out = []
@@ -119,7 +123,8 @@ class KandinskyVideoExtend(CheckedCombos, io.ComfyNode):
                     guidance_weight_image=guidance_weight_image, sampler=sampler, steps=steps, noise=seed,
                     hooks=Hooks(progress=lambda step, total, x, done=i * steps: progress(done + step,
                                                                                          progress.bar.total, x),
-                                cancel=progress.cancel, device=device, dtype=keyframe_unet.compute_dtype))
+                                cancel=progress.cancel, device=device, dtype=keyframe_unet.compute_dtype),
+                    step_cache=step_cache)
                 out.append(join_segments(previous, segment.cpu(), condition_frames))
         joined = record.video_latent(out, n + added, [*segments, added])
         return io.NodeOutput(joined, sockets.ConditioningTimeline(own.prompt, own.negative_prompt,

@@ -20,9 +20,9 @@ from ..kv_core.stages.first_frame import (decode_first_frame, encode_first_frame
                                           generate_first_frame)
 from ..kv_core.stages import Hooks
 from .host import sockets, stage_model
-from .host.inputs import CATEGORY, CheckedCombos, sampler_inputs, size_inputs
+from .host.inputs import CATEGORY, CheckedCombos, sampler_inputs, size_inputs, step_cache_input
 from .host.networks import activation_memory, stage
-from .host.progress import StepProgress
+from .host.progress import CacheReport, StepProgress
 
 PICK_HINT = "choose one with the core Image From Batch node (batch_index, length 1) before this node"
 
@@ -47,8 +47,10 @@ class KandinskyVideoFirstFrame(CheckedCombos, io.ComfyNode):
                                        "(key_frame_guidance_scale, 5 in the release)."),
                 *sampler_inputs(50),
                 stage_model.model_input(),
+                step_cache_input(),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The first frame, at twice the video size.")],
+            hidden=[io.Hidden.unique_id],
         )
 
     # No validate_inputs: the schema's min/max/options check each input on its own (a
@@ -57,11 +59,12 @@ class KandinskyVideoFirstFrame(CheckedCombos, io.ComfyNode):
 
     @classmethod
     def execute(cls, keyframe_unet, movq, conditioning, width, height, guidance_scale, steps, sampler,
-                seed, model=None) -> io.NodeOutput:
+                seed, model=None, step_cache=None) -> io.NodeOutput:
         if model is not None:
             stage_model.check(model, keyframe_unet.patcher, "first_frame", "Kandinsky Video First Frame")
         h, w = first_frame_latent_size(width, height, unet=keyframe_unet.module, movq=movq.module)
         progress = StepProgress(steps, lambda x: x)
+        step_cache = CacheReport.of(cls, "Kandinsky Video First Frame", steps).settings(step_cache)
         with torch.inference_mode():
             with stage(keyframe_unet, memory_required=activation_memory(keyframe_unet, 2, h, w),
                        model=model) as device:
@@ -70,7 +73,8 @@ class KandinskyVideoFirstFrame(CheckedCombos, io.ComfyNode):
                     conditioning.text_condition(), width=width, height=height, guidance_scale=guidance_scale,
                     sampler=sampler, steps=steps, noise=seed,
                     movq=movq.module, hooks=Hooks(progress=progress, cancel=progress.cancel, device=device,
-                                                  dtype=keyframe_unet.compute_dtype))
+                                                  dtype=keyframe_unet.compute_dtype),
+                    step_cache=step_cache)
             with stage(movq, memory_required=activation_memory(movq, 1, h, w)) as device:
                 # uint8 as the release (truncated), so encoding this picture matches its re-encoding
                 picture = decode_first_frame(movq.module, latent, hooks=Hooks(device=device, dtype=movq.compute_dtype))

@@ -12,10 +12,10 @@ from ..kv_core.stages.interpolation import MAX_SKIP_FRAMES, SKIP_FRAMES, interpo
 from ..kv_core.stages import Hooks
 from .host import latent as record
 from .host import sockets, stage_model
-from .host.inputs import CATEGORY, CheckedCombos, sampler_inputs
+from .host.inputs import CATEGORY, CheckedCombos, sampler_inputs, step_cache_input
 from .host.latent import AUTO_SKIP, carry_video_record, resolve_skip_frames
 from .host.networks import activation_memory, stage
-from .host.progress import StepProgress
+from .host.progress import CacheReport, StepProgress
 
 MAX_WINDOW = 4096
 
@@ -56,18 +56,21 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
                                      "that do not fit memory at once; 16 suits most. Same noise either way; "
                                      "results differ slightly where the batches meet."),
                 stage_model.model_input(),
+                step_cache_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="Video latent with 4N-3 frames.")],
+            hidden=[io.Hidden.unique_id],
         )
 
     # No validate_inputs: the schema's min/max/options check each input on its own.
 
     @classmethod
     def execute(cls, interpolation_unet, latent, skip_frames, guidance_scale, steps, sampler, seed,
-                conditioning=None, window=0, model=None) -> io.NodeOutput:
+                conditioning=None, window=0, model=None, step_cache=None) -> io.NodeOutput:
         if model is not None:
             stage_model.check(model, interpolation_unet.patcher, "interpolation", "Kandinsky Video Interpolate")
         videos = record.latent_videos(latent, "Kandinsky Video Interpolate")
+        step_cache = CacheReport.of(cls, "Kandinsky Video Interpolate", steps, len(videos)).settings(step_cache)
         skip_frames = resolve_skip_frames(skip_frames, latent, int(videos[0].shape[0]),
                                           "Kandinsky Video Interpolate")
         window = int(window) or None
@@ -91,7 +94,8 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
                     steps=steps, noise=seed,
                     hooks=Hooks(progress=lambda step, total, x, done=i * steps: progress(
                         done + step, progress.bar.total, x), cancel=progress.cancel, device=device,
-                        dtype=interpolation_unet.compute_dtype)).cpu())
+                        dtype=interpolation_unet.compute_dtype),
+                    step_cache=step_cache).cpu())
         keyframes = record.recorded_keyframes(latent)  # passed on for Decode's frame rate, if known
         # an Encode Video latent's frame rate (x4) and size record go on to Decode
         out = record.video_latent(out, keyframes, record.recorded_segments(latent))  # a long video's segments too

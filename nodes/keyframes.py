@@ -10,10 +10,10 @@ from comfy_api.latest import io
 from ..kv_core.stages.keyframes import generate_keyframes
 from ..kv_core.stages import Hooks
 from .host import sockets, stage_model
-from .host.inputs import CATEGORY, CheckedCombos, keyframe_inputs
+from .host.inputs import CATEGORY, CheckedCombos, keyframe_inputs, step_cache_input
 from .host.latent import video_latent
 from .host.networks import activation_memory, stage
-from .host.progress import StepProgress
+from .host.progress import CacheReport, StepProgress
 
 
 class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
@@ -33,9 +33,11 @@ class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
                                                                "it also sets the video size."),
                 *keyframe_inputs(),
                 stage_model.model_input(),
+                step_cache_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent",
                                       tooltip="Keyframe latents [1, 4, frames, h, w].")],
+            hidden=[io.Hidden.unique_id],
         )
 
     # No validate_inputs: the schema's min/max/options give one error on the input at
@@ -44,11 +46,12 @@ class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
     @classmethod
     def execute(cls, keyframe_unet, conditioning, first_frame, motion, noise_augmentation,
                 guidance_weight_prompt, guidance_weight_image, steps, sampler, seed,
-                num_keyframes, model=None) -> io.NodeOutput:
+                num_keyframes, model=None, step_cache=None) -> io.NodeOutput:
         if model is not None:
             stage_model.check(model, keyframe_unet.patcher, "keyframes", "Kandinsky Video Keyframes")
         h, w = first_frame.latent.shape[-2:]
         progress = StepProgress(steps, lambda x: x)
+        step_cache = CacheReport.of(cls, "Kandinsky Video Keyframes", steps).settings(step_cache)
         memory = activation_memory(keyframe_unet, 3 * num_keyframes, h, w)
         with torch.inference_mode(), stage(keyframe_unet, memory_required=memory, model=model) as device:
             frames = generate_keyframes(
@@ -58,7 +61,8 @@ class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
                 guidance_weight_prompt=guidance_weight_prompt, guidance_weight_image=guidance_weight_image,
                 sampler=sampler, steps=steps, noise=seed,
                 hooks=Hooks(progress=progress, cancel=progress.cancel, device=device,
-                            dtype=keyframe_unet.compute_dtype))
+                            dtype=keyframe_unet.compute_dtype),
+                step_cache=step_cache)
         return io.NodeOutput(video_latent(frames, num_keyframes))
 
 

@@ -239,7 +239,7 @@ class KeyframeUNet(UNetBase):
                 context_mask: Optional[torch.Tensor], *, mode: Literal["image", "video"],
                 num_frames: Optional[int] = None, temporal_embed: Optional[torch.Tensor] = None,
                 noise_aug_time: Optional[torch.Tensor] = None,
-                motion_score: Optional[torch.Tensor] = None) -> torch.Tensor:
+                motion_score: Optional[torch.Tensor] = None, step_cache=None) -> torch.Tensor:
         """Predict the noise.
 
         Args:
@@ -257,6 +257,8 @@ class KeyframeUNet(UNetBase):
             noise_aug_time, motion_score: ``[N]`` (video mode, optional): added to the temporal
                 embedding when given and the config has the embedding, ignored otherwise (as
                 in the official code).
+            step_cache: a :class:`~kv_core.sampling.step_cache.CacheCall` (DeepCache-style step
+                caching, see :mod:`kv_core.sampling.step_cache`), or None (the plain forward).
 
         Returns:
             ``[N, out_channels, h, w]``.
@@ -288,5 +290,5 @@ class KeyframeUNet(UNetBase):
             temporal_emb = emb + frame_emb
             h = self.in_layer(x)
 
-        h = self._run_levels(h, emb, text, None, temporal_emb, num_frames)
+        h = self._run_levels(h, emb, text, None, temporal_emb, num_frames, step_cache=step_cache)
         return self.out_layer(h)

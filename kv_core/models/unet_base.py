@@ -343,16 +343,35 @@ class UNetBase(nn.Module):
         entries.append(("middle", 0, middle))
         name_sites(self, entries)
 
-    def _run_levels(self, h: torch.Tensor, *args) -> torch.Tensor:
+    def _run_levels(self, h: torch.Tensor, *args, step_cache=None) -> torch.Tensor:
         """Down levels, then up levels, each up level but the first taking the output of the
-        down level of its width concatenated along channels; ``args`` go to every level."""
-        skips = []
+        down level of its width concatenated along channels; ``args`` go to every level.
+
+        ``step_cache`` (a :class:`~kv_core.sampling.step_cache.CacheCall`, or None): at its branch
+        ``d`` the kept deeper features replace levels ``d + 1 ..`` on a cached step, and a
+        full forward keeps them (the input of level ``d``'s up path from below, before the
+        skip is concatenated). None: the plain forward."""
+        levels = len(self.down_samples)
+        branch = None
+        if step_cache is not None:
+            step_cache.check_depth(levels)
+            branch = step_cache.branch
+        skips, reuse = [], None
         for level, block in enumerate(self.down_samples):
             h = block(h, *args)
-            if level < len(self.down_samples) - 1:
+            if level < levels - 1:
                 skips.append(h)
-        for level, block in enumerate(self.up_samples):
+            if level == branch:
+                reuse = step_cache.features(h)
+                if reuse is not None:
+                    break
+        first = 0
+        if reuse is not None:
+            h, first = reuse, levels - 1 - branch
+        for level in range(first, levels):
+            if branch is not None and reuse is None and level == levels - 1 - branch:
+                step_cache.keep(h)
             if level > 0:
                 h = torch.cat([h, skips.pop()], dim=1)
-            h = block(h, *args)
+            h = self.up_samples[level](h, *args)
         return h

@@ -259,7 +259,7 @@ class InterpolationUNet(UNetBase):
     def forward(self, x: torch.Tensor, time: torch.Tensor, context: torch.Tensor,
                 context_mask: Optional[torch.Tensor], *, num_groups: int,
                 perturbation_time: Optional[torch.Tensor] = None, skip_frames: Optional[torch.Tensor] = None,
-                temporal_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                temporal_mask: Optional[torch.Tensor] = None, step_cache=None) -> torch.Tensor:
         """Predict the in-between frames of every group.
 
         Args:
@@ -273,6 +273,8 @@ class InterpolationUNet(UNetBase):
             skip_frames: ``[N]`` integer indices into the 20-entry skip-frames embedding
                 (default 1).
             temporal_mask: ``[N]`` weights of every temporal merge per row (default 1).
+            step_cache: a :class:`~kv_core.sampling.step_cache.CacheCall` (DeepCache-style step
+                caching, see :mod:`kv_core.sampling.step_cache`), or None (the plain forward).
 
         Returns:
             ``[N, out_channels, h, w]``.
@@ -302,7 +304,7 @@ class InterpolationUNet(UNetBase):
         h = self.in_layer(x)
         if self.temporal_conv_in is not None:
             h = self.temporal_conv_in(h, frames)
-        h = self._run_levels(h, emb, text, None, frames)
+        h = self._run_levels(h, emb, text, None, frames, step_cache=step_cache)
         if self.temporal_conv_out is not None:
             h = self.temporal_conv_out(h, frames)
         return self.out_layer(h)

@@ -8,6 +8,11 @@ from the stage's noise source (``kv_core.sampling.noise``) and steps the sampler
 (``kv_core.sampling.schedulers``). Latents stay float32 on the stage's device.
 
 Host hooks travel as one ``kv_core.stages.Hooks`` object through every stage function and loop.
+
+Step caching (``step_cache``, off by default): a ``kv_core.sampling.step_cache.StepCacheSettings``
+makes :func:`run_steps` run the U-Net in full only every ``interval`` steps and reuse its
+deep features in between (DeepCache; see :mod:`kv_core.sampling.step_cache`). Each loop
+starts with an empty cache; ``trace["step_cache"]`` receives the counts of full and cached steps.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from ..checks import is_int
 from ..dtypes import InputDtype
 from .noise import NoiseSource, as_noise_source, check_seed
 from .schedulers import Sampler
+from .step_cache import StepCache, StepCacheSettings, check_step_cache
 
 ProgressFn = Callable[[int, int, torch.Tensor], None]
 CancelFn = Callable[[], Optional[bool]]
@@ -61,25 +67,43 @@ def run_device(network, device) -> torch.device:
     return torch.device(device) if device is not None else model_device(network)
 
 
-def run_steps(sampler: Sampler, x: torch.Tensor, predict: Callable[[torch.Tensor, int], torch.Tensor],
-              noise: NoiseSource, hooks):
+def run_steps(sampler: Sampler, x: torch.Tensor, predict: Callable[..., torch.Tensor],
+              noise: NoiseSource, hooks, step_cache: StepCacheSettings | None = None):
     """The step loop: ``predict(x, t)`` gives the guided model output at timestep t; the
     sampler's per-step noise is drawn from ``noise`` (after the prediction, as the
-    reference); ``hooks``' progress, cancel and trace (``kv_core.stages.Hooks``) are called."""
+    reference); ``hooks``' progress, cancel and trace (``kv_core.stages.Hooks``) are called.
+    With ``step_cache`` the loop's :class:`StepCache` goes to ``predict(x, t, cache)``,
+    whose network gets ``cache_kwargs(cache, rows)``."""
     progress, cancel, trace = hooks.progress, hooks.cancel, hooks.trace
     sampler.reset()
     if trace is not None:
         trace.setdefault("eps", [])
         trace.setdefault("x", [])
     total = sampler.num_steps
+    settings = check_step_cache(step_cache)
+    cache = StepCache(settings, total) if settings is not None else None
     for i, t in enumerate(sampler.timesteps.tolist()):
         check_cancel(cancel)
-        guided = predict(x, t).float()
+        if cache is not None:
+            cache.begin(i)
+        guided = (predict(x, t) if cache is None else predict(x, t, cache)).float()
         step_noise = noise.randn(x.shape, device=x.device) if sampler.needs_noise(i) else None
         x = sampler.step(guided, i, x, step_noise).prev_sample
         if trace is not None:
             trace["eps"].append(guided)
             trace["x"].append(x)
+        if cache is not None and settings.report is not None:
+            settings.report(*cache.counts())
         if progress is not None:
             progress(i + 1, total, x)
+    if cache is not None:
+        cache.finish()
+        if trace is not None:
+            trace["step_cache"] = cache.summary()
     return x
+
+
+def cache_kwargs(cache: StepCache | None, rows: int) -> dict:
+    """The network's ``step_cache`` keyword for a batch of ``rows`` (none without a cache,
+    so a network that does not know the keyword runs as before)."""
+    return {} if cache is None else {"step_cache": cache.call(n=rows)}

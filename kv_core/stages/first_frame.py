@@ -19,7 +19,8 @@ from ..conditioning import TextCondition, cfg, check_context_width, guidance_con
 from ..image import prepare_first_frame
 from ..models.movq import to_uint8_frames
 from ..rules import RELEASE_MOVQ_FACTOR, SizeRule, size_rule
-from ..sampling.loop import in_dtype, run_device, run_steps, stage_noise
+from ..sampling.loop import cache_kwargs, in_dtype, run_device, run_steps, stage_noise
+from ..sampling.step_cache import StepCacheSettings, check_step_cache
 from ..sampling.noise import NoiseSource
 from ..sampling.schedulers import Sampler, check_sampler
 from . import CONDITION_CHANNELS, Hooks, NO_HOOKS, STAGE_TABLE
@@ -66,6 +67,7 @@ def sample_first_frame(
     sampler: Sampler | None = None,
     noise: NoiseSource,
     hooks: Hooks = NO_HOOKS,
+    step_cache: StepCacheSettings | None = None,
 ) -> torch.Tensor:
     """Generate the first-frame latent ``[B, 4, h, w]`` (B = rows of ``cond.context``).
 
@@ -83,13 +85,14 @@ def sample_first_frame(
     context, context_mask = torch.cat([ctx, uc]), torch.cat([mask, um])
     zero_condition = first_frame_condition(2 * b, h, w, device)
 
-    def predict(x, t):
+    def predict(x, t, cache=None):
         inp = torch.cat([x.repeat(2, 1, 1, 1), zero_condition], dim=1)
         time = torch.full((2 * b,), float(t), device=device)
-        e_cond, e_uncond = unet(inp, time, context, context_mask, mode="image").float().chunk(2)
+        e_cond, e_uncond = unet(inp, time, context, context_mask, mode="image",
+                                **cache_kwargs(cache, 2 * b)).float().chunk(2)
         return cfg(e_cond, e_uncond, guidance_scale)
 
-    return run_steps(sampler, x, predict, noise, hooks)
+    return run_steps(sampler, x, predict, noise, hooks, step_cache)
 
 
 # --- the stage ----------------------------------------------------------------------------
@@ -98,21 +101,24 @@ def sample_first_frame(
 def generate_first_frame(
     unet, null_embedding: torch.Tensor, cond: TextCondition, *, width: int = 512, height: int = 512,
     guidance_scale: float = 5.0, sampler: str = "ddpm", steps: Optional[int] = None, noise=None,
-    movq=None, hooks: Hooks = NO_HOOKS,
+    movq=None, hooks: Hooks = NO_HOOKS, step_cache=None,
 ) -> torch.Tensor:
     """First-frame latent ``[1, 4, 2*height/f, 2*width/f]`` (twice the video size) from the
     keyframe U-Net in image mode; ``guidance_scale`` is the reference's
     ``key_frame_guidance_scale``. ``movq``: the image MoVQ that decodes it, which sets
     the factor f (None: the release's 8). Sizes the networks cannot run are refused
-    before anything runs (``kv_core.rules.size_rule``)."""
+    before anything runs (``kv_core.rules.size_rule``). ``step_cache``: DeepCache-style step caching (a
+    ``kv_core.sampling.step_cache.StepCacheSettings`` or a dict of its fields); None (the
+    default) or interval 1 runs every step in full, bit for bit the uncached result."""
     latent_size = first_frame_latent_size(width, height, unet=unet, movq=movq)
     check_context_width(cond, null_embedding, "keyframe U-Net")
     guidance_scale = check_guidance("guidance_scale", guidance_scale)
     check_sampler(NAME, sampler, steps)
+    step_cache = check_step_cache(step_cache)
     noise = stage_noise(noise, NAME)
     return sample_first_frame(in_dtype(unet, hooks.dtype), cond, null_embedding, latent_size=latent_size,
                               guidance_scale=guidance_scale, sampler=DEFAULTS.make(sampler, steps), noise=noise,
-                              hooks=replace(hooks, device=run_device(unet, hooks.device)))
+                              hooks=replace(hooks, device=run_device(unet, hooks.device)), step_cache=step_cache)
 
 
 @torch.inference_mode()

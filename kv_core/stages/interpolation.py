@@ -20,7 +20,8 @@ import torch
 from ..checks import check_guidance, is_int
 from ..conditioning import TextCondition, cfg, check_context_width, guidance_contexts
 from ..rules import size_rule
-from ..sampling.loop import in_dtype, run_device, run_steps, stage_noise
+from ..sampling.loop import cache_kwargs, in_dtype, run_device, run_steps, stage_noise
+from ..sampling.step_cache import StepCacheSettings, check_step_cache
 from ..sampling.noise import NoiseSource, interpolation_stage
 from ..sampling.schedulers import Sampler, check_sampler
 from . import Hooks, LATENT_CHANNELS, NO_HOOKS, STAGE_TABLE
@@ -106,6 +107,7 @@ def sample_interpolation(
     sampler: Sampler | None = None,
     noise: NoiseSource,
     hooks: Hooks = NO_HOOKS,
+    step_cache: StepCacheSettings | None = None,
 ) -> torch.Tensor:
     """Predict three frames between each pair of consecutive ``frames`` ``[N, 4, h, w]``.
 
@@ -136,15 +138,15 @@ def sample_interpolation(
     perturbation, skip, temporal_mask = interpolation_scalars(rows, skip_frames, perturbation_time, conditional,
                                                               device)
 
-    def predict(x, t):
+    def predict(x, t, cache=None):
         inp = interpolation_input(left, x.repeat(2, 1, 1, 1), right)
         time = torch.full((rows,), int(t), dtype=torch.int64, device=device)
         v = unet(inp, time, context, context_mask, num_groups=groups, perturbation_time=perturbation,
-                 skip_frames=skip, temporal_mask=temporal_mask).float()
+                 skip_frames=skip, temporal_mask=temporal_mask, **cache_kwargs(cache, rows)).float()
         v_cond, v_uncond = v.chunk(2)
         return cfg(v_cond, v_uncond, guidance_scale)
 
-    return run_steps(sampler, x, predict, noise, hooks)
+    return run_steps(sampler, x, predict, noise, hooks, step_cache)
 
 
 # --- the stage ----------------------------------------------------------------------------
@@ -154,7 +156,7 @@ def interpolate_frames(
     unet, null_embedding: torch.Tensor, cond: TextCondition, frames: torch.Tensor, *,
     pass_index: int = 1, guidance_scale: float = 0.5, sampler: str = "ddpm", steps: Optional[int] = None,
     noise=None, skip_frames: Optional[int] = None, window: Optional[int] = None, overlap: Optional[int] = None,
-    hooks: Hooks = NO_HOOKS,
+    hooks: Hooks = NO_HOOKS, step_cache=None,
 ) -> torch.Tensor:
     """One interpolation pass: ``frames`` ``[N, 4, h, w]`` -> ``[4N - 3, 4, h, w]``.
 
@@ -168,7 +170,10 @@ def interpolate_frames(
     ``window``: run the U-Net on windows of that many groups (``overlap`` groups shared by
     neighbours; default a quarter of the window) instead of all N - 1 at once, for long
     videos; None or 0: one batch, as the release. Same noise either way; see
-    :mod:`kv_core.stages.windows`."""
+    :mod:`kv_core.stages.windows`. ``step_cache``: DeepCache-style step caching (a
+    ``kv_core.sampling.step_cache.StepCacheSettings`` or a dict of its fields; every window
+    keeps its own features); None (the default) or interval 1 runs every step in full, bit
+    for bit the uncached result."""
     if skip_frames is None:
         if pass_index not in SKIP_FRAMES:
             raise ValueError(f"pass_index must be 1 (first interpolation, skip_frames 3) or 2 "
@@ -181,6 +186,7 @@ def interpolate_frames(
     check_context_width(cond, null_embedding, "interpolation U-Net")
     guidance_scale = check_guidance("guidance_scale", guidance_scale)
     check_sampler(NAME, sampler, steps)
+    step_cache = check_step_cache(step_cache)
     network = in_dtype(unet, hooks.dtype)
     if window:
         window_layout(int(frames.shape[0]) - 1, window, overlap)  # a bad window fails before anything runs
@@ -188,7 +194,8 @@ def interpolate_frames(
     noise = stage_noise(noise, interpolation_stage(int(frames.shape[0])))
     groups = sample_interpolation(network, cond, null_embedding, frames, skip_frames=skip_frames,
                                   guidance_scale=guidance_scale, sampler=DEFAULTS.make(sampler, steps),
-                                  noise=noise, hooks=replace(hooks, device=run_device(unet, hooks.device)))
+                                  noise=noise, hooks=replace(hooks, device=run_device(unet, hooks.device)),
+                                  step_cache=step_cache)
     if hooks.trace is not None:
         hooks.trace["interpolated"] = groups
     return assemble_interpolated(frames.to(groups.device, torch.float32), groups)

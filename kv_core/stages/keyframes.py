@@ -21,7 +21,8 @@ import torch
 from ..checks import check_guidance, is_int, is_real
 from ..conditioning import TextCondition, check_context_width, guidance_contexts
 from ..rules import REFERENCE_KEYFRAMES, check_num_keyframes, size_rule
-from ..sampling.loop import in_dtype, run_device, run_steps, stage_noise
+from ..sampling.loop import cache_kwargs, in_dtype, run_device, run_steps, stage_noise
+from ..sampling.step_cache import StepCacheSettings, check_step_cache
 from ..sampling.noise import NoiseSource, as_noise_source
 from ..sampling.schedulers import NUM_TRAIN_TIMESTEPS, Sampler, add_noise, check_sampler, kv_alphas_cumprod
 from . import CONDITION_CHANNELS, Hooks, LATENT_CHANNELS, NO_HOOKS, STAGE_TABLE
@@ -135,6 +136,7 @@ def sample_keyframes(
     sampler: Sampler | None = None,
     noise: NoiseSource,
     hooks: Hooks = NO_HOOKS,
+    step_cache: StepCacheSettings | None = None,
 ) -> torch.Tensor:
     """Generate ``num_frames`` keyframe latents ``[T, 4, h, w]`` from the encoded first
     frame ``key_frame`` ``[4, h, w]``.
@@ -170,15 +172,16 @@ def sample_keyframes(
     motion = score_tensor(motion_score, rows, device)
     wp, wi = guidance_weight_prompt, guidance_weight_image
 
-    def predict(x, t):
+    def predict(x, t, cache=None):
         inp = torch.cat([x.repeat(3, 1, 1, 1), condition], dim=1)
         time = torch.full((rows,), float(t), device=device)
         e = unet(inp, time, context, context_mask, mode="video", num_frames=t_frames,
-                 temporal_embed=frames_index, noise_aug_time=aug, motion_score=motion).float()
+                 temporal_embed=frames_index, noise_aug_time=aug, motion_score=motion,
+                 **cache_kwargs(cache, rows)).float()
         e_full, e_image, e_uncond = e.chunk(3)
         return keyframe_guidance(e_full, e_image, e_uncond, wp, wi)
 
-    return run_steps(sampler, x, predict, noise, hooks)
+    return run_steps(sampler, x, predict, noise, hooks, step_cache)
 
 
 # --- the stage ----------------------------------------------------------------------------
@@ -188,13 +191,15 @@ def generate_keyframes(
     unet, null_embedding: torch.Tensor, cond: TextCondition, key_latent: torch.Tensor, *,
     num_keyframes: int = REFERENCE_KEYFRAMES, motion="medium", noise_augmentation: int = 20,
     guidance_weight_prompt: float = 5.0, guidance_weight_image: float = 2.0,
-    sampler: str = "ddpm", steps: Optional[int] = None, noise=None, hooks: Hooks = NO_HOOKS,
+    sampler: str = "ddpm", steps: Optional[int] = None, noise=None, hooks: Hooks = NO_HOOKS, step_cache=None,
 ) -> torch.Tensor:
     """Keyframe latents ``[num_keyframes, 4, h, w]`` conditioned on ``key_latent``
     ``[4, h, w]`` (from ``encode_first_frame``; frame 0, as the release). ``motion``:
     preset name or number. A ``key_latent`` ``[m, 4, h, w]`` with 2 <= m < num_keyframes
     conditions frames 0 .. m-1 (``kv_core.extend``'s multi-frame option: outside what
-    the release was trained for)."""
+    the release was trained for). ``step_cache``: DeepCache-style step caching (a
+    ``kv_core.sampling.step_cache.StepCacheSettings`` or a dict of its fields); None (the
+    default) or interval 1 runs every step in full, bit for bit the uncached result."""
     num_keyframes = check_num_keyframes(num_keyframes)
     if not isinstance(key_latent, torch.Tensor) or key_latent.ndim not in (3, 4) or (
             key_latent.ndim == 4 and not 2 <= key_latent.shape[0] < num_keyframes):
@@ -208,8 +213,10 @@ def generate_keyframes(
     wp = check_guidance("guidance_weight_prompt", guidance_weight_prompt)
     wi = check_guidance("guidance_weight_image", guidance_weight_image)
     check_sampler(NAME, sampler, steps)
+    step_cache = check_step_cache(step_cache)
     noise = stage_noise(noise, NAME)
     return sample_keyframes(in_dtype(unet, hooks.dtype), cond, null_embedding, key_latent, num_frames=num_keyframes,
                             guidance_weight_prompt=wp, guidance_weight_image=wi, motion_score=score,
                             noise_augmentation=noise_augmentation, sampler=DEFAULTS.make(sampler, steps),
-                            noise=noise, hooks=replace(hooks, device=run_device(unet, hooks.device)))
+                            noise=noise, hooks=replace(hooks, device=run_device(unet, hooks.device)),
+                            step_cache=step_cache)

@@ -21,6 +21,10 @@ is not a prediction of either). The sampler then steps the whole latent at once,
   neighbouring window kept), so the pieces stay consistent at their seams;
 - ``window >= groups`` is exactly the one-batch run.
 
+Step caching (:mod:`kv_core.sampling.step_cache`): a ``step_cache`` the loop passes is split with
+the rows, each window's rows keyed apart (``(window, row)``), so every window keeps its own
+features, filled by its own full forward at the first step.
+
 Memory: the network's activations are those of ``2 * window`` rows instead of
 ``2 * (N - 1)``; the latents (input, state, output) stay whole, a few MB even for long clips.
 Time: each step computes ``sum(window sizes)`` groups instead of ``groups``, i.e. about
@@ -32,6 +36,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+
+from ..sampling.step_cache import CacheCall
 
 DEFAULT_WINDOW = 16   # groups per call in kv_core's windowed runs (the node's own default is 0: one batch)
 
@@ -104,7 +110,9 @@ class WindowedInterpolationUNet:
     Rows of a call are ``[b * G]`` with the groups inner (``b`` copies: conditional,
     unconditional); every per-row argument (``context``, ``context_mask``, ``time``,
     ``perturbation_time``, ``skip_frames``, ``temporal_mask``) is sliced with the rows, so a
-    context with one row per group (per-group prompts) follows its groups.
+    context with one row per group (per-group prompts) follows its groups; a
+    ``step_cache`` (:class:`~kv_core.sampling.step_cache.CacheCall`) gets the window's rows, keyed
+    by window.
     ``cancel()`` is checked between windows (it may raise)."""
 
     def __init__(self, network, window: int, overlap: Optional[int] = None,
@@ -134,6 +142,8 @@ class WindowedInterpolationUNet:
                                for b in range(copies)]).to(x.device)
 
             def take(t):
+                if isinstance(t, CacheCall):
+                    return t.select(index.tolist(), k)
                 return t if t is None or not isinstance(t, torch.Tensor) or t.ndim == 0 or t.shape[0] != n \
                     else t.index_select(0, index.to(t.device))
 

@@ -71,6 +71,17 @@ def keyframe_inputs() -> list:
     ]
 
 
+STEP_CACHE_TOOLTIP = ("Optional, from Kandinsky Video Step Cache: run the U-Net in full only every few steps "
+                      "and reuse its deep features in between (DeepCache): faster, slightly different "
+                      "result. Not connected: every step in full, as the release.")
+
+
+def step_cache_input():
+    """The stage nodes' optional step-cache input (absent in older workflows: no caching)."""
+    from .sockets import StepCache
+    return StepCache.Input("step_cache", optional=True, tooltip=STEP_CACHE_TOOLTIP)
+
+
 def image_output(frames: torch.Tensor) -> torch.Tensor:
     """kv_core float frames ``[N, 3, H, W]`` in [0, 1] -> ComfyUI IMAGE ``[N, H, W, 3]``."""
     return frames.float().clamp(0, 1).movedim(1, -1).contiguous().to(mm.intermediate_device())

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import math
 from typing import Callable, Optional
 
@@ -11,6 +13,11 @@ import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.utils
 import latent_preview
+
+from ...kv_core.sampling.step_cache import StepCacheSettings
+from .ui_text import send_progress_text
+
+logger = logging.getLogger(__name__)
 
 
 class MoVQLatentFormat(comfy.latent_formats.LatentFormat):
@@ -78,3 +85,35 @@ class StepProgress:
                 preview = self.preview(latent)
         self.bar.update_absolute(step, total, preview)
         mm.throw_exception_if_processing_interrupted()
+
+
+class CacheReport:
+    """The step counts of a stage node's cached loops, shown on the node after every step
+    (``"step cache: 5 full + 7 cached steps of 50"``) and logged when a loop ends; the
+    counts are the cache's own (a step that had to run in full counts as full)."""
+
+    def __init__(self, what: str, node_id, steps: int, loops: int = 1):
+        self.what, self.node_id, self.steps, self.loops = what, node_id, steps, loops
+        self.loop = 0
+        self.last: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def of(cls, node, what: str, steps: int, loops: int = 1) -> "CacheReport":
+        """The report of the running node class ``node`` (its hidden ``unique_id``, if any)."""
+        hidden = getattr(node, "hidden", None)
+        return cls(what, getattr(hidden, "unique_id", None), steps, loops)
+
+    def settings(self, settings: Optional[StepCacheSettings]) -> Optional[StepCacheSettings]:
+        """``settings`` reporting here (None or interval 1 stays None: no caching)."""
+        if settings is None or not settings.enabled:
+            return None
+        return dataclasses.replace(settings, report=self)
+
+    def __call__(self, full: int, cached: int) -> None:
+        if full + cached == 1:
+            self.loop += 1
+        self.last = (full, cached)
+        which = f" (video {self.loop} of {self.loops})" if self.loops > 1 else ""
+        send_progress_text(self.node_id, f"step cache{which}: {full} full + {cached} cached steps of {self.steps}")
+        if full + cached == self.steps:
+            logger.info("%s%s: step cache ran %d full + %d cached steps", self.what, which, full, cached)

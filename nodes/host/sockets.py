@@ -21,6 +21,8 @@ VideoMoVQ = io.Custom("KV_VIDEO_MOVQ")
 TextEncoder = io.Custom("KV_TEXT_ENCODER")
 Conditioning = io.Custom("KV_CONDITIONING")
 FirstFrame = io.Custom("KV_FIRST_FRAME")
+#: carries a ``kv_core.sampling.step_cache.StepCacheSettings`` (from Kandinsky Video Step Cache)
+StepCache = io.Custom("KV_STEP_CACHE")
 
 
 @dataclass(eq=False)

@@ -28,7 +28,7 @@ from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import io
 
 from ...kv_core.kinds import INTERPOLATION_UNET
-from .unet_model import KEY_DIRECT, KandinskyVideoModel
+from .unet_model import KEY_DIRECT, STEP_CACHE_KEY, KandinskyVideoModel
 
 #: wrappers the stage path runs (key of core's torch.compile wrapper) or that are the pack's own
 COMPILE_KEY = "torch.compile"
@@ -72,8 +72,10 @@ def check(model, unet_patcher, stage: str, what: str) -> None:
     if getattr(model, "hook_patches", None):
         kinds.append("hook patches (scheduled LoRA / hooks)")
     if kinds:
+        cache = (" For step caching on this node, connect Kandinsky Video Step Cache to its step_cache input "
+                 "instead of Apply Step Cache." if any(k == STEP_CACHE_KEY for _, k in _wrappers(model)) else "")
         raise ValueError(f"{what}: the model carries {'; '.join(kinds)}, which acts on {CORE_PATH} only. On this node "
-                         f"work: {STAGE_LEVERS}. Sample this stage on the core path, or remove that node")
+                         f"work: {STAGE_LEVERS}. Sample this stage on the core path, or remove that node.{cache}")
 
 
 class StageUNet:
@@ -107,7 +109,8 @@ def model_input() -> io.Model.Input:
     return io.Model.Input("model", optional=True, tooltip=(
         "Optional: the core MODEL of the U-Net connected above (Kandinsky Video Keyframe / Interpolation Model, "
         "then MODEL-patching nodes). Acting in this node's own loop: " + STAGE_LEVERS + ". Other patches (PAG, "
-        "SAG, caching) need the core-sampling path and are refused here by name."))
+        "SAG, EasyCache, LazyCache, Apply Step Cache) need the core-sampling path and are refused here by name; "
+        "for step caching on this node use its step_cache input."))
 
 
 def unet_of(model, network) -> object:

@@ -27,6 +27,13 @@ What the model is to the host:
   together (core ``CONDCrossAttn`` would pad them by repeating, and the U-Net's attention
   pooling averages over every position, padding included), so batching never changes a
   result.
+
+Step caching on this path: the network's forward runs the host's diffusion-model wrappers
+(``WrappersMP.DIFFUSION_MODEL``), so core EasyCache acts on it (core LazyCache wraps the
+guider's noise prediction and needs nothing here), and :func:`apply_step_cache` patches a
+MODEL with the pack's DeepCache-style cache (``kv_core.sampling.step_cache``): the step of a call
+is found from its sigma in the run's sigmas, the rows are keyed by the host's cond uuids,
+and every sampling run starts with an empty cache.
 """
 from __future__ import annotations
 
@@ -49,6 +56,7 @@ from ...kv_core.stages.first_frame import first_frame_condition
 from ...kv_core.stages.interpolation import GROUP_FRAMES, interpolation_input
 from ...kv_core.stages.keyframes import frame_index
 from .attention import host_attention
+from ...kv_core.sampling.step_cache import StepCache, StepCacheSettings
 from .progress import MoVQLatentFormat
 
 
@@ -124,8 +132,11 @@ class CoreAdapter(torch.nn.Module):
 
     def forward(self, x, timesteps, context=None, control=None, transformer_options=None, **kw):
         """The network's call inside the host's attention (``nodes.host.attention``: the MODEL's
-        attention patches, override and backend act on every attention). ``control`` (a
-        ControlNet / T2I-Adapter's residuals) has nowhere to go in these U-Nets: refused."""
+        attention patches, override and backend act on every attention), with the host's
+        diffusion-model wrappers (core EasyCache is one) around :meth:`_forward`, as core
+        diffusion models run them (``transformer_options`` last among the positional
+        arguments, where those wrappers look for it). ``control`` (a ControlNet /
+        T2I-Adapter's residuals) has nowhere to go in these U-Nets: refused."""
         if x.ndim == 5 and _self_attention_guidance(transformer_options):
             raise ValueError("Self-Attention Guidance reads a 2D attention map and blurs a 4D image latent; it works on "
                              "the Kandinsky Video first frame only, not on video latents (keyframes, interpolation): "
@@ -136,10 +147,14 @@ class CoreAdapter(torch.nn.Module):
         direct = kw.get(KEY_DIRECT)
         if direct is not None:  # a stage's loop (nodes.host.stage_model), inside its own host attention
             return self.net(x, timesteps, context, **direct)
-        with host_attention(transformer_options, "Kandinsky Video MODEL", self.net):
-            return self._forward(x, timesteps, context, **kw)
+        options = transformer_options if transformer_options is not None else {}
+        with host_attention(options, "Kandinsky Video MODEL", self.net):
+            return comfy.patcher_extension.WrapperExecutor.new_class_executor(
+                self._forward, self,
+                comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, options),
+            ).execute(x, timesteps, context, control, options, **kw)
 
-    def _forward(self, x, timesteps, context, **kw):
+    def _forward(self, x, timesteps, context=None, control=None, transformer_options=None, **kw):
         stage = kw.get(KEY_STAGE)
         mask = kw.get(KEY_MASK)
         if stage not in STAGES_OF[self.kind] or mask is None or context is None:
@@ -151,7 +166,8 @@ class CoreAdapter(torch.nn.Module):
             if stage == "first_frame":
                 if x.ndim != 4:
                     raise ValueError(f"the first frame is an image latent [B, 4, h, w], got {list(x.shape)}")
-                return self.net(x, timesteps, context, mask, mode="image")
+                return self.net(x, timesteps, context, mask, mode="image",
+                                **_step_cache(transformer_options, x.shape[0]))
             if x.ndim != 5:
                 raise ValueError(f"keyframes are a video latent [B, 4, T, h, w], got {list(x.shape)}")
             t_frames = x.shape[2]
@@ -159,7 +175,8 @@ class CoreAdapter(torch.nn.Module):
             per_row = lambda v: v.repeat_interleave(t_frames, 0)  # noqa: E731
             out = self.net(rows, per_row(timesteps), per_row(context), per_row(mask), mode="video",
                            num_frames=t_frames, temporal_embed=frame_index(t_frames, b, x.device),
-                           noise_aug_time=per_row(kw[KEY_AUGMENTATION]), motion_score=per_row(kw[KEY_MOTION]))
+                           noise_aug_time=per_row(kw[KEY_AUGMENTATION]), motion_score=per_row(kw[KEY_MOTION]),
+                           **_step_cache(transformer_options, rows.shape[0]))
             return _unrows(out, b)
         if x.ndim != 5:
             raise ValueError(f"interpolation groups are a latent [B, 12, G, h, w], got {list(x.shape)}")
@@ -169,7 +186,7 @@ class CoreAdapter(torch.nn.Module):
         inp = interpolation_input(neighbours[:, :LATENT_CHANNELS], _rows(x), neighbours[:, LATENT_CHANNELS:])
         out = self.net(inp, per_row(timesteps), per_row(context), per_row(mask), num_groups=groups,
                        perturbation_time=per_row(kw[KEY_PERTURBATION]), skip_frames=per_row(kw[KEY_SKIP]),
-                       temporal_mask=per_row(kw[KEY_TEMPORAL_MASK]))
+                       temporal_mask=per_row(kw[KEY_TEMPORAL_MASK]), **_step_cache(transformer_options, inp.shape[0]))
         return _unrows(out, b)
 
 
@@ -178,6 +195,72 @@ def _self_attention_guidance(transformer_options) -> bool:
     its attention replace patch comes from that module."""
     replace = ((transformer_options or {}).get("patches_replace") or {}).get("attn1") or {}
     return any(getattr(fn, "__module__", "").endswith("nodes_sag") for fn in replace.values())
+
+
+STEP_CACHE_KEY = "kandinsky_video_step_cache"  # transformer_options entry of a patched MODEL
+
+
+class CoreStepCache:
+    """The pack's step cache on a core MODEL (``transformer_options[STEP_CACHE_KEY]``):
+    its settings and, while a sampling run goes on, that run's :class:`StepCache` (made by
+    the ``OUTER_SAMPLE`` wrapper :func:`_step_cache_run` for the run's step count)."""
+
+    def __init__(self, settings: StepCacheSettings):
+        self.settings = settings
+        self.run: StepCache | None = None
+        self.sigmas: torch.Tensor | None = None
+
+    def call(self, transformer_options: dict, rows: int):
+        """The network's ``step_cache`` for a call of ``rows`` rows, or None (not sampling)."""
+        run, sigmas = self.run, self.sigmas
+        sigma = transformer_options.get("sigmas")
+        if run is None or sigmas is None or sigma is None:
+            return None
+        # the step whose interval [sigmas[i], sigmas[i + 1]) holds this call's sigma (a
+        # sampler's extra evaluations inside a step share its decision)
+        s = float(sigma.reshape(-1)[0])
+        below = (sigmas[:-1] >= s * (1 - 1e-6)).nonzero()
+        step = int(below[-1]) if len(below) else 0
+        if step != run.step:
+            run.begin(step)
+        uuids = transformer_options.get("uuids") or [None]
+        per = rows // len(uuids)
+        return run.call([(u, r) for u in uuids for r in range(per)])
+
+
+def _step_cache(transformer_options, rows: int) -> dict:
+    holder = (transformer_options or {}).get(STEP_CACHE_KEY)
+    call = holder.call(transformer_options, rows) if isinstance(holder, CoreStepCache) else None
+    return {} if call is None else {"step_cache": call}
+
+
+def _step_cache_run(executor, *args, **kwargs):
+    """``OUTER_SAMPLE`` wrapper of a step-cached MODEL: a fresh cache for this run's steps,
+    its counts logged at the end."""
+    guider = executor.class_obj
+    holder: CoreStepCache = guider.model_options["transformer_options"][STEP_CACHE_KEY]
+    sigmas = args[3]
+    holder.sigmas = sigmas.detach().float().cpu()
+    holder.run = StepCache(holder.settings, max(len(sigmas) - 1, 1))
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        run, holder.run, holder.sigmas = holder.run, None, None
+        run.finish()
+        logging.info("Kandinsky Video Step Cache: %d full + %d cached steps of %d (interval %d, branch %d)",
+                     run.full_steps, run.cached_steps, len(run.plan), run.settings.interval, run.settings.branch)
+
+
+def apply_step_cache(model, settings: StepCacheSettings):
+    """A clone of the Kandinsky Video MODEL ``model`` whose sampling runs use the pack's
+    step cache with ``settings`` (interval 1: an unpatched clone)."""
+    model = model.clone()
+    if settings is None or not settings.enabled:
+        return model
+    model.model_options = comfy.model_patcher.create_model_options_clone(model.model_options)
+    model.model_options.setdefault("transformer_options", {})[STEP_CACHE_KEY] = CoreStepCache(settings)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, STEP_CACHE_KEY, _step_cache_run)
+    return model
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:

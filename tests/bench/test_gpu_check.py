@@ -79,3 +79,15 @@ def test_every_lever_has_a_row_beside_the_plain_forward(table):
         if name != "torch.compile (inductor)":  # compiled on a GPU only (the tests compile on the CPU)
             assert NUMBER.match(row["seconds"]) and NUMBER.match(row["ref/ours"]), row
             assert row["note"].startswith("max diff") and float(row["note"].split()[-1]) <= 1e-5, row
+
+
+def test_step_cache_rows_give_time_counts_speed_up_and_distance_per_interval(table):
+    _, header, rows = table
+    cached = [dict(zip(header, r)) for r in rows if r[0] == "step cache"]
+    assert [(r["stage"], r["note"].split(":")[0]) for r in cached] == [
+        (stage, note) for stage in ("keyframes", "interpolation_1")
+        for note in ("no cache", "interval 2", "interval 3", "interval 5")]
+    note = re.compile(r"^interval \d: \d+ full \+ \d+ cached steps, \d+\.\d\dx, distance \d+\.\d{4}$")
+    for r in cached:
+        assert NUMBER.match(r["seconds"]) and MEMORY.match(r["peak"]), r
+        assert r["note"] == "no cache" or note.match(r["note"]), r

@@ -247,3 +247,34 @@ def test_memory_stays_bounded_over_twenty_prompts(kv, record_property):
     record_property("rss_growth_mib_prompts_5_to_20", round(growth, 1))
     print("RSS MiB after each prompt:", [round(r) for r in rss], f"growth after warm-up {growth:.1f} MiB")
     assert growth < 64, f"server memory grew by {growth:.0f} MiB from prompt 5 to 20: {rss}"
+
+
+# --------------------------------------------------------------------------- step cache
+
+def test_keyframes_with_the_step_cache_node_run_the_counted_full_steps(kv):
+    """Step Cache -> Keyframes: 6 steps at interval 2 from step 0 run 3 full and 3 cached
+    steps (the node logs the cache's own counts); the video differs from the uncached one
+    but stays close to it; an end_step before start_step is refused by name."""
+    prompt = i2v_prompt(kv, steps=6, seed=5)
+    plain = kv.run(prompt, timeout=600)
+    assert plain.ok, plain.describe()
+    cached = copy.deepcopy(prompt)
+    cached["950"] = {"class_type": "KandinskyVideoStepCache",
+                     "inputs": {"interval": 2, "branch": 0, "start_step": 0, "end_step": -1}}
+    cached[node_of(cached, "KandinskyVideoKeyframes")]["inputs"]["step_cache"] = ["950", 0]
+    mark = kv.log_mark()
+    result = kv.run(cached, timeout=600)
+    assert result.ok, result.describe()
+    log = kv.log_since(mark)
+    assert "Kandinsky Video Keyframes: step cache ran 3 full + 3 cached steps" in log, log[-2000:]
+    a = np.stack([shown_picture(kv, item) for item in plain.outputs["900"]["images"]]).astype(np.float64)
+    b = np.stack([shown_picture(kv, item) for item in result.outputs["900"]["images"]]).astype(np.float64)
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    other = kv.run(i2v_prompt(kv, steps=6, seed=6), timeout=600)
+    c = np.stack([shown_picture(kv, item) for item in other.outputs["900"]["images"]]).astype(np.float64)
+    assert np.abs(b - a).mean() < 0.5 * np.abs(c - a).mean()  # nearer the uncached video than another seed's
+    bad = copy.deepcopy(cached)
+    bad["950"]["inputs"].update(start_step=4, end_step=2)
+    refused = kv.run(bad, timeout=300)
+    assert refused.status == "error" and refused.error["node_id"] == "950"
+    assert "end_step (2) is before start_step (4)" in refused.error["exception_message"]

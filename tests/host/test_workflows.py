@@ -244,7 +244,7 @@ def without_compile(prompt: dict) -> dict:
     return {k: v for k, v in prompt.items() if k not in compile_nodes}
 
 
-def test_the_fast_template_is_the_8fps_one_with_the_levers_wired():
+def test_the_fast_template_is_the_8fps_one_with_the_levers_and_the_step_cache_wired():
     fast_ = shipped_workflow("kandinsky_video_text_to_video_8fps_fast")
     base = shipped_workflow("kandinsky_video_text_to_video_8fps")
     ids = {n["id"]: n["type"] for n in fast_["nodes"]}
@@ -254,6 +254,11 @@ def test_the_fast_template_is_the_8fps_one_with_the_levers_wired():
     assert into == {(COMPILE, "KandinskyVideoFirstFrame"), (COMPILE, "KandinskyVideoKeyframes"),
                     (COMPILE, "KandinskyVideoInterpolate")}
     assert all(n["widgets_values"] == ["inductor"] for n in fast_["nodes"] if n["type"] == COMPILE)
+    # step caching on: one Step Cache node (interval 3 from step 2) into Keyframes and Interpolate
+    (cache,) = [n for n in fast_["nodes"] if n["type"] == "KandinskyVideoStepCache"]
+    assert cache["widgets_values"] == [3, 0, 2, -1]
+    assert {ids[link[3]] for link in fast_["links"] if link[1] == cache["id"]} == {
+        "KandinskyVideoKeyframes", "KandinskyVideoInterpolate"}
     same = {n["id"]: n.get("widgets_values") for n in base["nodes"] if n["type"] not in ("SaveVideo", "MarkdownNote")}
     assert {i: v for i, v in _widgets_of(fast_).items() if i in same} == same  # the release's settings
 

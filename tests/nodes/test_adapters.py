@@ -3,7 +3,8 @@
 ``kv_core.stages`` holds the only orchestration: a node module never imports the
 sampling loops (the step loop of ``kv_core.sampling.loop``, a stage's ``sample_*``), the
 networks (``kv_core.models``) or the samplers (of ``kv_core.sampling`` only its constants:
-sampler names, seed range, timestep count), and each stage node's ``execute`` calls its
+sampler names, seed range, timestep count; and the step cache, whose settings the Step
+Cache node makes and whose cache the core MODEL's patch runs), and each stage node's ``execute`` calls its
 stage functions (and no other kv_core stage). What the nodes give equals what the stages
 give is checked through a real ComfyUI in tests/host/test_nodes.py
 (``test_each_node_is_an_adapter_of_its_kv_core_stage``).
@@ -18,6 +19,7 @@ import pytest
 NODES = Path(__file__).resolve().parents[2] / "nodes"
 FORBIDDEN = ("kv_core.sampling.loop", "kv_core.models")
 CONSTANTS_ONLY = "kv_core.sampling"  # sampler names, MAX_SEED, NUM_TRAIN_TIMESTEPS
+STEP_CACHE = "kv_core.sampling.step_cache"  # the Step Cache settings and the core MODEL's cache
 STAGES = {"encode_prompt", "generate_first_frame", "decode_first_frame", "encode_first_frame",
           "generate_keyframes", "interpolate_frames", "decode_frames", "decode_images",
           "generate_segment", "join_segments",  # kv_core.extend's, over generate_keyframes
@@ -61,7 +63,8 @@ def test_no_node_module_imports_the_sampling_layers(path):
     bad = sorted(name for name in imported for f in FORBIDDEN
                  if name.removeprefix("pack.") == f or name.removeprefix("pack.").startswith(f + "."))
     bad += sorted(name for name in imported if name.removeprefix("pack.").startswith(CONSTANTS_ONLY + ".")
-                  and name.rpartition(".")[2] not in ("noise", "schedulers") and not name.rpartition(".")[2].isupper())
+                  and name.rpartition(".")[2] not in ("noise", "schedulers") and not name.rpartition(".")[2].isupper()
+                  and not name.removeprefix("pack.").startswith(STEP_CACHE))
     bad += sorted(name for name in imported if name.removeprefix("pack.").startswith("kv_core.stages.")
                   and name.rpartition(".")[2].startswith("sample_"))
     assert not bad, f"nodes/{path.relative_to(NODES).as_posix()} imports {bad}: call the kv_core.stages stages instead"

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from kv_core import checkpoints as ck
-from unet_files import RELEASE_NAMES, load_unet as _load, official as _official, same as _same, tiny_release
+from unet_files import RELEASE_NAMES, load_unet as _load, same as _same, tiny_release
 
 
 @pytest.fixture(scope="module")

@@ -135,7 +135,8 @@ def test_a_newer_host_gets_advanced_inputs_and_search_aliases(newer_host):
     # what a user still sees on the face of the main nodes
     keyframes = {cls.GET_SCHEMA().node_id: cls for cls in collect_nodes()}["KandinskyVideoKeyframes"]
     face = set(_inputs(keyframes.GET_NODE_INFO_V1())) - seen_advanced["KandinskyVideoKeyframes"]
-    assert face == {"keyframe_unet", "conditioning", "first_frame", "motion", "steps", "sampler", "seed"}
+    assert face == {"keyframe_unet", "conditioning", "first_frame", "motion", "steps", "sampler", "seed",
+                    "model", "step_cache"}  # the optional sockets of the host's levers and the step cache
     assert {"noise_augmentation", "guidance_weight_prompt", "guidance_weight_image"} <= seen_advanced["KandinskyVideoExtend"]
     assert seen_advanced["KandinskyVideoInterpolate"] == {"guidance_scale", "window"}
     assert {"weight_dtype", "device"} == seen_advanced["KandinskyVideoTextEncoderLoader"]

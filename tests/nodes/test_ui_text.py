@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ui_payloads import PAYLOADS, load_ui_text, plain_quote
+from ui_payloads import PAYLOADS, load_ui_text
 
 REPO = Path(__file__).resolve().parents[2]
 
