@@ -112,8 +112,8 @@ def test_a_template_reads_in_the_users_language(comfy, comfy_browser, localized,
 
 @pytest.mark.parametrize("lang", LANGS)
 def test_the_info_panel_shows_the_help_page(comfy, comfy_browser, localized, lang, artifacts):
-    """Select a node and open the right side panel's Info tab (what the panel's button and tab
-    do): the panel renders web/docs/<NodeId>/<lang>.md."""
+    """Select a node and open the right side panel's Info tab: the panel renders
+    web/docs/<NodeId>/<lang>.md."""
     _current_frontend_only(comfy_browser, "the Info tab of the right side panel is the current frontend's (1.58)")
     page = (REPO / "web" / "docs" / NODE / f"{lang}.md").read_text(encoding="utf-8")
     heading = page.splitlines()[0].removeprefix("# ")
@@ -122,15 +122,27 @@ def test_the_info_panel_shows_the_help_page(comfy, comfy_browser, localized, lan
     comfy_browser.load_workflow(json.loads(TEMPLATE.read_text()))
     comfy_browser.close_dialogs()
     browser = comfy_browser.browser
-    browser.call("""(type) => {
-        const pinia = document.querySelector('#vue-app').__vue_app__.config.globalProperties.$pinia;
-        window.app.canvas.selectNode(window.app.graph.nodes.find(n => n.type === type));
-        pinia._s.get('rightSidePanel').openPanel('info');
-        return true; }""", NODE)
-    shown = browser.wait_for(
-        "(() => { const el = document.querySelector('.node-help-content'); "
-        "return el && el.innerText.includes('## ') === false && el.innerText.length > 200 ? el.innerText : null })()",
-        timeout=30)
-    assert heading in shown
-    assert wiring.replace("\\", "") in shown.replace("\n", " ")
-    browser.screenshot(artifacts / f"help-{lang}-frontend-{comfy_browser.version}.png")
+    browser.call(_SIDE_PANEL_JS, NODE, True)
+    try:
+        shown = browser.wait_for(
+            "(() => { const el = document.querySelector('.node-help-content'); "
+            "return el && el.innerText.includes('## ') === false && el.innerText.length > 200 ? el.innerText : null })()",
+            timeout=30)
+        assert heading in shown
+        assert wiring.replace("\\", "") in shown.replace("\n", " ")
+        browser.screenshot(artifacts / f"help-{lang}-frontend-{comfy_browser.version}.png")
+    finally:
+        # the panel's state is a user setting the server keeps (Comfy.RightSidePanel.IsOpen):
+        # left open, it would cover the right of every graph the later tests open
+        browser.call(_SIDE_PANEL_JS, NODE, False)
+
+
+#: Select the node of type ``type`` and open the right side panel on its Info tab (what the
+#: panel's button and tab do), or close the panel.
+_SIDE_PANEL_JS = """(type, open) => {
+    const pinia = document.querySelector('#vue-app').__vue_app__.config.globalProperties.$pinia;
+    const panel = pinia._s.get('rightSidePanel');
+    if (!open) { panel.closePanel(); return true; }
+    window.app.canvas.selectNode(window.app.graph.nodes.find(n => n.type === type));
+    panel.openPanel('info');
+    return true; }"""

@@ -181,7 +181,6 @@ import sys, torch
 torch.set_num_threads(int(sys.argv[1]))
 from kv_core.pipeline import KandinskyVideoPipeline
 from kv_core.sampling.noise import SeededNoise, interpolation_stage
-from kv_core.stages import Hooks
 noise = {stage: SeededNoise.for_stage(77, stage).randn((3, 4, 64, 64))
          for stage in ("first_frame", "keyframes", interpolation_stage(3), interpolation_stage(9))}
 result = KandinskyVideoPipeline.from_release(sys.argv[2])(

@@ -260,7 +260,12 @@ class ComfyFrontend:
         # a returning user: the first-run Templates browser is not opened over the canvas
         self.host.post("/settings/Comfy.TutorialCompleted", True).raise_for_status()
         self.browser.navigate(self.host.url + "/")
-        self.browser.wait_for("!!(window.app && window.app.graph && window.app.canvas)", timeout=120)
+        # the page restores the user's last workflow after the app exists (a returning user):
+        # ready once the workflow store names an open workflow, so that no graph built or
+        # loaded next is replaced by that restore (stores without one: ready with the app)
+        self.browser.wait_for("!!(window.app && window.app.graph && window.app.canvas"
+                              " && (!(window.app.extensionManager && window.app.extensionManager.workflow)"
+                              "     || window.app.extensionManager.workflow.activeWorkflow))", timeout=120)
         self.close_dialogs()
         return self
 
