@@ -74,7 +74,6 @@ from kv_core.stages.first_frame import decode_first_frame, encode_first_frame, g
 from kv_core.stages.interpolation import interpolate_frames  # noqa: E402
 from kv_core.stages.keyframes import generate_keyframes  # noqa: E402
 from kv_core.sampling.step_cache import StepCacheSettings  # noqa: E402
-from kv_core.stages import Hooks  # noqa: E402
 from kv_core.tiny import TINY_T5_DIM, tiny_configs  # noqa: E402
 
 GIB = 2 ** 30
