@@ -69,7 +69,8 @@ class KandinskyVideoFirstFrame(CheckedCombos, io.ComfyNode):
             with stage(keyframe_unet, memory_required=activation_memory(keyframe_unet, 2, h, w),
                        model=model) as device:
                 latent = generate_first_frame(
-                    stage_model.unet_of(model, keyframe_unet), keyframe_unet.null_embedding,
+                    stage_model.unet_of(model, keyframe_unet, (2, guidance_scale + 1.0), "Kandinsky Video First Frame"),
+                    keyframe_unet.null_embedding,
                     conditioning.text_condition(), width=width, height=height, guidance_scale=guidance_scale,
                     sampler=sampler, steps=steps, noise=seed,
                     movq=movq.module, hooks=Hooks(progress=progress, cancel=progress.cancel, device=device,

@@ -83,7 +83,7 @@ class KandinskyVideoInterpolate(CheckedCombos, io.ComfyNode):
         out = []
         rows = 2 * max(min(groups, window or groups), 1)  # a window's rows are what the U-Net holds at once
         memory = activation_memory(interpolation_unet, rows, h, w)
-        unet = stage_model.unet_of(model, interpolation_unet)
+        unet = stage_model.unet_of(model, interpolation_unet, (2, guidance_scale + 1.0), "Kandinsky Video Interpolate")
         with torch.inference_mode(), stage(interpolation_unet, memory_required=memory, model=model) as device:
             for i, frames in enumerate(videos):
                 # the noise stream follows from the input frame count (kv_core's rule), which

@@ -55,7 +55,8 @@ class KandinskyVideoKeyframes(CheckedCombos, io.ComfyNode):
         memory = activation_memory(keyframe_unet, 3 * num_keyframes, h, w)
         with torch.inference_mode(), stage(keyframe_unet, memory_required=memory, model=model) as device:
             frames = generate_keyframes(
-                stage_model.unet_of(model, keyframe_unet), keyframe_unet.null_embedding,
+                stage_model.unet_of(model, keyframe_unet, (3, guidance_weight_prompt), "Kandinsky Video Keyframes"),
+                keyframe_unet.null_embedding,
                 conditioning.text_condition(), first_frame.latent,
                 num_keyframes=num_keyframes, motion=motion, noise_augmentation=noise_augmentation,
                 guidance_weight_prompt=guidance_weight_prompt, guidance_weight_image=guidance_weight_image,

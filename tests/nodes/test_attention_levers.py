@@ -366,12 +366,63 @@ def test_torch_compile_model_compiles_the_stage_loop(host, nets):
     assert float((compiled - plain).abs().max()) <= 1e-5
 
 
-def test_patches_that_need_core_sampling_are_refused_by_name_on_the_stage_nodes(host, nets):
+def _first_frame_call(host, model, guidance_scale=5.0):
+    """One call of the first-frame stage's U-Net (image mode, cond and uncond rows) through
+    the stage's StageUNet of ``model``, inside the host attention of ``model``."""
+    sm = host.nodes.host.stage_model
+    g = torch.Generator().manual_seed(0)
+    x, time = torch.randn(2, 9, 8, 8, generator=g), torch.full((2,), 500.0)
+    context, mask = torch.randn(2, 5, 16, generator=g), torch.ones(2, 5, dtype=torch.bool)
+    options = model.model_options.get("transformer_options") or {}
+    unet = sm.unet_of(model, None, (2, guidance_scale + 1.0), "test")
+    with torch.no_grad(), host.nodes.host.attention.host_attention(options, "test", model.model.kv_network):
+        return unet(x, time, context, mask, mode="image")
+
+
+def test_perturbed_attention_guidance_in_a_stage_call_is_core_samplings_formula(host, nets):
+    """The prompt's row moves by scale / (w + 1) times its difference to the run with the
+    middle block's self-attention giving its values, so the guided prediction
+    (w + 1) cond - w uncond moves by scale times that difference: core's
+    ``cfg + (cond - pag) * scale``."""
     from comfy_extras.nodes_pag import PerturbedAttentionGuidance
 
-    pag = _patch_node(PerturbedAttentionGuidance, _core_model(host, nets, "keyframes"), 3.0)
+    model = _core_model(host, nets, "first_frame")
+    plain = _first_frame_call(host, model)
+    values = model.clone()
+    values.set_model_attn1_replace(lambda q, k, v, extra, mask=None: v, "middle", 0)
+    perturbed = _first_frame_call(host, values)
+    assert float((perturbed[:1] - plain[:1]).abs().max()) > 1e-3
+    got = _first_frame_call(host, _patch_node(PerturbedAttentionGuidance, model, 3.0))
+    expected = torch.cat([plain[:1] + 3.0 / 6.0 * (plain[:1] - perturbed[:1]), plain[1:]])
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+    # guided: (w + 1) * cond - w * uncond, before and after
+    moved = (6.0 * got[:1] - 5.0 * got[1:]) - (6.0 * plain[:1] - 5.0 * plain[1:])
+    assert torch.allclose(moved, 3.0 * (plain[:1] - perturbed[:1]), atol=1e-5, rtol=0)
+
+
+def test_perturbed_attention_guidance_acts_in_the_stage_loops(host, nets):
+    from comfy_extras.nodes_pag import PerturbedAttentionGuidance
+
+    for stage, run in (("keyframes", _keyframes_node), ("interpolation", _interpolate_node)):
+        plain = run(host, nets)
+        model = _core_model(host, nets, stage)
+        guided = run(host, nets, _patch_node(PerturbedAttentionGuidance, model, 3.0))
+        assert guided.isfinite().all() and float((guided - plain).abs().max()) > 1e-3, stage
+        assert torch.equal(run(host, nets, _patch_node(PerturbedAttentionGuidance, model, 0.0)), plain), stage
+    with pytest.raises(ValueError, match="Perturbed-Attention Guidance moves the prompt's prediction.*weight is 0"):
+        key = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.5
+        first = host.nodes.host.sockets.FirstFrameCondition(key, 64, 64)
+        pag = _patch_node(PerturbedAttentionGuidance, _core_model(host, nets, "keyframes"), 3.0)
+        host.nodes.keyframes.KandinskyVideoKeyframes.execute(nets["keyframe"], nets["text"], first, "medium", 20,
+                                                             0.0, 2.0, 2, "ddim", 11, 2, model=pag)
+
+
+def test_patches_that_need_core_sampling_are_refused_by_name_on_the_stage_nodes(host, nets):
+    from comfy_extras.nodes_sag import SelfAttentionGuidance
+
+    sag = _patch_node(SelfAttentionGuidance, _core_model(host, nets, "keyframes"), 0.5, 2.0)
     with pytest.raises(ValueError, match=r"post-CFG function.*core-sampling path.*On this node work: weight patches"):
-        _keyframes_node(host, nets, pag)
+        _keyframes_node(host, nets, sag)
     sampling = _core_model(host, nets, "keyframes").clone()
     sampling.add_object_patch("model_sampling", sampling.get_model_object("model_sampling"))
     with pytest.raises(ValueError, match="object patch of 'model_sampling'"):
