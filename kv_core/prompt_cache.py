@@ -44,13 +44,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 import torch
 
+from .checkpoints.formats import replaced_atomically
 from .conditioning import TextCondition
 from .text_identity import CACHE_FORMAT, TextIdentity, normalise_negative
 
@@ -118,18 +118,8 @@ def write_encoded_prompt(path, entry: EncodedPrompt, *, key: str = "") -> Path:
                 "reports": json.dumps({label: _report_dict(r) for label, r in entry.reports.items()},
                                       ensure_ascii=False),
                 "identity": json.dumps(asdict(entry.identity)) if entry.identity is not None else ""}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=path.parent)
-    os.close(fd)
-    try:
+    with replaced_atomically(path, SUFFIX) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return path
 
 

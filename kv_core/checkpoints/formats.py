@@ -11,6 +11,7 @@ Also here: the network kinds (``KEYFRAME_UNET``...), :class:`CheckpointError`, a
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -18,10 +19,11 @@ import mmap
 import os
 import pickle
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 
@@ -54,6 +56,24 @@ def listing(keys, limit: int = _MAX_LISTED) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
+
+
+@contextlib.contextmanager
+def replaced_atomically(dst: Path, suffix: str = "") -> Iterator[str]:
+    """A temporary path beside ``dst`` to write the new file to; on leaving the block it
+    replaces ``dst`` in one step (``os.replace``), so a reader never sees half a file. On
+    an error (or an interrupt) the temporary file is removed and ``dst`` is unchanged."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=dst.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 # --- reading files -------------------------------------------------------------------------

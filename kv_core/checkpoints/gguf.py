@@ -23,8 +23,6 @@ dequantized once, at load, by the ``gguf`` package into the compute dtype.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Mapping
@@ -33,7 +31,7 @@ import torch
 
 from ..quantized import BLOCK, QUANT_TYPES, QuantEmbedding, QuantLinear, row_bytes
 from ..kinds import T5_ENCODER
-from .formats import META_CONFIG, META_DTYPE, META_NETWORK, CheckpointError
+from .formats import META_CONFIG, META_DTYPE, META_NETWORK, CheckpointError, replaced_atomically
 
 GGUF_SUFFIX = ".gguf"
 ARCHITECTURE = "flan-ul2-encoder"
@@ -70,10 +68,7 @@ def write_t5_gguf(dst, keys, shapes: Mapping[str, tuple], get, *, qtype: str, me
         raise ValueError(f"unknown GGUF block type {qtype!r}; known: {sorted(QUANT_TYPES)}")
     ggml_type = gguf.GGMLQuantizationType[qtype]
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=GGUF_SUFFIX, dir=dst.parent)
-    os.close(fd)
-    try:
+    with replaced_atomically(dst, GGUF_SUFFIX) as tmp:
         writer = gguf.GGUFWriter(tmp, ARCHITECTURE)
         for key, value in metadata.items():
             writer.add_string(key, value)
@@ -102,13 +97,6 @@ def write_t5_gguf(dst, keys, shapes: Mapping[str, tuple], get, *, qtype: str, me
                 release(t)
             del t, data
         writer.close()
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return dst
 
 
