@@ -15,7 +15,7 @@ Two levels of replacement, both host-independent:
   :class:`AttentionCall` of one attention (its site, its inputs before projection, the
   projections, the mask, the backend) and returns the attention output before the output
   projection; a host implements its patch protocols with it (the pack's ComfyUI glue:
-  ``nodes/attention.py``).
+  ``nodes/host/attention.py``).
 
 With neither set, every network computes exactly what it computed before this entry point
 existed (bit for bit: the same operations in the same order; the golden tests check it).

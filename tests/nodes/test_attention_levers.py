@@ -1,5 +1,5 @@
 """The one attention entry point (kv_core/attention.py) and ComfyUI's attention levers on it
-(nodes/attention.py): every attention of each network — both U-Nets, both MoVQs — goes
+(nodes/host/attention.py): every attention of each network — both U-Nets, both MoVQs — goes
 through the backend, the runner, and under ComfyUI through each of the host's mechanisms
 (launch-flag backend, ``optimized_attention_override``, ``patches_replace`` attn1/attn2,
 ``attn1_patch``/``attn2_patch``); each stand-in is called once per attention (counted

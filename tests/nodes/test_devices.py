@@ -1,4 +1,4 @@
-"""Devices (nodes/devices.py) and several GPUs on the core path, in this process with the
+"""Devices (nodes/host/devices.py) and several GPUs on the core path, in this process with the
 pinned ComfyUI's modules; newer hosts' device functions and other GPUs are emulated.
 
 * the loaders' ``device`` list follows ``model_management.get_gpu_device_options()`` where the
