@@ -15,6 +15,8 @@ import torch
 from bench import estimate_vram as ev
 
 REPO = Path(__file__).resolve().parents[2]
+# one estimator run for the whole module, on one pytest -n worker
+pytestmark = pytest.mark.xdist_group("estimate_vram")
 
 
 def in_fresh_process(body: str):

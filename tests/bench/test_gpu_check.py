@@ -18,6 +18,9 @@ STAGES = ["text_encoder", "first_frame", "decode_first_frame", "encode_first_fra
 FORWARDS = {"first_frame", "keyframes", "interpolation_1", "decode_5"}  # with the reference's forward beside
 NUMBER = re.compile(r"^\d+\.\d+$")
 MEMORY = re.compile(r"^\d+\.\d+ (MiB|GiB)$")
+# one smoke run for the whole module: under pytest -n the tests would otherwise land on two
+# workers and each run the minutes-long smoke check
+pytestmark = pytest.mark.xdist_group("gpu_check")
 
 
 @pytest.fixture(scope="module")
